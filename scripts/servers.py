@@ -1,0 +1,354 @@
+"""Real PostgreSQL and a real Kafka broker on loopback, for tests and the local run.
+
+Nothing here is a stand-in: PostgreSQL comes from the Debian package (or the
+`pgserver` wheel's bundled binaries), Kafka from the Maven Central jars that
+`scripts/kafka/pom.xml` pulls. Usage from the shell:
+
+    python -m scripts.servers fetch-kafka        # download the broker jars once
+    python -m scripts.servers start DIR          # start both, print connection info as JSON
+    python -m scripts.servers stop DIR           # stop both
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS_DIR", REPO / ".cache" / "kafka-libs"))
+KAFKA_ADMIN_USER = "admin"
+KAFKA_ADMIN_PASSWORD = "admin-secret"
+PG_USER = "graphql"
+PG_PASSWORD = "graphql-local"
+PG_DATABASE = "graphql"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, deadline: float, process: subprocess.Popen, what: str, log: Path) -> None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}; see {log}:\n{_tail(log)}")
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port}; see {log}:\n{_tail(log)}")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_process(pid: int, grace_seconds: float = 10.0) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # reap if it is our child
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the `postgres` OS user reach a data dir under root-owned 0700 temp folders."""
+    for folder in [path, *path.parents]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+def postgres_bindir() -> Path:
+    """Debian's server binaries first, then the pgserver wheel's bundled ones."""
+    override = os.environ.get("PG_BINDIR")
+    if override:
+        return Path(override)
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), reverse=True)
+    if debian:
+        return debian[0].parent
+    try:
+        import pgserver  # type: ignore[import-not-found]
+
+        return Path(pgserver.__file__).parent / "pginstall" / "bin"
+    except ImportError as exc:
+        raise RuntimeError(
+            "no PostgreSQL server binaries: install the Debian package `postgresql` "
+            "or the `pgserver` wheel (pip install pgserver)"
+        ) from exc
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster in `data_dir`, listening on 127.0.0.1 only."""
+
+    data_dir: Path
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.port}/{PG_DATABASE}"
+
+    def _as_owner(self) -> list[str]:
+        # initdb and postgres refuse to run as root
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    def init(self) -> None:
+        bindir = postgres_bindir()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.data_dir, "postgres", "postgres")
+            _make_traversable(self.data_dir.parent)
+        pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
+        pwfile.write_text(PG_PASSWORD)
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        subprocess.run(
+            [*self._as_owner(), str(bindir / "initdb"), "-D", str(self.data_dir), "-U", PG_USER,
+             "--pwfile", str(pwfile), "-A", "scram-sha-256", "-E", "UTF8", "--no-sync"],
+            check=True, capture_output=True,
+        )
+        pwfile.unlink()
+
+    def start(self, timeout: float = 60.0) -> None:
+        bindir = postgres_bindir()
+        if not (self.data_dir / "PG_VERSION").exists():
+            self.init()
+        if not self.port:
+            self.port = free_port()
+        log = self.data_dir.parent / f"{self.data_dir.name}.log"
+        log.touch()
+        if os.geteuid() == 0:
+            shutil.chown(log, "postgres", "postgres")
+        opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
+                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        subprocess.run(
+            [*self._as_owner(), str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
+             "-o", opts, "-w", "-t", str(int(timeout)), "start"],
+            check=True, capture_output=True,
+        )
+        self._ensure_database(timeout)
+
+    def _ensure_database(self, timeout: float) -> None:
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        admin_url = f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.port}/postgres"
+        while True:
+            try:
+                with psycopg.connect(admin_url, autocommit=True, connect_timeout=2) as conn:
+                    exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone()
+                    if not exists:
+                        conn.execute(f"CREATE DATABASE {PG_DATABASE}")
+                    return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return
+        subprocess.run(
+            [*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            check=False, capture_output=True,
+        )
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def fetch_kafka_jars(quiet: bool = False) -> Path:
+    """Pull the broker jars from Maven Central once; later calls reuse the cache."""
+    if any(KAFKA_LIBS.glob("kafka_2.13-*.jar")):
+        return KAFKA_LIBS
+    KAFKA_LIBS.mkdir(parents=True, exist_ok=True)
+    for old in KAFKA_LIBS.glob("*.jar"):
+        old.unlink()
+    cmd = ["mvn", "-B", "-f", str(REPO / "scripts" / "kafka" / "pom.xml"), "dependency:copy-dependencies",
+           "-DincludeScope=runtime", f"-DoutputDirectory={KAFKA_LIBS}"]
+    if quiet:
+        cmd.insert(1, "-q")
+    subprocess.run(cmd, check=True)
+    return KAFKA_LIBS
+
+
+def _cluster_id() -> str:
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+@dataclass
+class KafkaBroker:
+    """A single-node KRaft broker: SASL_PLAINTEXT + SCRAM-SHA-256, StandardAuthorizer, `admin` super user."""
+
+    work_dir: Path
+    port: int = 0
+    controller_port: int = 0
+    pid: int | None = None
+    _process: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client_config(self, username: str = KAFKA_ADMIN_USER, password: str = KAFKA_ADMIN_PASSWORD) -> dict:
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": "SCRAM-SHA-256",
+            "sasl.username": username,
+            "sasl.password": password,
+        }
+
+    def _write_config(self) -> Path:
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "controller.listener.names": "CONTROLLER",
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{self.port}",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-256",
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{KAFKA_ADMIN_USER}" password="{KAFKA_ADMIN_PASSWORD}";',
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{KAFKA_ADMIN_USER};User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found": "false",
+            "log.dirs": str(self.work_dir / "data"),
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "false",
+            "log.cleaner.dedupe.buffer.size": "8388608",
+            "num.partitions": "1",
+        }
+        path = self.work_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.work_dir / "log4j.properties").write_text(
+            "log4j.rootLogger=WARN, file\n"
+            "log4j.appender.file=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.file.File={self.work_dir / 'broker.log'}\n"
+            "log4j.appender.file.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+            "log4j.logger.kafka.server.KafkaServer=INFO\n"
+            "log4j.logger.kafka.server.BrokerServer=INFO\n"
+        )
+        return path
+
+    def _java(self, *args: str) -> list[str]:
+        return ["java", "-Xms128m", "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j.configuration=file:{self.work_dir / 'log4j.properties'}",
+                "-cp", f"{fetch_kafka_jars(quiet=True)}/*", *args]
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        first_start = not (self.work_dir / "data" / "meta.properties").exists()
+        if not self.port:
+            self.port, self.controller_port = free_port(), free_port()
+        config = self._write_config()
+        if first_start:
+            subprocess.run(
+                self._java("kafka.tools.StorageTool", "format", "--config", str(config), "--cluster-id", _cluster_id(),
+                           "--add-scram", f"SCRAM-SHA-256=[name={KAFKA_ADMIN_USER},password={KAFKA_ADMIN_PASSWORD}]"),
+                check=True, capture_output=True,
+            )
+        out = (self.work_dir / "broker.out").open("ab")
+        self._process = subprocess.Popen(self._java("kafka.Kafka", str(config)), stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.pid = self._process.pid
+        (self.work_dir / "broker.pid").write_text(str(self.pid))
+        deadline = time.monotonic() + timeout
+        _wait_for_port(self.port, deadline, self._process, "kafka broker", self.work_dir / "broker.out")
+        self._wait_ready(deadline)
+
+    def _wait_ready(self, deadline: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.client_config())
+        while True:
+            try:
+                admin.list_topics(timeout=2)
+                return
+            except Exception:
+                if time.monotonic() > deadline or (self._process and self._process.poll() is not None):
+                    raise RuntimeError(f"kafka broker not ready:\n{_tail(self.work_dir / 'broker.out')}") from None
+
+    def stop(self) -> None:
+        pid = self.pid
+        if pid is None and (self.work_dir / "broker.pid").exists():
+            pid = int((self.work_dir / "broker.pid").read_text())
+        if pid is not None:
+            _stop_process(pid)
+        if self._process is not None:
+            self._process.wait()
+        self.pid, self._process = None, None
+        (self.work_dir / "broker.pid").unlink(missing_ok=True)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"fetch-kafka", "start", "stop"}:
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] == "fetch-kafka":
+        print(fetch_kafka_jars())
+        return 0
+    base = Path(argv[1] if len(argv) > 1 else REPO / ".local").resolve()
+    pg, kafka = PostgresServer(base / "pg"), KafkaBroker(base / "kafka")
+    if argv[0] == "start":
+        pg.start()
+        kafka.start()
+        info = {"database_url": pg.url, "kafka_bootstrap": kafka.bootstrap, "kafka_pid": kafka.pid}
+        (base / "servers.json").write_text(json.dumps(info))
+        print(json.dumps(info))
+    else:
+        kafka.stop()
+        pg.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
