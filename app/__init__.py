@@ -1,0 +1,1 @@
+"""The asynchronous request/response flow behind Hasura: publisher, writer, cleanup, bootstrap."""

@@ -1,0 +1,103 @@
+"""Bootstrap: create the table (idempotent SQL), then bring Hasura's metadata to what the flow needs.
+
+Waits for the database and for Hasura (both may still be starting when the Job runs), then sends
+only the metadata commands that differ from `export_metadata`, as one `bulk` call.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+import httpx
+import psycopg
+
+from app import logs
+from app.db import apply_schema, is_transient
+from app.hasura_metadata import DesiredMetadata, plan_metadata_commands
+from app.settings import BootstrapSettings
+
+log = logging.getLogger("app.bootstrap")
+
+
+class HasuraError(RuntimeError):
+    pass
+
+
+def _retry(what: str, attempt, deadline: float, transient) -> Any:
+    delay = 0.5
+    while True:
+        try:
+            return attempt()
+        except Exception as exc:
+            if not transient(exc) or time.monotonic() > deadline:
+                raise
+            log.warning(f"{what} not ready; retrying", extra={"error": repr(exc)})
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
+
+
+def bootstrap_database(settings: BootstrapSettings) -> None:
+    def attempt() -> None:
+        with psycopg.connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as conn:
+            apply_schema(conn)
+
+    _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)
+    log.info("table graphql.client_async_messages is in place")
+
+
+class MetadataClient:
+    def __init__(self, endpoint: str, admin_secret: str, timeout: float = 30.0):
+        self._http = httpx.Client(base_url=endpoint.rstrip("/"), timeout=timeout,
+                                  headers={"X-Hasura-Admin-Secret": admin_secret})
+
+    def call(self, body: dict[str, Any]) -> Any:
+        response = self._http.post("/v1/metadata", json=body)
+        if response.status_code >= 400:
+            raise HasuraError(f"{body['type']} failed with {response.status_code}: {response.text[:500]}")
+        return response.json()
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _hasura_transient(exc: BaseException) -> bool:
+    return isinstance(exc, httpx.TransportError)
+
+
+def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
+    """Returns the commands it sent ([] when the metadata was already right)."""
+    desired = DesiredMetadata(source=settings.hasura_source, handler_url=settings.action_handler_url,
+                              timeout_seconds=settings.action_timeout_seconds)
+    client = MetadataClient(settings.hasura_endpoint, settings.hasura_admin_secret.get_secret_value())
+    try:
+        deadline = time.monotonic() + settings.hasura_retry_seconds
+        exported = _retry("hasura", lambda: client.call({"type": "export_metadata", "version": 2, "args": {}}),
+                          deadline, _hasura_transient)
+        commands = plan_metadata_commands(exported, desired)
+        if commands:
+            client.call({"type": "bulk", "resource_version": exported.get("resource_version"), "args": commands})
+            log.info("hasura metadata updated", extra={"commands": [c["type"] for c in commands]})
+        else:
+            log.info("hasura metadata already up to date")
+        return commands
+    finally:
+        client.close()
+
+
+def main() -> int:
+    logs.setup()
+    settings = BootstrapSettings.from_env()
+    try:
+        bootstrap_database(settings)
+        bootstrap_metadata(settings)
+    except Exception as exc:
+        log.error("bootstrap failed", extra={"error": str(exc)})
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

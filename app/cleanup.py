@@ -1,0 +1,100 @@
+"""Cleanup: delete expired rows in bounded primary-key batches, each its own short transaction.
+
+Safe beside the writer, the publisher and another cleanup: rows another transaction holds are
+skipped (SKIP LOCKED) and picked up by a later batch or run. No ctid: YugabyteDB has none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import psycopg
+
+from app import logs
+from app.db import is_transient
+from app.settings import CleanupSettings
+
+log = logging.getLogger("app.cleanup")
+
+DELETE_EXPIRED_BATCH = """
+DELETE FROM graphql.client_async_messages
+ WHERE request_id IN (
+       SELECT request_id FROM graphql.client_async_messages
+        WHERE expires_at < now()
+        ORDER BY expires_at
+        LIMIT %s
+        FOR UPDATE SKIP LOCKED)
+"""
+
+
+@dataclass
+class CleanupReport:
+    deleted: int = 0
+    batches: int = 0
+    elapsed_seconds: float = 0.0
+    stopped_by: str = "done"  # done | time_budget | signal
+    transient_errors: int = 0
+
+
+def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
+                stop: threading.Event | None = None) -> CleanupReport:
+    stop = stop or threading.Event()
+    report = CleanupReport()
+    started = time.monotonic()
+    conn: psycopg.Connection | None = None
+    backoff = 0.5
+    try:
+        while True:
+            report.elapsed_seconds = round(time.monotonic() - started, 3)
+            if stop.is_set():
+                report.stopped_by = "signal"
+                break
+            if report.elapsed_seconds >= time_budget_seconds:
+                report.stopped_by = "time_budget"
+                break
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
+                                           application_name="graphql-async-cleanup")
+                deleted = conn.execute(DELETE_EXPIRED_BATCH, (batch_size,)).rowcount
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
+                report.transient_errors += 1
+                log.warning("cleanup batch failed; retrying", extra={"error": repr(exc)})
+                if conn is not None:
+                    conn.close()
+                conn = None
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 10)
+                continue
+            backoff = 0.5
+            report.batches += 1
+            report.deleted += deleted
+            if deleted < batch_size:
+                report.elapsed_seconds = round(time.monotonic() - started, 3)
+                break
+    finally:
+        if conn is not None:
+            conn.close()
+    return report
+
+
+def main() -> None:
+    logs.setup()
+    settings = CleanupSettings.from_env()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
+                         settings.cleanup_time_budget_seconds, stop)
+    log.info("cleanup finished", extra=asdict(report))
+    print(json.dumps(asdict(report)))
+
+
+if __name__ == "__main__":
+    main()

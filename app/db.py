@@ -1,0 +1,60 @@
+"""Connection pools and the transient/permanent split of database errors."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from app.settings import DatabaseSettings
+
+SCHEMA_SQL = (Path(__file__).parent / "schema.sql").read_text()
+log = logging.getLogger(__name__)
+
+# errors that mean "the database is away or busy", worth waiting out, never worth dead-lettering
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.OperationalError,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.AdminShutdown,
+    psycopg.errors.CannotConnectNow,
+    psycopg.errors.LockNotAvailable,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, (*TRANSIENT_ERRORS, PoolTimeout))
+
+
+def _conninfo(settings: DatabaseSettings) -> str:
+    return settings.async_database_url.get_secret_value()
+
+
+def _kwargs(settings: DatabaseSettings) -> dict:
+    return {"connect_timeout": max(1, int(settings.db_connect_timeout_seconds)), "application_name": "graphql-async"}
+
+
+def sync_pool(settings: DatabaseSettings, *, autocommit: bool = False) -> ConnectionPool:
+    """A pool that does not block start-up: connections come when the database does."""
+    kwargs = _kwargs(settings) | {"autocommit": autocommit}
+    return ConnectionPool(
+        _conninfo(settings), min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size,
+        kwargs=kwargs, open=True, timeout=settings.db_connect_timeout_seconds * 2, name="graphql-async",
+    )
+
+
+def async_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
+    return AsyncConnectionPool(
+        _conninfo(settings), min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size,
+        kwargs=_kwargs(settings) | {"autocommit": True}, open=False, timeout=settings.db_connect_timeout_seconds * 2,
+    )
+
+
+def apply_schema(conn: psycopg.Connection) -> None:
+    """Create the table, constraints and indexes; safe to run any number of times."""
+    with conn.transaction():
+        conn.execute(SCHEMA_SQL)

@@ -1,0 +1,217 @@
+"""Hasura action handler for `publish_async_request`: store a pending row, publish the request envelope.
+
+    POST /action/publish_async_request   the action (Hasura calls it with the shared secret header)
+    GET  /healthz                        liveness
+    GET  /readyz                         the database answers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from app import logs, store
+from app.db import async_pool, is_transient
+from app.envelope import (
+    ActionRefusal,
+    AsyncRequest,
+    PublishLimits,
+    encode,
+    envelope_from_row,
+    isoformat,
+    kafka_headers,
+    parse_action_call,
+)
+from app.kafka_io import AsyncProducer, producer_config
+from app.outbox import OutboxRelay
+from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, PublisherSettings
+
+log = logging.getLogger("app.publisher")
+
+
+def action_output(row: dict[str, Any], duplicate: bool) -> dict[str, Any]:
+    """The action's output type `PublishAsyncRequestOutput`."""
+    return {
+        "request_id": row["request_id"],
+        "client_id": row["client_id"],
+        "status": row["status"],
+        "duplicate": duplicate,
+        "created_at": isoformat(row["created_at"]),
+        "expires_at": isoformat(row["expires_at"]),
+    }
+
+
+class Publisher:
+    """The handler's state: pool, producer, the set of request_ids this process is publishing."""
+
+    def __init__(self, settings: PublisherSettings):
+        self.settings = settings
+        self.limits = PublishLimits(settings.max_payload_bytes, settings.default_expires_in_seconds,
+                                    settings.max_expires_in_seconds)
+        self.pool = async_pool(settings)
+        self.in_flight: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self.producer: AsyncProducer | None = None
+        self.relay: OutboxRelay | None = None
+        self._relay_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        await self.pool.open(wait=False)
+        self.producer = AsyncProducer(
+            producer_config(self.settings.client_config(), self.settings.publish_timeout_seconds),
+            asyncio.get_running_loop())
+        self.relay = OutboxRelay(
+            self.pool, self.producer, topic=self.settings.async_requests_topic,
+            reply_topic=self.settings.async_responses_topic, in_flight=self.in_flight,
+            grace_seconds=self.settings.relay_grace_seconds, batch_size=self.settings.relay_batch_size,
+            interval_seconds=self.settings.relay_interval_seconds)
+        self._relay_task = asyncio.create_task(self.relay.run_forever(), name="outbox-relay")
+        log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
+
+    async def stop(self) -> None:
+        """Graceful shutdown: stop the relay, let in-flight publishes settle, flush, close the pool."""
+        if self._relay_task:
+            self._relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._relay_task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
+        if self.producer:
+            await asyncio.to_thread(self.producer.close)
+        await self.pool.close()
+        log.info("publisher stopped")
+
+    # ------------------------------------------------------------------ the action
+
+    async def handle(self, body: Any, headers: dict[str, str]) -> tuple[dict[str, Any], bool]:
+        request = parse_action_call(body, headers, self.limits, ACTION_NAME)
+        async with self.pool.connection() as conn:
+            for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
+                row = await store.insert_pending(conn, request)
+                if row is not None:
+                    break
+                existing = await store.select_row(conn, request.request_id)
+                if existing is None:
+                    continue
+                if existing["client_id"] != request.client_id:
+                    raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
+                log.info("replayed request", extra=self._log_fields(request, existing))
+                return action_output(existing, duplicate=True), True
+            else:
+                raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
+        row["status"] = "published" if await self._publish(request, row) else "pending"
+        log.info("accepted request", extra=self._log_fields(request, row))
+        return action_output(row, duplicate=False), False
+
+    async def _publish(self, request: AsyncRequest, row: dict[str, Any]) -> bool:
+        """Hand the envelope to Kafka; True when acked and marked within publish_wait_seconds."""
+        request_id = request.request_id
+        self.in_flight.add(request_id)
+        delivery = self.producer.send(
+            self.settings.async_requests_topic, request_id,
+            encode(envelope_from_row(row, self.settings.async_responses_topic)), kafka_headers(request.correlation))
+        task = asyncio.create_task(self._settle(request_id, delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        done, _ = await asyncio.wait({task}, timeout=self.settings.publish_wait_seconds)
+        return task in done and task.result()
+
+    async def _settle(self, request_id: str, delivery: asyncio.Future) -> bool:
+        try:
+            await delivery
+            async with self.pool.connection() as conn:
+                await store.mark_published(conn, [request_id])
+            return True
+        except KafkaException as exc:
+            log.warning("publish failed; the outbox relay will retry", extra={"request_id": request_id,
+                                                                              "error": str(exc)})
+            return False
+        except Exception as exc:  # noqa: BLE001 - published but not marked: the relay may publish it again
+            log.warning("published but not marked", extra={"request_id": request_id, "error": repr(exc)})
+            return False
+        finally:
+            self.in_flight.discard(request_id)
+
+    @staticmethod
+    def _log_fields(request: AsyncRequest, row: dict[str, Any]) -> dict[str, Any]:
+        return {"request_id": request.request_id, "client_id": request.client_id, "handler": request.handler,
+                "operation": request.operation, "status": row["status"], **request.correlation}
+
+
+def create_app(settings: PublisherSettings) -> Starlette:
+    publisher = Publisher(settings)
+    secret = settings.async_action_secret.get_secret_value().encode()
+
+    async def action(request: Request) -> JSONResponse:
+        supplied = request.headers.get(ACTION_SECRET_HEADER, "").encode()
+        if not hmac.compare_digest(supplied, secret):
+            refusal = ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}")
+            return JSONResponse(refusal.body(), status_code=refusal.status)
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse(ActionRefusal(400, "invalid-body", "body is not JSON").body(), status_code=400)
+        try:
+            output, _ = await publisher.handle(body, dict(request.headers))
+            return JSONResponse(output)
+        except ActionRefusal as refusal:
+            log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
+            return JSONResponse(refusal.body(), status_code=refusal.status)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("database unavailable", extra={"error": repr(exc)})
+            # not a refusal: Hasura shows 5xx as an internal error, which the client may retry
+            return JSONResponse({"message": "database unavailable, retry",
+                                 "extensions": {"code": "unavailable"}}, status_code=503)
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> JSONResponse:
+        try:
+            async with publisher.pool.connection(timeout=2) as conn:
+                await conn.execute("SELECT 1")
+            return JSONResponse({"status": "ready"})
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            return JSONResponse({"status": "not ready", "error": type(exc).__name__}, status_code=503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        await publisher.start()
+        try:
+            yield
+        finally:
+            await publisher.stop()
+
+    app = Starlette(routes=[
+        Route(f"/action/{ACTION_NAME}", action, methods=["POST"]),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ], lifespan=lifespan)
+    app.state.publisher = publisher
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    logs.setup()
+    settings = PublisherSettings.from_env()
+    # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
+    uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
+                log_config=None, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

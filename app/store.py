@@ -1,0 +1,70 @@
+"""SQL of the publisher and its outbox relay (psycopg 3, async). YugabyteDB YSQL compatible."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from app.envelope import AsyncRequest
+
+ROW_COLUMNS = (
+    "request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, "
+    "created_at, published_at, expires_at"
+)
+
+INSERT_PENDING = f"""
+INSERT INTO graphql.client_async_messages
+    (request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at)
+VALUES (%s, %s, %s, %s, 'pending', %s, %s, %s, %s, now() + make_interval(secs => %s))
+ON CONFLICT (request_id) DO NOTHING
+RETURNING {ROW_COLUMNS}
+"""
+
+SELECT_ONE = f"SELECT {ROW_COLUMNS} FROM graphql.client_async_messages WHERE request_id = %s"
+
+MARK_PUBLISHED = """
+UPDATE graphql.client_async_messages
+   SET status = 'published', published_at = now(), updated_at = now()
+ WHERE request_id = ANY(%s) AND status = 'pending'
+"""
+
+# rows the normal path did not publish: older than the grace period, not expired, one relay at a time per row
+CLAIM_UNPUBLISHED = f"""
+SELECT {ROW_COLUMNS} FROM graphql.client_async_messages
+ WHERE status = 'pending'
+   AND created_at < now() - make_interval(secs => %s)
+   AND expires_at > now()
+ ORDER BY created_at
+ LIMIT %s
+ FOR UPDATE SKIP LOCKED
+"""
+
+
+async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[str, Any] | None:
+    """The stored row, or None when the request_id exists already."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(INSERT_PENDING, (
+        request.request_id, request.client_id, request.handler, request.operation, request.priority,
+        Jsonb(request.payload), Jsonb(request.metadata), Jsonb(request.correlation), request.expires_in_seconds,
+    ))
+    return await cur.fetchone()
+
+
+async def select_row(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(SELECT_ONE, (request_id,))
+    return await cur.fetchone()
+
+
+async def mark_published(conn: AsyncConnection, request_ids: list[str]) -> int:
+    cur = await conn.execute(MARK_PUBLISHED, (request_ids,))
+    return cur.rowcount
+
+
+async def claim_unpublished(conn: AsyncConnection, grace_seconds: float, limit: int) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(CLAIM_UNPUBLISHED, (grace_seconds, limit))
+    return await cur.fetchall()

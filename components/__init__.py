@@ -1,0 +1,1 @@
+"""Typed Pulumi ComponentResources, one concern per module."""
