@@ -93,7 +93,7 @@ def main() -> int:
     try:
         bootstrap_database(settings)
         bootstrap_metadata(settings)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the Job's log says why; its exit code says that it failed
         log.error("bootstrap failed", extra={"error": str(exc)})
         return 1
     return 0

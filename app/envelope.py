@@ -9,7 +9,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -174,7 +174,7 @@ def resolve_client_id(session: dict[str, Any], input_client_id: str | None) -> s
 
 
 def isoformat(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def request_envelope(
@@ -254,12 +254,13 @@ def parse_response(value: bytes | None, now: datetime | None = None) -> Response
         return InvalidResponse("invalid_status", f"status {status!r} is not completed|failed", request_id)
     error = doc.get("error")
     if status == "failed":
-        if not (isinstance(error, dict) and isinstance(error.get("code"), str) and isinstance(error.get("message"), str)):
+        well_formed = isinstance(error, dict) and all(isinstance(error.get(k), str) for k in ("code", "message"))
+        if not well_formed:
             return InvalidResponse("invalid_error", "a failed response needs error {code, message}", request_id)
         error = {"code": error["code"], "message": error["message"]}
     else:
         error = None
-    completed_at = now or datetime.now(timezone.utc)
+    completed_at = now or datetime.now(UTC)
     if "completed_at" in doc:
         try:
             completed_at = datetime.fromisoformat(str(doc["completed_at"]).replace("Z", "+00:00"))

@@ -44,7 +44,8 @@ class OutboxRelay:
                 for r in rows
             ]
             results = await asyncio.gather(*deliveries, return_exceptions=True)
-            delivered = [r["request_id"] for r, res in zip(rows, results) if not isinstance(res, BaseException)]
+            delivered = [r["request_id"] for r, res in zip(rows, results, strict=True)
+                         if not isinstance(res, BaseException)]
             if delivered:
                 await store.mark_published(conn, delivered)
         self.published_total += len(delivered)

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psycopg
@@ -115,7 +115,7 @@ def dlq_headers(msg: Message, reason: InvalidResponse) -> list[tuple[str, bytes]
         ("dlq.source.topic", msg.topic().encode()),
         ("dlq.source.partition", str(msg.partition()).encode()),
         ("dlq.source.offset", str(msg.offset()).encode()),
-        ("dlq.failed_at", datetime.now(timezone.utc).isoformat().encode()),
+        ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
     ]
 
 

@@ -184,7 +184,8 @@ class PostgresServer:
         if not (self.data_dir / "postmaster.pid").exists():
             return
         subprocess.run(
-            [*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"],
+            [*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir),
+             "-m", "fast", "-w", "stop"],
             check=False, capture_output=True,
         )
 
@@ -313,7 +314,7 @@ class KafkaBroker:
             try:
                 admin.list_topics(timeout=2)
                 return
-            except Exception:
+            except Exception:  # noqa: BLE001 - any failure means "not ready yet"
                 if time.monotonic() > deadline or (self._process and self._process.poll() is not None):
                     raise RuntimeError(f"kafka broker not ready:\n{_tail(self.work_dir / 'broker.out')}") from None
 

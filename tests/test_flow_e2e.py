@@ -15,7 +15,7 @@ from tests.support.services import action_body, call_action, running_publisher, 
 def fetch_row(db, request_id: str) -> dict | None:
     cur = db.execute("SELECT * FROM graphql.client_async_messages WHERE request_id = %s", (request_id,))
     row = cur.fetchone()
-    return dict(zip([c.name for c in cur.description], row)) if row else None
+    return dict(zip([c.name for c in cur.description], row, strict=False)) if row else None
 
 
 def test_happy_path_end_to_end(kafka, db, publisher_settings, writer_settings, topics):
