@@ -144,10 +144,20 @@ class PostgresServer:
         )
         pwfile.unlink()
 
+    def is_running(self) -> bool:
+        if not (self.data_dir / "postmaster.pid").exists():
+            return False
+        status = subprocess.run([*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir),
+                                 "status"], capture_output=True)
+        return status.returncode == 0
+
     def start(self, timeout: float = 60.0) -> None:
+        """Start (or restart on the same port); a no-op when already running."""
         bindir = postgres_bindir()
         if not (self.data_dir / "PG_VERSION").exists():
             self.init()
+        elif self.is_running():
+            return
         if not self.port:
             self.port = free_port()
         log = self.data_dir.parent / f"{self.data_dir.name}.log"

@@ -1,0 +1,189 @@
+"""The response writer on real PostgreSQL and Kafka: idempotency, DLQ, database outage, crash before commit."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+from confluent_kafka import Producer
+from psycopg.types.json import Jsonb
+
+from app.writer import ResponseWriter
+from tests.support.kafka_admin import read_all, wait_until
+from tests.support.services import running_writer
+
+
+def insert_rows(db, request_ids: list[str], status: str = "published") -> None:
+    with db.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, status, payload, "
+            "expires_at) VALUES (%s, 'client-w', 'h', 'op', %s, %s, now() + interval '1 hour')",
+            [(r, status, Jsonb({})) for r in request_ids])
+
+
+def response(request_id: str, status: str = "completed", **extra) -> bytes:
+    doc = {"spec_version": "async.response.v1", "request_id": request_id, "status": status, **extra}
+    if status == "completed":
+        doc.setdefault("result", {"ok": True})
+    else:
+        doc.setdefault("error", {"code": "E_WORKER", "message": "worker failed"})
+    return json.dumps(doc).encode()
+
+
+def produce(kafka, topic: str, messages: list[tuple[str | None, bytes | None]]) -> None:
+    producer = Producer(kafka.client_config())
+    for key, value in messages:
+        producer.produce(topic, key=key, value=value)
+    assert producer.flush(10) == 0
+
+
+def rows(db, request_ids: list[str]) -> dict[str, tuple]:
+    return {r[0]: r[1:] for r in db.execute(
+        "SELECT request_id, status, response, error FROM graphql.client_async_messages WHERE request_id = ANY(%s)",
+        (request_ids,))}
+
+
+def committed_offset_total(kafka, settings) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer(kafka.client_config() | {"group.id": settings.writer_group_id})
+    parts = consumer.list_topics(settings.async_responses_topic, timeout=10).topics[
+        settings.async_responses_topic].partitions
+    committed = consumer.committed([TopicPartition(settings.async_responses_topic, p) for p in parts], timeout=10)
+    consumer.close()
+    return sum(max(tp.offset, 0) for tp in committed)
+
+
+def ids(n: int) -> list[str]:
+    return [f"req-{uuid.uuid4().hex}" for _ in range(n)]
+
+
+def test_first_terminal_state_wins_and_duplicates_change_nothing(kafka, db, writer_settings, topics):
+    done, failed = ids(20), ids(5)
+    insert_rows(db, done + failed)
+    messages = [(r, response(r, result={"n": i})) for i, r in enumerate(done)]
+    messages += [(r, response(r, "failed")) for r in failed]
+    # duplicates and late contradicting answers, in the same batch and in later batches
+    messages += [(r, response(r, "failed")) for r in done[:5]] + [(r, response(r, result={"late": 1}))
+                                                                   for r in failed]
+    produce(kafka, topics.responses, messages)
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == len(messages), what="all committed")
+        produce(kafka, topics.responses, [(r, response(r, "failed")) for r in done[5:10]])
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == len(messages) + 5, what="replays")
+        assert not failure
+    state = rows(db, done + failed)
+    for i, r in enumerate(done):
+        assert state[r] == ("completed", {"n": i}, None)
+    for r in failed:
+        assert state[r] == ("failed", None, {"code": "E_WORKER", "message": "worker failed"})
+    assert writer.stats.written == 25 and writer.stats.dead_lettered == 0
+    assert read_all(kafka.client_config(), topics.dlq, expect=0, timeout=2) == []
+
+
+POISON = [
+    ("invalid_json", b"{nope"),
+    ("not_an_object", b"[1,2]"),
+    ("missing_request_id", json.dumps({"spec_version": "async.response.v1", "status": "completed"}).encode()),
+    ("unknown_spec_version", json.dumps({"spec_version": "async.response.v9", "request_id": "x1",
+                                         "status": "completed"}).encode()),
+    ("invalid_status", json.dumps({"spec_version": "async.response.v1", "request_id": "x2",
+                                   "status": "done"}).encode()),
+    ("invalid_error", json.dumps({"spec_version": "async.response.v1", "request_id": "x3",
+                                  "status": "failed", "error": "boom"}).encode()),
+    ("unstorable_result", json.dumps({"spec_version": "async.response.v1", "request_id": "x4",
+                                      "status": "completed", "result": "a\u0000b"}).encode()),
+    ("empty_message", None),
+]
+
+
+def test_poison_messages_go_to_the_dlq_with_reason_and_source(kafka, db, writer_settings, topics):
+    good, unknown = ids(3), f"req-unknown-{uuid.uuid4().hex}"
+    insert_rows(db, good)
+    messages = [(f"poison-{i}", value) for i, (_, value) in enumerate(POISON)]
+    messages += [(unknown, response(unknown))] + [(r, response(r)) for r in good]
+    produce(kafka, topics.responses, messages)
+    with running_writer(writer_settings) as (_writer, failure):
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == len(messages), what="committed")
+        assert not failure
+    dead = read_all(kafka.client_config(), topics.dlq, expect=len(POISON) + 1)
+    assert len(dead) == len(POISON) + 1
+    by_key = {m.key().decode(): dict(m.headers()) for m in dead}
+    for i, (reason, value) in enumerate(POISON):
+        headers = by_key[f"poison-{i}"]
+        assert headers["dlq.reason"].decode() == reason
+        assert headers["dlq.source.topic"].decode() == topics.responses
+        assert int(headers["dlq.source.offset"]) >= 0 and int(headers["dlq.source.partition"]) in (0, 1, 2)
+    assert by_key[unknown]["dlq.reason"] == b"unknown_request"
+    dlq_values = {m.key().decode(): m.value() for m in dead}
+    assert dlq_values["poison-0"] == b"{nope"  # the original bytes travel unchanged
+    assert all(s[0] == "completed" for s in rows(db, good).values())
+
+
+def test_database_outage_is_retried_never_dead_lettered(kafka, pg, db, writer_settings, topics):
+    request_ids = ids(30)
+    insert_rows(db, request_ids)
+    pg.stop()
+    try:
+        produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
+        with running_writer(writer_settings) as (writer, failure):
+            wait_until(lambda: writer.stats.retries >= 2, what="writer retrying while the database is down")
+            assert committed_offset_total(kafka, writer_settings) == 0
+            pg.start()
+            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 30, timeout=60, what="recovery")
+            assert not failure
+    finally:
+        pg.start()
+    with psycopg.connect(pg.url) as conn:
+        assert all(s[0] == "completed" for s in rows(conn, request_ids).values())
+    assert read_all(kafka.client_config(), topics.dlq, expect=0, timeout=2) == []
+
+
+class Crash(BaseException):
+    """Stands for the process dying: raised past every handler, nothing is committed or closed."""
+
+
+def test_crash_between_write_and_commit_duplicates_and_loses_nothing(kafka, db, writer_settings, topics):
+    request_ids, unknown = ids(10), f"req-unknown-{uuid.uuid4().hex}"
+    insert_rows(db, request_ids)
+    produce(kafka, topics.responses,
+            [(r, response(r, result={"attempt": 1})) for r in request_ids] + [(unknown, response(unknown))]
+            + [("poison", b"not json")])
+
+    class CrashingWriter(ResponseWriter):
+        def before_commit(self) -> None:
+            raise Crash()
+
+    with running_writer(writer_settings, CrashingWriter) as (crashed, failure):
+        wait_until(lambda: failure, what="the writer to crash before its commit")
+    assert isinstance(failure[0], Crash)
+    # the database write happened, the offsets did not move
+    assert all(s[0] == "completed" for s in rows(db, request_ids).values())
+    assert committed_offset_total(kafka, writer_settings) == 0
+    # the dead process's group session ends (closing commits nothing: auto-commit is off)
+    crashed.consumer.close()
+    assert committed_offset_total(kafka, writer_settings) == 0
+    before = rows(db, request_ids)
+
+    with running_writer(writer_settings) as (restarted, failure):  # same transactional.id: fences the dead one
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == 12, what="redelivery committed")
+        assert not failure
+    assert rows(db, request_ids) == before
+    assert restarted.stats.written == 0
+    dead = read_all(kafka.client_config(), topics.dlq, expect=2)
+    assert sorted(m.key().decode() for m in dead) == sorted([unknown, "poison"])  # once each, not twice
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_batch_size_does_not_change_the_outcome(kafka, db, writer_settings, topics, batch_size):
+    request_ids = ids(15)
+    insert_rows(db, request_ids, status="pending")  # a response may overtake the publisher's own mark
+    produce(kafka, topics.responses, [(r, response(r)) for r in request_ids] * 2)
+    settings = writer_settings.model_copy(update={"writer_batch_size": batch_size})
+    with running_writer(settings) as (writer, failure):
+        wait_until(lambda: committed_offset_total(kafka, settings) == 30, what="committed")
+        assert not failure
+    assert writer.stats.written == 15
+    assert {s[0] for s in rows(db, request_ids).values()} == {"completed"}
