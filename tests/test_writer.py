@@ -111,7 +111,7 @@ def test_poison_messages_go_to_the_dlq_with_reason_and_source(kafka, db, writer_
     dead = read_all(kafka.client_config(), topics.dlq, expect=len(POISON) + 1)
     assert len(dead) == len(POISON) + 1
     by_key = {m.key().decode(): dict(m.headers()) for m in dead}
-    for i, (reason, value) in enumerate(POISON):
+    for i, (reason, _value) in enumerate(POISON):
         headers = by_key[f"poison-{i}"]
         assert headers["dlq.reason"].decode() == reason
         assert headers["dlq.source.topic"].decode() == topics.responses
