@@ -89,7 +89,7 @@ def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
 
 def main() -> int:
     logs.setup()
-    settings = BootstrapSettings.from_env()
+    settings = BootstrapSettings.load_or_exit()
     try:
         bootstrap_database(settings)
         bootstrap_metadata(settings)

@@ -6,7 +6,6 @@ skipped (SKIP LOCKED) and picked up by a later batch or run. No ctid: YugabyteDB
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -87,13 +86,12 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
 
 def main() -> None:
     logs.setup()
-    settings = CleanupSettings.from_env()
+    settings = CleanupSettings.load_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
                          settings.cleanup_time_budget_seconds, stop)
     log.info("cleanup finished", extra=asdict(report))
-    print(json.dumps(asdict(report)))
 
 
 if __name__ == "__main__":

@@ -207,7 +207,7 @@ def main() -> None:
     import uvicorn
 
     logs.setup()
-    settings = PublisherSettings.from_env()
+    settings = PublisherSettings.load_or_exit()
     # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
                 log_config=None, access_log=False)

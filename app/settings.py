@@ -8,6 +8,7 @@ environment variable of the same name wins over the file.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +46,15 @@ class _Base(BaseSettings):
                 f"{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
             )
             raise SettingsError(f"{cls.__name__}: {problems}") from None
+
+    @classmethod
+    def load_or_exit(cls):
+        """For a service's main(): a settings problem ends the process with one clear line, exit code 2."""
+        try:
+            return cls.from_env()
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class DatabaseSettings(_Base):

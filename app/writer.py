@@ -289,7 +289,7 @@ def serve_health(writer: ResponseWriter, port: int) -> ThreadingHTTPServer:
 
 def main() -> None:
     logs.setup()
-    settings = WriterSettings.from_env()
+    settings = WriterSettings.load_or_exit()
     writer = ResponseWriter(settings)
     signal.signal(signal.SIGTERM, lambda *_: writer.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: writer.stop_event.set())

@@ -99,7 +99,8 @@ def test_the_writer_runs_end_to_end_with_only_its_own_principal(secured, pg, db)
     worker.flush(10)
     settings = WriterSettings(
         async_database_url=pg.url, kafka_bootstrap_servers=secured.bootstrap, kafka_username=PRINCIPALS.writer,
-        kafka_password=PASSWORDS[PRINCIPALS.writer], writer_group_id=f"{PRINCIPALS.writer_group}-{uuid.uuid4().hex[:6]}",
+        kafka_password=PASSWORDS[PRINCIPALS.writer],
+        writer_group_id=f"{PRINCIPALS.writer_group}-{uuid.uuid4().hex[:6]}",
         writer_instance_id=uuid.uuid4().hex[:6], health_port=0, writer_batch_wait_seconds=0.2)
     with running_writer(settings) as (_writer, failure):
         wait_until(lambda: db.execute("SELECT status FROM graphql.client_async_messages WHERE request_id = %s",

@@ -1,0 +1,229 @@
+"""A local HTTP stand-in for Hasura's metadata API (`POST /v1/metadata`).
+
+Stands in for Hasura GraphQL Engine, which cannot run on these machines. It keeps metadata in
+memory and enforces the request shapes the bootstrap uses (see shared/notes/hasura.md): admin
+secret, known command types, required and unknown argument keys, tracked-table and
+custom-type references, `already-tracked` / `already-exists` errors, `resource_version`
+conflicts, and `bulk` that stops at the first failure without applying anything.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+GRAPHQL_TYPE = re.compile(r"^\[?[A-Za-z_][A-Za-z0-9_]*!?\]?!?$")
+ROOT_FIELDS_QUERY = {"select", "select_by_pk", "select_aggregate"}
+ROOT_FIELDS_SUBSCRIPTION = ROOT_FIELDS_QUERY | {"select_stream"}
+BUILTIN_SCALARS = {"String", "Int", "Float", "Boolean", "ID", "json", "jsonb", "uuid", "timestamptz"}
+
+
+class MetadataError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _keys(args: Any, required: set[str], optional: set[str] = frozenset(), where: str = "args") -> dict:
+    if not isinstance(args, dict):
+        raise MetadataError("parse-failed", f"{where} must be an object")
+    missing = required - args.keys()
+    unknown = args.keys() - required - optional
+    if missing or unknown:
+        raise MetadataError("parse-failed", f"{where}: missing {sorted(missing)}, unexpected {sorted(unknown)}")
+    return args
+
+
+class HasuraStandIn:
+    def __init__(self, admin_secret: str, table_columns: dict[tuple[str, str], set[str]], source: str = "default"):
+        self.admin_secret = admin_secret
+        self.table_columns = table_columns
+        self.resource_version = 1
+        self.metadata: dict[str, Any] = {"version": 3, "sources": [{"name": source, "kind": "postgres",
+                                                                    "tables": [], "configuration": {}}]}
+        self.calls: list[dict] = []
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------- dispatch
+    def handle(self, body: Any, secret: str | None) -> tuple[int, Any]:
+        if secret != self.admin_secret:
+            return 401, {"code": "access-denied", "error": "invalid x-hasura-admin-secret"}
+        with self._lock:
+            self.calls.append(body)
+            try:
+                _keys(body, {"type", "args"}, {"version", "resource_version"}, "request")
+                if body.get("resource_version") not in (None, self.resource_version):
+                    raise MetadataError("conflict", "resource_version mismatch", 409)
+                if body["type"] == "export_metadata":
+                    return 200, {"resource_version": self.resource_version, "metadata": copy.deepcopy(self.metadata)}
+                staged = copy.deepcopy(self.metadata)
+                result = self._apply(staged, body["type"], body["args"])
+                self.metadata = staged
+                self.resource_version += 1
+                return 200, result
+            except MetadataError as exc:
+                return exc.status, {"code": exc.code, "error": exc.message, "path": "$.args"}
+
+    def _apply(self, md: dict, kind: str, args: Any) -> Any:
+        if kind == "bulk":
+            if not isinstance(args, list):
+                raise MetadataError("parse-failed", "bulk args must be a list")
+            results = []
+            for command in args:  # stops at the first failure; the caller discards `md`
+                _keys(command, {"type", "args"}, set(), "bulk item")
+                results.append(self._apply(md, command["type"], command["args"]))
+            return results
+        handler = getattr(self, f"_{kind}", None)
+        if handler is None:
+            raise MetadataError("parse-failed", f"unknown metadata command {kind!r}")
+        handler(md, args)
+        return {"message": "success"}
+
+    # --------------------------------------------------------------- helpers
+    def _source(self, md: dict, name: str) -> dict:
+        for source in md["sources"]:
+            if source["name"] == name:
+                return source
+        raise MetadataError("not-exists", f"source {name!r} does not exist")
+
+    def _table(self, md: dict, args: dict) -> dict:
+        table = args["table"]
+        _keys(table, {"schema", "name"}, set(), "table")
+        for entry in self._source(md, args["source"])["tables"]:
+            if entry["table"] == table:
+                return entry
+        raise MetadataError("not-exists", f"table {table} is not tracked")
+
+    # --------------------------------------------------------------- commands
+    def _pg_track_table(self, md: dict, args: Any) -> None:
+        _keys(args, {"source", "table"}, {"configuration"})
+        table = _keys(args["table"], {"schema", "name"}, set(), "table")
+        if (table["schema"], table["name"]) not in self.table_columns:
+            raise MetadataError("invalid-configuration", f"no such table in the database: {table}")
+        source = self._source(md, args["source"])
+        if any(t["table"] == table for t in source["tables"]):
+            raise MetadataError("already-tracked", f"view/table already tracked: {table['name']}")
+        source["tables"].append({"table": table})
+
+    def _pg_create_select_permission(self, md: dict, args: Any) -> None:
+        _keys(args, {"source", "table", "role", "permission"}, {"comment"})
+        permission = _keys(args["permission"], {"columns", "filter"},
+                           {"limit", "allow_aggregations", "query_root_fields", "subscription_root_fields",
+                            "computed_fields"}, "permission")
+        entry = self._table(md, args)
+        known = self.table_columns[(entry["table"]["schema"], entry["table"]["name"])]
+        columns = permission["columns"]
+        if columns != "*" and (not isinstance(columns, list) or not set(columns) <= known):
+            raise MetadataError("validation-failed", f"unknown columns {sorted(set(columns) - known)}")
+        if not isinstance(permission["filter"], dict):
+            raise MetadataError("parse-failed", "filter must be a boolean expression object")
+        for key, allowed in (("query_root_fields", ROOT_FIELDS_QUERY),
+                             ("subscription_root_fields", ROOT_FIELDS_SUBSCRIPTION)):
+            if key in permission and not set(permission[key]) <= allowed:
+                raise MetadataError("parse-failed", f"{key}: unknown root fields")
+        if "limit" in permission and not (isinstance(permission["limit"], int) and permission["limit"] >= 0):
+            raise MetadataError("parse-failed", "limit must be a non-negative integer")
+        perms = entry.setdefault("select_permissions", [])
+        if any(p["role"] == args["role"] for p in perms):
+            raise MetadataError("already-exists", f"select permission for role {args['role']} already exists")
+        perms.append({"role": args["role"], "permission": permission})
+
+    def _pg_drop_select_permission(self, md: dict, args: Any) -> None:
+        _keys(args, {"source", "table", "role"})
+        entry = self._table(md, args)
+        perms = entry.get("select_permissions", [])
+        if not any(p["role"] == args["role"] for p in perms):
+            raise MetadataError("not-exists", f"no select permission for role {args['role']}")
+        entry["select_permissions"] = [p for p in perms if p["role"] != args["role"]]
+
+    def _set_custom_types(self, md: dict, args: Any) -> None:
+        _keys(args, set(), {"objects", "input_objects", "scalars", "enums"})
+        for obj in args.get("objects", []):
+            _keys(obj, {"name", "fields"}, {"description", "relationships"}, "object")
+            for field in obj["fields"]:
+                _keys(field, {"name", "type"}, {"description", "arguments"}, "field")
+                if not GRAPHQL_TYPE.match(field["type"]):
+                    raise MetadataError("parse-failed", f"bad GraphQL type {field['type']!r}")
+        md["custom_types"] = copy.deepcopy(args)
+
+    def _known_types(self, md: dict) -> set[str]:
+        custom = md.get("custom_types", {})
+        return BUILTIN_SCALARS | {t["name"] for kind in ("objects", "scalars", "enums") for t in custom.get(kind, [])}
+
+    def _check_definition(self, md: dict, definition: Any) -> None:
+        _keys(definition, {"arguments", "output_type", "handler"},
+              {"kind", "type", "headers", "forward_client_headers", "timeout", "request_transform",
+               "response_transform"}, "definition")
+        if definition.get("kind", "synchronous") not in ("synchronous", "asynchronous"):
+            raise MetadataError("parse-failed", "kind must be synchronous|asynchronous")
+        if definition.get("type", "mutation") not in ("mutation", "query"):
+            raise MetadataError("parse-failed", "type must be mutation|query")
+        if definition["output_type"].strip("[]!") not in self._known_types(md):
+            raise MetadataError("validation-failed", f"output type {definition['output_type']!r} is not defined")
+        for argument in definition["arguments"]:
+            _keys(argument, {"name", "type"}, {"description"}, "argument")
+            if argument["type"].strip("[]!") not in self._known_types(md):
+                raise MetadataError("validation-failed", f"argument type {argument['type']!r} is not defined")
+        for header in definition.get("headers", []):
+            _keys(header, {"name"}, {"value", "value_from_env"}, "header")
+            if ("value" in header) == ("value_from_env" in header):
+                raise MetadataError("parse-failed", "a header needs exactly one of value, value_from_env")
+        if not isinstance(definition["handler"], str) or not definition["handler"]:
+            raise MetadataError("parse-failed", "handler must be a URL or {{ENV}} template")
+
+    def _create_action(self, md: dict, args: Any) -> None:
+        _keys(args, {"name", "definition"}, {"comment"})
+        self._check_definition(md, args["definition"])
+        actions = md.setdefault("actions", [])
+        if any(a["name"] == args["name"] for a in actions):
+            raise MetadataError("already-exists", f"action {args['name']} already exists")
+        actions.append({"name": args["name"], "definition": args["definition"], "permissions": []})
+
+    def _update_action(self, md: dict, args: Any) -> None:
+        _keys(args, {"name", "definition"}, {"comment"})
+        self._check_definition(md, args["definition"])
+        action = next((a for a in md.get("actions", []) if a["name"] == args["name"]), None)
+        if action is None:
+            raise MetadataError("not-exists", f"action {args['name']} does not exist")
+        action["definition"] = args["definition"]
+
+    def _create_action_permission(self, md: dict, args: Any) -> None:
+        _keys(args, {"action", "role"}, {"definition", "comment"})
+        action = next((a for a in md.get("actions", []) if a["name"] == args["action"]), None)
+        if action is None:
+            raise MetadataError("not-exists", f"action {args['action']} does not exist")
+        if any(p["role"] == args["role"] for p in action["permissions"]):
+            raise MetadataError("already-exists", f"permission for role {args['role']} already exists")
+        action["permissions"].append({"role": args["role"]})
+
+
+def serve(standin: HasuraStandIn, port: int = 0) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path != "/v1/metadata":
+                self.send_response(404)
+                self.end_headers()
+                return
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            except json.JSONDecodeError:
+                status, answer = 400, {"code": "parse-failed", "error": "invalid JSON"}
+            else:
+                status, answer = standin.handle(body, self.headers.get("X-Hasura-Admin-Secret"))
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
