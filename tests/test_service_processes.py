@@ -1,0 +1,90 @@
+"""The services as the containers run them: `python -m app.<service>`, settings from env, SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+
+import httpx
+
+from scripts.servers import free_port
+from tests.conftest import ACTION_SECRET, REPO
+from tests.support.kafka_admin import wait_until
+from tests.support.services import action_body, call_action
+
+
+def service_env(pg, kafka, topics, **extra) -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASYNC_"))} | {
+        "ASYNC_SECRETS_DIR": "/nonexistent",
+        "ASYNC_DATABASE_URL": pg.url, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap,
+        "KAFKA_USERNAME": "admin", "KAFKA_PASSWORD": "admin-secret",
+        "ASYNC_REQUESTS_TOPIC": topics.requests, "ASYNC_RESPONSES_TOPIC": topics.responses,
+        "ASYNC_DLQ_TOPIC": topics.dlq, **extra}
+
+
+def start(module: str, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def json_logs(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def test_publisher_process_serves_and_stops_on_sigterm(pg, kafka, topics):
+    port = free_port()
+    proc = start("app.publisher", service_env(pg, kafka, topics, ASYNC_ACTION_SECRET=ACTION_SECRET,
+                                              PUBLISHER_PORT=str(port), PUBLISHER_HOST="127.0.0.1"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, what="publisher ready")
+        answer = call_action(url, ACTION_SECRET, action_body({"handler": "h", "operation": "o",
+                                                              "request_id": f"req-{uuid.uuid4().hex}"}),
+                             headers={"CF-Ray": "ray-123", "CF-Connecting-IP": "198.51.100.4"})
+        assert answer.status_code == 200 and answer.json()["status"] == "published"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=30)
+    # uvicorn re-raises the captured SIGTERM once its graceful shutdown is done
+    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    logs = json_logs(stdout)
+    accepted = next(e for e in logs if e["msg"] == "accepted request")
+    assert accepted["cf-ray"] == "ray-123" and accepted["cf-connecting-ip"] == "198.51.100.4"
+    assert "publisher stopped" in [e["msg"] for e in logs]
+    assert ACTION_SECRET not in stdout + stderr and "admin-secret" not in stdout + stderr
+
+
+def test_writer_process_stops_on_sigterm(pg, kafka, topics):
+    health = free_port()
+    proc = start("app.writer", service_env(pg, kafka, topics, HEALTH_PORT=str(health),
+                                           WRITER_GROUP_ID=f"graphql-async-response-writer-{uuid.uuid4().hex[:6]}"))
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz").status_code == 200, what="writer health")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert json_logs(stdout)[-1]["msg"] == "writer stopped"
+
+
+def test_cleanup_process_reports_what_it_deleted(pg, db, kafka, topics):
+    db.execute("DELETE FROM graphql.client_async_messages WHERE expires_at < now()")
+    db.execute("INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, expires_at) "
+               "SELECT 'proc-' || g, 'c', 'h', 'o', now() - interval '1 second' FROM generate_series(1, 42) g")
+    run = subprocess.run([sys.executable, "-m", "app.cleanup"], cwd=REPO, capture_output=True, text=True,
+                         env=service_env(pg, kafka, topics, CLEANUP_BATCH_SIZE="10"), timeout=60)
+    assert run.returncode == 0, run.stderr
+    [report] = [e for e in json_logs(run.stdout) if e["msg"] == "cleanup finished"]
+    assert report["deleted"] == 42 and report["batches"] == 5 and report["stopped_by"] == "done"
+
+
+def test_writer_without_kafka_credentials_fails_clearly(pg, kafka, topics):
+    env = service_env(pg, kafka, topics)
+    del env["KAFKA_PASSWORD"]
+    run = subprocess.run([sys.executable, "-m", "app.writer"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0 and "KAFKA_PASSWORD" in run.stderr
