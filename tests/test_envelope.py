@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -27,8 +27,8 @@ def test_request_envelope_is_exactly_the_documented_shape():
         request_id="req-123", client_id="user-123", handler="billing-worker", operation="invoice.create",
         payload={"invoice_id": "inv_123", "amount": 42.5}, metadata={"tenant": "acme"}, priority="normal",
         reply_topic="graphql.async.responses.v1",
-        expires_at=datetime(2026, 3, 7, 23, 50, tzinfo=timezone.utc),
-        submitted_at=datetime(2026, 3, 7, 22, 50, tzinfo=timezone.utc))
+        expires_at=datetime(2026, 3, 7, 23, 50, tzinfo=UTC),
+        submitted_at=datetime(2026, 3, 7, 22, 50, tzinfo=UTC))
     assert envelope == {
         "spec_version": "async.request.v1", "request_id": "req-123", "client_id": "user-123",
         "route": {"handler": "billing-worker", "operation": "invoice.create"},
@@ -76,7 +76,7 @@ def test_invalid_responses_are_classified(value, reason):
 
 
 def test_valid_responses():
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     ok = parse_response(json.dumps({"spec_version": "async.response.v1", "request_id": "r1", "status": "completed",
                                     "result": [1, 2]}).encode(), now=now)
     assert ok == ResponseOutcome("r1", "completed", [1, 2], None, now)
@@ -84,4 +84,4 @@ def test_valid_responses():
                                         "error": {"code": "E1", "message": "m", "extra": 1},
                                         "completed_at": "2026-02-01T00:00:00Z"}).encode())
     assert failed.error == {"code": "E1", "message": "m"}
-    assert failed.completed_at == datetime(2026, 2, 1, tzinfo=timezone.utc)
+    assert failed.completed_at == datetime(2026, 2, 1, tzinfo=UTC)
