@@ -1,0 +1,95 @@
+"""The GraphQL entrypoint stack: read typed config, build the components, export what other teams use."""
+
+from pathlib import Path
+
+import pulumi
+
+from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, WRITER, AsyncFlow, AsyncFlowArgs
+from components.config import load_stack_config
+from components.hasura import Hasura, HasuraArgs
+from components.images import ServiceImages, ServiceImagesArgs
+from components.kafka import KafkaAccess, KafkaAccessArgs
+from components.kafka_access import ServicePrincipals
+from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
+from components.vault_access import (
+    ACTION_SECRET,
+    DATABASE_URL,
+    EXTERNAL_SECRETS_ROLE,
+    HASURA_ADMIN_SECRET,
+    TUNNEL_TOKEN,
+    VaultAccess,
+    VaultAccessArgs,
+    kafka_entry,
+    vault_file,
+)
+
+ROOT = Path(__file__).parent
+ACTION_NAME = "publish_async_request"
+TABLE = "graphql.client_async_messages"
+
+cfg = load_stack_config()
+ns, mount = cfg.namespace, cfg.vault.kv_mount
+principals = ServicePrincipals()
+hasura_url = f"http://hasura.{ns}.svc.cluster.local:8080"
+
+edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
+                                                origin=hasura_url))
+
+kafka = KafkaAccess("kafka", KafkaAccessArgs(config=cfg.kafka, admin_password=cfg.kafka_admin_password,
+                                             principals=principals))
+
+vault = VaultAccess("vault", VaultAccessArgs(
+    namespace=ns, kv_mount=mount, kubernetes_auth_path=cfg.vault.kubernetes_auth_path,
+    database_url=cfg.database_url, tunnel_token=edge.tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
+    kafka_credentials=kafka.credentials,
+    service_accounts={"hasura": "hasura", PUBLISHER: PUBLISHER, WRITER: WRITER, CLEANUP: CLEANUP,
+                      BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"}))
+
+TunnelConnector("tunnel-connector", TunnelConnectorArgs(
+    namespace=ns, vault_address=cfg.vault.address, kv_mount=mount,
+    kubernetes_auth_path=cfg.vault.kubernetes_auth_path, vault_role=EXTERNAL_SECRETS_ROLE, token_entry=TUNNEL_TOKEN,
+    token_key=cfg.vault.tunnel_token_key, image=cfg.cloudflare.cloudflared_image,
+    replicas=cfg.cloudflare.cloudflared_replicas), opts=pulumi.ResourceOptions(depends_on=[vault]))
+
+hasura = Hasura("hasura", HasuraArgs(
+    namespace=ns, image=cfg.hasura.image, replicas=cfg.hasura.replicas,
+    env_file=(ROOT / "config" / "hasura" / "hasura.env").read_text(), vault_role="hasura",
+    vault_files=[
+        vault_file(mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
+        vault_file(mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
+        # the action sends it to the publisher (value_from_env)
+        vault_file(mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
+    ],
+    container_env={"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": "8080"}),
+    opts=pulumi.ResourceOptions(depends_on=[vault]))
+
+images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry, platform=cfg.images.platform,
+                                                   context=ROOT / "app"))
+
+database_file = vault_file(mount, DATABASE_URL, "async_database_url")
+flow = AsyncFlow("async-flow", AsyncFlowArgs(
+    namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
+    vault_files={
+        PUBLISHER: [database_file, vault_file(mount, ACTION_SECRET, "async_action_secret"),
+                    vault_file(mount, kafka_entry("publisher", "username"), "kafka_username"),
+                    vault_file(mount, kafka_entry("publisher", "password"), "kafka_password")],
+        WRITER: [database_file, vault_file(mount, kafka_entry("writer", "username"), "kafka_username"),
+                 vault_file(mount, kafka_entry("writer", "password"), "kafka_password")],
+        CLEANUP: [database_file],
+        BOOTSTRAP: [database_file, vault_file(mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
+    },
+    hasura_url=hasura.url, hasura_source=cfg.hasura.source_name, app_dir=ROOT / "app",
+    writer_group=principals.writer_group, writer_transactional_id=principals.writer_transactional_id),
+    opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
+
+pulumi.export("graphql_url", cfg.graphql_url)
+pulumi.export("graphql_websocket_url", cfg.websocket_url)
+pulumi.export("namespace", ns)
+pulumi.export("topics", {"requests": kafka.topic_names.requests, "responses": kafka.topic_names.responses,
+                         "dlq": kafka.topic_names.dlq})
+pulumi.export("table", TABLE)
+pulumi.export("action", ACTION_NAME)
+pulumi.export("vault_paths", vault.paths)
+pulumi.export("kafka_principals", {"publisher": principals.publisher, "writer": principals.writer})
+pulumi.export("image_digests", images.digests)
+pulumi.export("tunnel_id", edge.tunnel.id)

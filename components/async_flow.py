@@ -1,0 +1,180 @@
+"""The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer Deployment,
+cleanup CronJob, their service accounts, and a network policy that lets only Hasura reach the publisher."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.config import AsyncFlowConfig, KafkaConfig
+from components.k8s import (
+    Resources,
+    VaultFile,
+    child,
+    container_security,
+    labels,
+    pod_security,
+    selector,
+    vault_agent_annotations,
+)
+from components.kafka_access import AsyncTopics
+
+APP_UID = 10001  # the images' numeric user (app/Dockerfile)
+PUBLISHER = "graphql-async-request-publisher"
+WRITER = "graphql-async-response-writer"
+CLEANUP = "graphql-async-cleanup"
+BOOTSTRAP = "graphql-async-bootstrap"
+PUBLISHER_PORT = 8080
+WRITER_HEALTH_PORT = 8081
+
+
+def bootstrap_fingerprint(app_dir: Path, handler_url: str) -> str:
+    """The Job re-runs when the table SQL, the Hasura metadata it applies or the handler URL change."""
+    digest = hashlib.sha256(handler_url.encode())
+    for name in ("schema.sql", "hasura_metadata.py", "bootstrap.py"):
+        digest.update((app_dir / name).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+@dataclass
+class AsyncFlowArgs:
+    namespace: str
+    config: AsyncFlowConfig
+    kafka: KafkaConfig
+    topics: AsyncTopics
+    images: dict[str, pulumi.Input[str]]  # target -> pinned image (repo digest)
+    vault_files: dict[str, list[VaultFile]]  # workload -> the Vault files it mounts
+    hasura_url: str
+    hasura_source: str
+    app_dir: Path
+    writer_group: str
+    writer_transactional_id: str
+
+    @property
+    def publisher_url(self) -> str:
+        return f"http://{PUBLISHER}.{self.namespace}.svc.cluster.local:{PUBLISHER_PORT}/action/publish_async_request"
+
+
+class AsyncFlow(pulumi.ComponentResource):
+    def __init__(self, name: str, args: AsyncFlowArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:AsyncFlow", name, None, opts)
+        ns, cfg = args.namespace, args.config
+        kafka_env = {
+            "KAFKA_BOOTSTRAP_SERVERS": ",".join(args.kafka.bootstrap_servers),
+            "KAFKA_SECURITY_PROTOCOL": args.kafka.security_protocol,
+            "KAFKA_SASL_MECHANISM": args.kafka.sasl_mechanism,
+            "ASYNC_REQUESTS_TOPIC": args.topics.requests,
+            "ASYNC_RESPONSES_TOPIC": args.topics.responses,
+            "ASYNC_DLQ_TOPIC": args.topics.dlq,
+        }
+
+        self.service_accounts = {
+            sa: k8s.core.v1.ServiceAccount(sa, metadata={"name": sa, "namespace": ns, "labels": labels(sa, "async")},
+                                           opts=child(self))
+            for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP)
+        }
+
+        def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command: list[str] | None = None,
+                     ports: list[dict] | None = None, probes: dict | None = None,
+                     resources: Resources = Resources(), restart: str | None = None) -> dict:
+            container = {
+                "name": app.removeprefix("graphql-async-"),
+                "image": image,
+                "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                "resources": resources.spec(),
+                "securityContext": container_security(),
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                **({"command": command} if command else {}),
+                **({"ports": ports} if ports else {}),
+                **(probes or {}),
+            }
+            spec = {"serviceAccountName": app, "securityContext": pod_security(APP_UID),
+                    "terminationGracePeriodSeconds": 45, "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}]}
+            if restart:
+                spec["restartPolicy"] = restart
+            return spec
+
+        def pod_metadata(app: str, *, run_to_completion: bool = False) -> dict:
+            return {"labels": labels(app, "async"),
+                    "annotations": vault_agent_annotations(app, args.vault_files[app],
+                                                           run_to_completion=run_to_completion)}
+
+        # -- bootstrap: table + Hasura metadata; a new name (fingerprint) re-runs it when its content changes
+        fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url)
+        self.bootstrap = k8s.batch.v1.Job(
+            "bootstrap",
+            metadata={"name": f"{BOOTSTRAP}-{fingerprint}", "namespace": ns, "labels": labels(BOOTSTRAP, "async")},
+            spec={"backoffLimit": 6, "activeDeadlineSeconds": 900,
+                  "template": {"metadata": pod_metadata(BOOTSTRAP, run_to_completion=True),
+                               "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], {
+                                   "HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura_source,
+                                   "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
+                               }, command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
+            opts=child(self, depends_on=[self.service_accounts[BOOTSTRAP]]))
+
+        # -- publisher: the action handler, reachable only from Hasura
+        health = {"readinessProbe": {"httpGet": {"path": "/readyz", "port": PUBLISHER_PORT}, "periodSeconds": 5},
+                  "livenessProbe": {"httpGet": {"path": "/healthz", "port": PUBLISHER_PORT}, "periodSeconds": 10,
+                                    "initialDelaySeconds": 5}}
+        self.publisher = k8s.apps.v1.Deployment(
+            "publisher",
+            metadata={"name": PUBLISHER, "namespace": ns, "labels": labels(PUBLISHER, "async")},
+            spec={"replicas": cfg.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
+                  "template": {"metadata": pod_metadata(PUBLISHER),
+                               "spec": pod_spec(PUBLISHER, args.images["publisher"],
+                                                kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
+                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
+                                                probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
+            opts=child(self, depends_on=[self.service_accounts[PUBLISHER], self.bootstrap]))
+        self.publisher_service = k8s.core.v1.Service(
+            "publisher-svc",
+            metadata={"name": PUBLISHER, "namespace": ns, "labels": labels(PUBLISHER, "async")},
+            spec={"selector": selector(PUBLISHER),
+                  "ports": [{"name": "http", "port": PUBLISHER_PORT, "targetPort": "http"}]},
+            opts=child(self))
+        self.publisher_policy = k8s.networking.v1.NetworkPolicy(
+            "publisher-from-hasura-only",
+            metadata={"name": f"{PUBLISHER}-from-hasura", "namespace": ns, "labels": labels(PUBLISHER, "async")},
+            spec={"podSelector": {"matchLabels": selector(PUBLISHER)}, "policyTypes": ["Ingress"],
+                  "ingress": [{"from": [{"podSelector": {"matchLabels": selector("hasura")}}],
+                               "ports": [{"protocol": "TCP", "port": PUBLISHER_PORT}]}]},
+            opts=child(self))
+
+        # -- writer: consumer group on the responses topic
+        writer_health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
+                                           "periodSeconds": 15, "initialDelaySeconds": 10}}
+        self.writer = k8s.apps.v1.Deployment(
+            "writer",
+            metadata={"name": WRITER, "namespace": ns, "labels": labels(WRITER, "async")},
+            spec={"replicas": cfg.writer_replicas, "selector": {"matchLabels": selector(WRITER)},
+                  "template": {"metadata": pod_metadata(WRITER),
+                               "spec": pod_spec(WRITER, args.images["writer"], kafka_env | {
+                                   "WRITER_GROUP_ID": args.writer_group,
+                                   "WRITER_TRANSACTIONAL_ID_PREFIX": args.writer_transactional_id,
+                                   "WRITER_BATCH_SIZE": str(cfg.writer_batch_size),
+                                   "HEALTH_PORT": str(WRITER_HEALTH_PORT)},
+                                   ports=[{"name": "health", "containerPort": WRITER_HEALTH_PORT}],
+                                   probes=writer_health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
+            opts=child(self, depends_on=[self.service_accounts[WRITER], self.bootstrap]))
+
+        # -- cleanup: batched delete of expired rows; never two at once
+        self.cleanup = k8s.batch.v1.CronJob(
+            "cleanup",
+            metadata={"name": CLEANUP, "namespace": ns, "labels": labels(CLEANUP, "async")},
+            spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,
+                  "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+                  "jobTemplate": {"spec": {
+                      "backoffLimit": 2, "activeDeadlineSeconds": cfg.cleanup_time_budget_seconds + 120,
+                      "template": {"metadata": pod_metadata(CLEANUP, run_to_completion=True),
+                                   "spec": pod_spec(CLEANUP, args.images["cleanup"], {
+                                       "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
+                                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)},
+                                       restart="Never")}}}},
+            opts=child(self, depends_on=[self.service_accounts[CLEANUP], self.bootstrap]))
+
+        self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": f"{BOOTSTRAP}-{fingerprint}"})

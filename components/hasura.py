@@ -1,0 +1,110 @@
+"""Hasura GraphQL Engine: env-file ConfigMap, Deployment with Vault-injected secrets, Service.
+
+Start-up order inside the container: Vault-rendered secret exports first, then the ConfigMap's
+env file, whose lines only fill variables that are still unset (`VAR="${VAR:-default}"`). So
+container env and Vault secrets always win over the file's defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s import (
+    Resources,
+    VaultFile,
+    child,
+    container_security,
+    labels,
+    pod_security,
+    selector,
+    vault_agent_annotations,
+)
+
+ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
+ENV_FILE_KEY = "hasura.env"
+PORT = 8080
+START_COMMAND = (
+    "set -a; "
+    "for f in /vault/secrets/*.env; do [ -f \"$f\" ] && . \"$f\"; done; "
+    f". {ENV_FILE_MOUNT}; "
+    "set +a; "
+    "exec graphql-engine serve"
+)
+
+
+@dataclass
+class HasuraArgs:
+    namespace: str
+    image: str
+    replicas: int
+    env_file: str  # contents of config/hasura/hasura.env
+    vault_role: str
+    vault_files: list[VaultFile]
+    # non-secret settings pinned on the container; they win over the env file
+    container_env: dict[str, str] = field(default_factory=dict)
+    name: str = "hasura"
+
+
+class Hasura(pulumi.ComponentResource):
+    def __init__(self, name: str, args: HasuraArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:Hasura", name, None, opts)
+        ns, app = args.namespace, args.name
+        self.service_account = k8s.core.v1.ServiceAccount(
+            "hasura-sa", metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")}, opts=child(self))
+        self.config_map = k8s.core.v1.ConfigMap(
+            "hasura-env", metadata={"name": f"{app}-env", "namespace": ns, "labels": labels(app, "graphql")},
+            data={ENV_FILE_KEY: args.env_file}, opts=child(self))
+        # a new env file rolls the pods: the checksum is part of the pod template
+        env_checksum = hashlib.sha256(args.env_file.encode()).hexdigest()
+        annotations = {"checksum/hasura-env": env_checksum,
+                       **vault_agent_annotations(args.vault_role, args.vault_files)}
+        probe = {"httpGet": {"path": "/healthz", "port": PORT}}
+        self.deployment = k8s.apps.v1.Deployment(
+            "hasura",
+            metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": selector(app)},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "template": {
+                    "metadata": {"labels": labels(app, "graphql"), "annotations": annotations},
+                    "spec": {
+                        "serviceAccountName": app,
+                        "securityContext": pod_security(1001),
+                        "terminationGracePeriodSeconds": 75,
+                        "containers": [{
+                            "name": "graphql-engine",
+                            "image": args.image,
+                            "command": ["/bin/sh", "-c", START_COMMAND],
+                            "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
+                            "ports": [{"name": "http", "containerPort": PORT}],
+                            "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 3},
+                            "livenessProbe": probe | {"initialDelaySeconds": 30, "periodSeconds": 10,
+                                                      "failureThreshold": 6},
+                            "resources": Resources("250m", "512Mi", "2", "2Gi").spec(),
+                            "securityContext": container_security(),
+                            "volumeMounts": [
+                                {"name": "hasura-env", "mountPath": ENV_FILE_MOUNT, "subPath": ENV_FILE_KEY,
+                                 "readOnly": True},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                            ],
+                        }],
+                        "volumes": [
+                            {"name": "hasura-env", "configMap": {"name": f"{app}-env"}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                        ],
+                    },
+                },
+            },
+            opts=child(self, depends_on=[self.config_map, self.service_account]))
+        self.service = k8s.core.v1.Service(
+            "hasura-svc",
+            metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
+            spec={"selector": selector(app), "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+            opts=child(self))
+        self.url = f"http://{app}.{ns}.svc.cluster.local:{PORT}"
+        self.register_outputs({"url": self.url})

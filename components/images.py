@@ -1,0 +1,47 @@
+"""The publisher, writer and cleanup images, built from app/ (one Dockerfile, one target each) and pushed."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_docker as docker
+
+from components.k8s import child
+
+TARGETS = ("publisher", "writer", "cleanup")
+
+
+def source_digest(context: Path) -> str:
+    """Content hash of the build context: the tag changes exactly when the image's inputs do."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(str(path.relative_to(context)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class ServiceImagesArgs:
+    registry: str
+    platform: str
+    context: Path  # app/
+
+
+class ServiceImages(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ServiceImagesArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:ServiceImages", name, None, opts)
+        tag = source_digest(args.context)
+        self.images = {
+            target: docker.Image(
+                f"image-{target}", image_name=f"{args.registry}/graphql-async-{target}:{tag}",
+                build=docker.DockerBuildArgs(context=str(args.context), dockerfile=str(args.context / "Dockerfile"),
+                                             target=target, platform=args.platform),
+                opts=child(self))
+            for target in TARGETS
+        }
+        # workloads run exactly what was pushed: registry/name@sha256:...
+        self.digests: dict[str, pulumi.Output[str]] = {t: image.repo_digest for t, image in self.images.items()}
+        self.register_outputs({"digests": self.digests})

@@ -1,0 +1,74 @@
+"""Kubernetes building blocks every workload shares: labels, hardened pods, Vault agent annotations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+PART_OF = "graphql-entrypoint"
+
+
+def labels(name: str, component: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name, "app.kubernetes.io/component": component,
+            "app.kubernetes.io/part-of": PART_OF, "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def selector(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name}
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu_request: str = "50m"
+    memory_request: str = "128Mi"
+    cpu_limit: str = "500m"
+    memory_limit: str = "256Mi"
+
+    def spec(self) -> dict:
+        return {"requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+                "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit}}
+
+
+def pod_security(uid: int) -> dict:
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def container_security(read_only_root: bool = True) -> dict:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": read_only_root,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+@dataclass(frozen=True)
+class VaultFile:
+    """One file the Vault agent renders under /vault/secrets/<file_name> from a KV v2 entry's key."""
+
+    file_name: str
+    kv_path: str  # e.g. secret/data/graphql-hasura-admin-secret
+    key: str = "value"
+    export_as: str | None = None  # render `export VAR="..."` for shell sourcing instead of the bare value
+
+    def template(self) -> str:
+        value = f"{{{{ .Data.data.{self.key} }}}}"
+        body = f'export {self.export_as}="{value}"' if self.export_as else value
+        return f'{{{{- with secret "{self.kv_path}" -}}}}{body}{{{{- end -}}}}'
+
+
+def vault_agent_annotations(role: str, files: list[VaultFile], *, run_to_completion: bool = False) -> dict[str, str]:
+    """Vault agent injector annotations; Jobs use pre-populate-only so the sidecar does not keep them alive."""
+    annotations = {
+        "vault.hashicorp.com/agent-inject": "true",
+        "vault.hashicorp.com/role": role,
+        "vault.hashicorp.com/agent-run-as-same-user": "true",
+    }
+    if run_to_completion:
+        annotations["vault.hashicorp.com/agent-pre-populate-only"] = "true"
+    for f in files:
+        annotations[f"vault.hashicorp.com/agent-inject-secret-{f.file_name}"] = f.kv_path
+        annotations[f"vault.hashicorp.com/agent-inject-template-{f.file_name}"] = f.template()
+    return annotations
+
+
+def child(parent: pulumi.Resource, **kwargs) -> pulumi.ResourceOptions:
+    return pulumi.ResourceOptions(parent=parent, **kwargs)

@@ -1,0 +1,71 @@
+"""Kafka: the three async topics, one SCRAM user per service, and their ACLs when the broker authorizes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kafka as kafka
+import pulumi_random as random
+
+from components.config import KafkaConfig
+from components.k8s import child
+from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.vault_access import KafkaCredential
+
+SCRAM_MECHANISM = {"SCRAM-SHA-256": "scram-sha256", "SCRAM-SHA-512": "scram-sha512"}
+
+
+@dataclass
+class KafkaAccessArgs:
+    config: KafkaConfig
+    admin_password: pulumi.Input[str]
+    principals: ServicePrincipals
+
+
+class KafkaAccess(pulumi.ComponentResource):
+    def __init__(self, name: str, args: KafkaAccessArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:KafkaAccess", name, None, opts)
+        cfg = args.config
+        self.topic_names = AsyncTopics(cfg.topics.requests, cfg.topics.responses, cfg.topics.dlq)
+
+        provider = kafka.Provider(
+            "kafka", bootstrap_servers=cfg.bootstrap_servers, sasl_mechanism=SCRAM_MECHANISM[cfg.sasl_mechanism],
+            sasl_username=cfg.admin_username, sasl_password=args.admin_password,
+            tls_enabled=cfg.security_protocol == "SASL_SSL", opts=child(self))
+        on_broker = child(self, provider=provider)
+
+        topic_retention = {self.topic_names.requests: cfg.retention_ms, self.topic_names.responses: cfg.retention_ms,
+                           self.topic_names.dlq: cfg.dlq_retention_ms}
+        self.topics = {
+            topic: kafka.Topic(
+                topic.replace(".", "-"), name=topic, partitions=cfg.partitions,
+                replication_factor=cfg.replication_factor,
+                config={"retention.ms": str(retention), "cleanup.policy": "delete",
+                        "min.insync.replicas": str(cfg.min_insync_replicas)},
+                opts=on_broker)
+            for topic, retention in topic_retention.items()
+        }
+
+        self.credentials: dict[str, KafkaCredential] = {}
+        self.users: dict[str, kafka.UserScramCredential] = {}
+        for service, username in (("publisher", args.principals.publisher), ("writer", args.principals.writer)):
+            password = random.RandomPassword(f"kafka-{service}-password", length=40, special=False,
+                                             opts=child(self)).result
+            self.users[service] = kafka.UserScramCredential(
+                f"kafka-user-{service}", username=username, scram_mechanism=cfg.sasl_mechanism,
+                scram_iterations=8192, password=password, opts=on_broker)
+            self.credentials[service] = KafkaCredential(username=username, password=password)
+
+        self.acls: list[kafka.Acl] = []
+        if cfg.authorizer_enabled:
+            for rule in service_acls(self.topic_names, args.principals):
+                topic_dependency = [self.topics[rule.resource_name]] if rule.resource_name in self.topics else []
+                self.acls.append(kafka.Acl(
+                    f"acl-{rule.slug}", acl_resource_name=rule.resource_name, acl_resource_type=rule.resource_type,
+                    resource_pattern_type_filter=rule.pattern_type, acl_principal=rule.principal, acl_host="*",
+                    acl_operation=rule.operation, acl_permission_type="Allow",
+                    opts=child(self, provider=provider, depends_on=topic_dependency)))
+
+        self.register_outputs({"topics": list(self.topics), "principals": [c.username for c in
+                                                                            self.credentials.values()]})

@@ -1,0 +1,142 @@
+"""Public ingress: Cloudflare Tunnel is the only way in, and it only carries /v1/graphql.
+
+Two components, because the tunnel token must reach Vault between them:
+  PublicEdge      - Cloudflare: tunnel, its ingress rules, proxied DNS, WebSockets on, no caching
+  TunnelConnector - Kubernetes: SecretStore SA, SecretStore, ExternalSecret for the token, cloudflared
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_cloudflare as cloudflare
+import pulumi_kubernetes as k8s
+
+from components.config import CloudflareConfig
+from components.k8s import Resources, child, container_security, labels, pod_security, selector
+
+
+def tunnel_ingress(hostname: str, path_regex: str, origin: str) -> list[dict]:
+    """The tunnel's rules: GraphQL (HTTP + WebSocket) to Hasura, everything else answered 404 at the edge."""
+    return [
+        {"hostname": hostname, "path": path_regex, "service": origin,
+         "origin_request": {"connect_timeout": 10, "keep_alive_timeout": 90, "http_host_header": hostname}},
+        {"service": "http_status:404"},
+    ]
+
+
+def graphql_cache_expression(hostname: str) -> str:
+    return f'(http.host eq "{hostname}" and starts_with(http.request.uri.path, "/v1/graphql"))'
+
+
+@dataclass
+class PublicEdgeArgs:
+    cloudflare: CloudflareConfig
+    hostname: str
+    origin: str  # in-cluster Hasura URL
+
+
+class PublicEdge(pulumi.ComponentResource):
+    def __init__(self, name: str, args: PublicEdgeArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:PublicEdge", name, None, opts)
+        cf = args.cloudflare
+        self.tunnel = cloudflare.ZeroTrustTunnelCloudflared(
+            "tunnel", account_id=cf.account_id, name=cf.tunnel_name, config_src="cloudflare", opts=child(self))
+        self.tunnel_config = cloudflare.ZeroTrustTunnelCloudflaredConfig(
+            "tunnel-ingress", account_id=cf.account_id, tunnel_id=self.tunnel.id,
+            config={"ingresses": tunnel_ingress(args.hostname, cf.public_path_regex, args.origin)},
+            opts=child(self))
+        self.dns = cloudflare.DnsRecord(
+            "graphql-cname", zone_id=cf.zone_id, name=args.hostname, type="CNAME",
+            content=self.tunnel.id.apply(lambda tunnel_id: f"{tunnel_id}.cfargotunnel.com"),
+            proxied=True, ttl=1, comment="GraphQL entrypoint via Cloudflare Tunnel (managed by Pulumi)",
+            opts=child(self))
+        # subscriptions need WebSocket upgrades through the proxy
+        self.websockets = cloudflare.ZoneSetting(
+            "websockets", zone_id=cf.zone_id, setting_id="websockets", value="on", opts=child(self))
+        # GraphQL answers are per user and per query: never cache them at the edge
+        self.cache_bypass = cloudflare.Ruleset(
+            "graphql-cache-bypass", zone_id=cf.zone_id, kind="zone", phase="http_request_cache_settings",
+            name="graphql-entrypoint cache bypass",
+            rules=[{"action": "set_cache_settings", "expression": graphql_cache_expression(args.hostname),
+                    "description": "bypass cache for /v1/graphql", "enabled": True,
+                    "action_parameters": {"cache": False}}],
+            opts=child(self))
+        self.tunnel_token = pulumi.Output.secret(cloudflare.get_zero_trust_tunnel_cloudflared_token_output(
+            account_id=cf.account_id, tunnel_id=self.tunnel.id,
+            opts=pulumi.InvokeOutputOptions(parent=self)).token)
+        self.register_outputs({"tunnel_id": self.tunnel.id, "hostname": args.hostname})
+
+
+@dataclass
+class TunnelConnectorArgs:
+    namespace: str
+    vault_address: str
+    kv_mount: str
+    kubernetes_auth_path: str
+    vault_role: str
+    token_entry: str
+    token_key: str
+    image: str
+    replicas: int
+    service_account: str = "cloudflare-tunnel-secretstore"
+    token_secret: str = "cloudflare-tunnel-token"
+
+
+class TunnelConnector(pulumi.ComponentResource):
+    def __init__(self, name: str, args: TunnelConnectorArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:TunnelConnector", name, None, opts)
+        ns = args.namespace
+        self.service_account = k8s.core.v1.ServiceAccount(
+            "secretstore-sa", metadata={"name": args.service_account, "namespace": ns,
+                                        "labels": labels(args.service_account, "ingress")},
+            opts=child(self))
+        self.secret_store = k8s.apiextensions.CustomResource(
+            "secretstore", api_version="external-secrets.io/v1", kind="SecretStore",
+            metadata={"name": "vault-graphql", "namespace": ns, "labels": labels("vault-graphql", "ingress")},
+            spec={"provider": {"vault": {
+                "server": args.vault_address, "path": args.kv_mount, "version": "v2",
+                "auth": {"kubernetes": {"mountPath": args.kubernetes_auth_path, "role": args.vault_role,
+                                        "serviceAccountRef": {"name": args.service_account}}}}}},
+            opts=child(self, depends_on=[self.service_account]))
+        self.external_secret = k8s.apiextensions.CustomResource(
+            "tunnel-token", api_version="external-secrets.io/v1", kind="ExternalSecret",
+            metadata={"name": args.token_secret, "namespace": ns, "labels": labels(args.token_secret, "ingress")},
+            spec={"refreshInterval": "1h",
+                  "secretStoreRef": {"name": "vault-graphql", "kind": "SecretStore"},
+                  "target": {"name": args.token_secret, "creationPolicy": "Owner"},
+                  "data": [{"secretKey": "token",
+                            "remoteRef": {"key": args.token_entry, "property": args.token_key}}]},
+            opts=child(self, depends_on=[self.secret_store]))
+        app = "cloudflared"
+        self.deployment = k8s.apps.v1.Deployment(
+            "cloudflared",
+            metadata={"name": app, "namespace": ns, "labels": labels(app, "ingress")},
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": selector(app)},
+                "template": {
+                    "metadata": {"labels": labels(app, "ingress")},
+                    "spec": {
+                        "securityContext": pod_security(65532),
+                        "automountServiceAccountToken": False,
+                        "containers": [{
+                            "name": "cloudflared",
+                            "image": args.image,
+                            "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
+                            # a reference to the ExternalSecret's Secret, never the token itself
+                            "env": [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
+                                "name": args.token_secret, "key": "token"}}}],
+                            "ports": [{"name": "metrics", "containerPort": 2000}],
+                            "livenessProbe": {"httpGet": {"path": "/ready", "port": 2000},
+                                              "initialDelaySeconds": 10, "periodSeconds": 10,
+                                              "failureThreshold": 3},
+                            "resources": Resources("20m", "64Mi", "500m", "256Mi").spec(),
+                            "securityContext": container_security(),
+                        }],
+                    },
+                },
+            },
+            opts=child(self, depends_on=[self.external_secret]))
+        self.register_outputs({"deployment": self.deployment.metadata["name"]})

@@ -1,0 +1,122 @@
+"""Vault access: KV v2 entries, one policy per consumer with exactly its paths, Kubernetes auth roles."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_random as random
+import pulumi_vault as vault
+
+from components.k8s import VaultFile, child
+
+# KV entry names (the seed's naming); each holds its value under the key `value`
+DATABASE_URL = "graphql-hasura-database-url"
+HASURA_ADMIN_SECRET = "graphql-hasura-admin-secret"
+ACTION_SECRET = "graphql-async-action-secret"
+TUNNEL_TOKEN = "cloudflare-tunnel-token"
+
+
+def kafka_entry(service: str, field: str) -> str:
+    """`graphql-kafka-async-<service>-username` / `-password` (the seed's naming, one principal per service)."""
+    return f"graphql-kafka-async-{service}-{field}"
+
+
+# consumer -> the entries it reads; the policy grants exactly these, the pod mounts exactly these
+CONSUMER_ENTRIES: dict[str, tuple[str, ...]] = {
+    "hasura": (DATABASE_URL, HASURA_ADMIN_SECRET, ACTION_SECRET),
+    "graphql-async-request-publisher": (DATABASE_URL, ACTION_SECRET, kafka_entry("publisher", "username"),
+                                        kafka_entry("publisher", "password")),
+    "graphql-async-response-writer": (DATABASE_URL, kafka_entry("writer", "username"),
+                                      kafka_entry("writer", "password")),
+    "graphql-async-cleanup": (DATABASE_URL,),
+    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET),
+}
+EXTERNAL_SECRETS_ROLE = "externalsecrets-graphql"
+
+
+def data_path(mount: str, entry: str) -> str:
+    return f"{mount}/data/{entry}"
+
+
+def policy_hcl(grants: list[tuple[str, list[str]]]) -> str:
+    return "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in grants)
+
+
+def policy_grants(mount: str) -> dict[str, list[tuple[str, list[str]]]]:
+    """Least privilege per consumer: read on its own entries; External Secrets also lists the token's metadata."""
+    grants = {consumer: [(data_path(mount, e), ["read"]) for e in entries]
+              for consumer, entries in CONSUMER_ENTRIES.items()}
+    grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read", "list"]),
+                                     (f"{mount}/metadata/{TUNNEL_TOKEN}", ["read", "list"])]
+    return grants
+
+
+def vault_file(mount: str, entry: str, file_name: str, export_as: str | None = None) -> VaultFile:
+    return VaultFile(file_name=file_name, kv_path=data_path(mount, entry), export_as=export_as)
+
+
+@dataclass
+class KafkaCredential:
+    username: pulumi.Input[str]
+    password: pulumi.Input[str]
+
+
+@dataclass
+class VaultAccessArgs:
+    namespace: str
+    kv_mount: str
+    kubernetes_auth_path: str
+    database_url: pulumi.Input[str]
+    tunnel_token: pulumi.Input[str]
+    tunnel_token_key: str
+    kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
+    # consumer (policy and role name) -> its Kubernetes service account
+    service_accounts: dict[str, str]
+
+
+class VaultAccess(pulumi.ComponentResource):
+    """KV entries, policies and Kubernetes auth roles for every consumer of a secret."""
+
+    def __init__(self, name: str, args: VaultAccessArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("graphql:index:VaultAccess", name, None, opts)
+        mount = args.kv_mount
+
+        # generated here so no person ever sees them; rotated by replacing the RandomPassword
+        self.hasura_admin_secret = random.RandomPassword(
+            "hasura-admin-secret", length=48, special=False, opts=child(self)).result
+        self.action_secret = random.RandomPassword(
+            "async-action-secret", length=48, special=False, opts=child(self)).result
+
+        values: dict[str, tuple[pulumi.Input[str], str]] = {
+            DATABASE_URL: (args.database_url, "value"),
+            HASURA_ADMIN_SECRET: (self.hasura_admin_secret, "value"),
+            ACTION_SECRET: (self.action_secret, "value"),
+            TUNNEL_TOKEN: (args.tunnel_token, args.tunnel_token_key),
+        }
+        for service, credential in sorted(args.kafka_credentials.items()):
+            values[kafka_entry(service, "username")] = (credential.username, "value")
+            values[kafka_entry(service, "password")] = (credential.password, "value")
+
+        self.entries: dict[str, vault.kv.SecretV2] = {}
+        for entry, (value, key) in values.items():
+            self.entries[entry] = vault.kv.SecretV2(
+                entry, mount=mount, name=entry,
+                data_json=pulumi.Output.secret(pulumi.Output.from_input(value).apply(lambda v, k=key: json.dumps({k: v}))),
+                opts=child(self))
+
+        self.policies: dict[str, vault.Policy] = {}
+        self.roles: dict[str, vault.kubernetes.AuthBackendRole] = {}
+        for consumer, grants in policy_grants(mount).items():
+            self.policies[consumer] = vault.Policy(consumer, name=consumer, policy=policy_hcl(grants),
+                                                   opts=child(self))
+            self.roles[consumer] = vault.kubernetes.AuthBackendRole(
+                consumer, backend=args.kubernetes_auth_path, role_name=consumer,
+                bound_service_account_names=[args.service_accounts[consumer]],
+                bound_service_account_namespaces=[args.namespace],
+                token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,
+                opts=child(self))
+
+        self.paths = {entry: data_path(mount, entry) for entry in sorted(values)}
+        self.register_outputs({"paths": self.paths, "roles": sorted(self.roles)})
