@@ -30,6 +30,7 @@ CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
 PUBLISHER_PORT = 8080
 WRITER_HEALTH_PORT = 8081
+DEFAULT_RESOURCES = Resources()
 
 
 def bootstrap_fingerprint(app_dir: Path, handler_url: str) -> str:
@@ -80,7 +81,7 @@ class AsyncFlow(pulumi.ComponentResource):
 
         def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command: list[str] | None = None,
                      ports: list[dict] | None = None, probes: dict | None = None,
-                     resources: Resources = Resources(), restart: str | None = None) -> dict:
+                     resources: Resources = DEFAULT_RESOURCES, restart: str | None = None) -> dict:
             container = {
                 "name": app.removeprefix("graphql-async-"),
                 "image": image,

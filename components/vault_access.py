@@ -101,10 +101,9 @@ class VaultAccess(pulumi.ComponentResource):
 
         self.entries: dict[str, vault.kv.SecretV2] = {}
         for entry, (value, key) in values.items():
-            self.entries[entry] = vault.kv.SecretV2(
-                entry, mount=mount, name=entry,
-                data_json=pulumi.Output.secret(pulumi.Output.from_input(value).apply(lambda v, k=key: json.dumps({k: v}))),
-                opts=child(self))
+            data_json = pulumi.Output.from_input(value).apply(lambda v, k=key: json.dumps({k: v}))
+            self.entries[entry] = vault.kv.SecretV2(entry, mount=mount, name=entry,
+                                                    data_json=pulumi.Output.secret(data_json), opts=child(self))
 
         self.policies: dict[str, vault.Policy] = {}
         self.roles: dict[str, vault.kubernetes.AuthBackendRole] = {}

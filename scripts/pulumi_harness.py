@@ -62,7 +62,7 @@ class StackRun:
 
 
 def unwrap(value: Any, path: str = "", secrets: list[str] | None = None) -> Any:
-    """Remove Pulumi's secret wrappers, noting where they were."""
+    """Remove Pulumi's secret wrappers, noting where they were; integral numbers back to int."""
     if isinstance(value, dict):
         if value.get(SECRET_SIG) == "1b47061264138c4ac30d75fd1eb44270":
             if secrets is not None:
@@ -71,6 +71,8 @@ def unwrap(value: Any, path: str = "", secrets: list[str] | None = None) -> Any:
         return {k: unwrap(v, f"{path}.{k}" if path else k, secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [unwrap(v, f"{path}[{i}]", secrets) for i, v in enumerate(value)]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire format carries every number as a double
     return value
 
 

@@ -1,0 +1,456 @@
+"""The whole Pulumi program, run per stack file under mocks (scripts/pulumi_harness.py stands in for the
+engine and providers): every seed object with its key properties, valid Kubernetes objects, least
+privilege, only /v1/graphql public, no secret in plain text, hardened containers, an up-to-date plan."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, WRITER
+from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.vault_access import CONSUMER_ENTRIES, EXTERNAL_SECRETS_ROLE
+from scripts.plan import all_stacks, plan_document, plan_path, render
+from scripts.pulumi_harness import REPO, StackRun, load_stack_file, mock_secret, run_stack
+from tests.support.k8s_schemas import validate
+
+STACKS = all_stacks()
+K = "kubernetes:"
+P = "graphql-entrypoint:"
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def run(request) -> StackRun:
+    return run_stack(request.param)
+
+
+def cfg(run: StackRun, key: str):
+    return load_stack_file(run.stack)[P + key]
+
+
+def k8s(run: StackRun, kind: str, name: str) -> dict:
+    [obj] = [o for o in run.kubernetes_objects() if o["kind"] == kind and o["metadata"]["name"] == name]
+    return obj
+
+
+def pod_templates(run: StackRun) -> list[tuple[str, dict]]:
+    templates = []
+    for obj in run.kubernetes_objects():
+        spec = obj.get("spec", {})
+        if obj["kind"] in ("Deployment", "Job"):
+            templates.append((obj["metadata"]["name"], spec["template"]))
+        elif obj["kind"] == "CronJob":
+            templates.append((obj["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]))
+    return templates
+
+
+# ------------------------------------------------------------------ inventory
+
+
+def test_every_seed_object_exists(run):
+    have = {(r.type, r.name) for r in run.resources}
+    expected = {
+        ("graphql:index:VaultAccess", "vault"), ("graphql:index:KafkaAccess", "kafka"),
+        ("graphql:index:PublicEdge", "public-edge"), ("graphql:index:TunnelConnector", "tunnel-connector"),
+        ("graphql:index:Hasura", "hasura"), ("graphql:index:AsyncFlow", "async-flow"),
+        ("graphql:index:ServiceImages", "images"),
+        ("cloudflare:index/zeroTrustTunnelCloudflared:ZeroTrustTunnelCloudflared", "tunnel"),
+        ("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig", "tunnel-ingress"),
+        ("cloudflare:index/dnsRecord:DnsRecord", "graphql-cname"),
+        ("cloudflare:index/zoneSetting:ZoneSetting", "websockets"),
+        ("cloudflare:index/ruleset:Ruleset", "graphql-cache-bypass"),
+        ("kubernetes:core/v1:ServiceAccount", "secretstore-sa"),
+        ("kubernetes:external-secrets.io/v1:SecretStore", "secretstore"),
+        ("kubernetes:external-secrets.io/v1:ExternalSecret", "tunnel-token"),
+        ("kubernetes:apps/v1:Deployment", "cloudflared"),
+        ("kubernetes:core/v1:ConfigMap", "hasura-env"), ("kubernetes:apps/v1:Deployment", "hasura"),
+        ("kubernetes:core/v1:Service", "hasura-svc"),
+        ("kubernetes:batch/v1:Job", "bootstrap"), ("kubernetes:apps/v1:Deployment", "publisher"),
+        ("kubernetes:core/v1:Service", "publisher-svc"), ("kubernetes:apps/v1:Deployment", "writer"),
+        ("kubernetes:batch/v1:CronJob", "cleanup"),
+        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "publisher-from-hasura-only"),
+        ("docker:index/image:Image", "image-publisher"), ("docker:index/image:Image", "image-writer"),
+        ("docker:index/image:Image", "image-cleanup"),
+    }
+    assert expected <= have, sorted(expected - have)
+    for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP):
+        assert ("kubernetes:core/v1:ServiceAccount", sa) in have
+
+
+def test_children_are_parented_to_their_component(run):
+    components = {"graphql:index:" + c for c in ("VaultAccess", "KafkaAccess", "PublicEdge", "TunnelConnector",
+                                                  "Hasura", "AsyncFlow", "ServiceImages")}
+    for r in run.resources:
+        if r.type in components or r.type == "pulumi:pulumi:Stack":
+            assert r.parent in (None, f"pulumi:pulumi:Stack::graphql-entrypoint-{run.stack}")
+        else:
+            assert r.parent and r.parent.split("::")[0] in components, (r.type, r.name, r.parent)
+
+
+# ------------------------------------------------------------------ Vault
+
+
+def policy_paths(hcl: str) -> dict[str, list[str]]:
+    return {m[0]: json.loads(m[1]) for m in re.findall(r'path "([^"]+)" \{\s*capabilities = (\[[^\]]*\])', hcl)}
+
+
+def test_vault_entries_policies_and_roles(run):
+    mount, ns = cfg(run, "vault")["kvMount"], cfg(run, "namespace")
+    entries = {r.name: r.inputs for r in run.of_type("vault:kv/secretV2:SecretV2")}
+    assert set(entries) == {"graphql-hasura-database-url", "graphql-hasura-admin-secret",
+                            "graphql-async-action-secret", "cloudflare-tunnel-token",
+                            "graphql-kafka-async-publisher-username", "graphql-kafka-async-publisher-password",
+                            "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password"}
+    assert all(e["mount"] == mount for e in entries.values())
+    # the token is written from the tunnel the program creates, under the configured key
+    token_key = cfg(run, "vault")["tunnelTokenKey"]
+    assert json.loads(entries["cloudflare-tunnel-token"]["dataJson"]) == {token_key: mock_secret("tunnel-token")}
+    assert json.loads(entries["graphql-kafka-async-writer-username"]["dataJson"]) == {
+        "value": ServicePrincipals().writer}
+
+    policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
+    assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read", "list"],
+                                               f"{mount}/metadata/cloudflare-tunnel-token": ["read", "list"]}
+    for consumer, wanted in CONSUMER_ENTRIES.items():
+        assert policies[consumer] == {f"{mount}/data/{e}": ["read"] for e in wanted}
+    roles = {r.name: r.inputs for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")}
+    assert set(roles) == set(policies)
+    for name, role in roles.items():
+        assert role["roleName"] == name and role["tokenPolicies"] == [name]
+        assert role["boundServiceAccountNamespaces"] == [ns]
+        assert role["backend"] == cfg(run, "vault")["kubernetesAuthPath"]
+    assert roles[EXTERNAL_SECRETS_ROLE]["boundServiceAccountNames"] == ["cloudflare-tunnel-secretstore"]
+
+
+def test_each_pod_reads_exactly_what_its_vault_policy_grants(run):
+    policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
+    roles = {r.name: r.inputs for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")}
+    checked = 0
+    for name, template in pod_templates(run):
+        annotations = template["metadata"].get("annotations", {})
+        if "vault.hashicorp.com/role" not in annotations:
+            assert name == "cloudflared"  # it gets its token through the ExternalSecret
+            continue
+        role = annotations["vault.hashicorp.com/role"]
+        read = {v for k, v in annotations.items() if k.startswith("vault.hashicorp.com/agent-inject-secret-")}
+        assert read == set(policies[role]), (name, read ^ set(policies[role]))
+        sa = template["spec"]["serviceAccountName"]
+        assert roles[role]["boundServiceAccountNames"] == [sa]
+        checked += 1
+    assert checked == 5  # hasura, bootstrap, publisher, writer, cleanup
+
+
+# ------------------------------------------------------------------ public ingress
+
+
+def test_only_graphql_is_public(run):
+    hostname = cfg(run, "publicHostname")
+    config = run.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
+                     "tunnel-ingress").inputs
+    ingresses = config["config"]["ingresses"]
+    assert len(ingresses) == 2 and ingresses[-1] == {"service": "http_status:404"}
+    rule = ingresses[0]
+    assert rule["hostname"] == hostname
+    assert rule["service"] == f"http://hasura.{cfg(run, 'namespace')}.svc.cluster.local:8080"
+    path = re.compile(rule["path"])
+    for public in ("/v1/graphql", "/v1/graphql/", "/v1/graphql/ws"):
+        assert path.search(public), public
+    for private in ("/v1/metadata", "/v2/query", "/console", "/healthz", "/v1/graphqlx", "/v1/version",
+                    "/api/v1/graphql", "/"):
+        assert not path.search(private), private
+    # nothing else exposes the cluster: no LoadBalancer/NodePort Services, no Ingress objects
+    for obj in run.kubernetes_objects():
+        assert obj["kind"] != "Ingress"
+        if obj["kind"] == "Service":
+            assert obj["spec"].get("type", "ClusterIP") == "ClusterIP"
+
+
+def test_tunnel_dns_websockets_and_no_cache(run):
+    cloudflare, hostname = cfg(run, "cloudflare"), cfg(run, "publicHostname")
+    tunnel = run.one("cloudflare:index/zeroTrustTunnelCloudflared:ZeroTrustTunnelCloudflared", "tunnel")
+    assert tunnel.inputs == {"accountId": cloudflare["accountId"], "name": cloudflare["tunnelName"],
+                             "configSrc": "cloudflare"}
+    tunnel_id = run.outputs["tunnel_id"]
+    dns = run.one("cloudflare:index/dnsRecord:DnsRecord", "graphql-cname").inputs
+    assert (dns["type"], dns["name"], dns["content"], dns["proxied"], dns["ttl"]) == (
+        "CNAME", hostname, f"{tunnel_id}.cfargotunnel.com", True, 1)
+    assert dns["zoneId"] == cloudflare["zoneId"]
+    ws = run.one("cloudflare:index/zoneSetting:ZoneSetting", "websockets").inputs
+    assert (ws["settingId"], ws["value"]) == ("websockets", "on")
+    ruleset = run.one("cloudflare:index/ruleset:Ruleset", "graphql-cache-bypass").inputs
+    assert ruleset["phase"] == "http_request_cache_settings" and ruleset["kind"] == "zone"
+    [rule] = ruleset["rules"]
+    assert rule["action"] == "set_cache_settings" and rule["actionParameters"] == {"cache": False}
+    assert f'http.host eq "{hostname}"' in rule["expression"] and '"/v1/graphql"' in rule["expression"]
+
+
+def test_tunnel_connector_objects(run):
+    ns, vault = cfg(run, "namespace"), cfg(run, "vault")
+    store = k8s(run, "SecretStore", "vault-graphql")["spec"]["provider"]["vault"]
+    assert store["server"] == vault["address"] and store["path"] == vault["kvMount"] and store["version"] == "v2"
+    assert store["auth"]["kubernetes"] == {"mountPath": vault["kubernetesAuthPath"], "role": EXTERNAL_SECRETS_ROLE,
+                                           "serviceAccountRef": {"name": "cloudflare-tunnel-secretstore"}}
+    secret = k8s(run, "ExternalSecret", "cloudflare-tunnel-token")["spec"]
+    assert secret["data"] == [{"secretKey": "token", "remoteRef": {"key": "cloudflare-tunnel-token",
+                                                                    "property": vault["tunnelTokenKey"]}}]
+    assert secret["target"]["name"] == "cloudflare-tunnel-token"
+    tunnel = k8s(run, "Deployment", "cloudflared")
+    assert tunnel["metadata"]["namespace"] == ns
+    [container] = tunnel["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
+        "name": "cloudflare-tunnel-token", "key": "token"}}}]
+    assert container["args"][-1] == "run" and "--no-autoupdate" in container["args"]
+
+
+def test_tunnel_token_key_follows_stack_config():
+    overridden = run_stack("dev", {P + "vault": {**load_stack_file("dev")[P + "vault"], "tunnelTokenKey": "vaule"}})
+    entry = overridden.one("vault:kv/secretV2:SecretV2", "cloudflare-tunnel-token").inputs
+    assert list(json.loads(entry["dataJson"])) == ["vaule"]
+    secret = k8s(overridden, "ExternalSecret", "cloudflare-tunnel-token")
+    assert secret["spec"]["data"][0]["remoteRef"]["property"] == "vaule"
+
+
+# ------------------------------------------------------------------ Hasura
+
+
+def test_hasura_env_file_configmap_and_deployment(run):
+    env_file = (REPO / "config" / "hasura" / "hasura.env").read_text()
+    config_map = k8s(run, "ConfigMap", "hasura-env")
+    assert config_map["data"] == {"hasura.env": env_file}
+    deployment = k8s(run, "Deployment", "hasura")
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == cfg(run, "hasura")["image"]
+    assert {"name": "hasura-env", "mountPath": "/etc/hasura/hasura.env", "subPath": "hasura.env",
+            "readOnly": True} in container["volumeMounts"]
+    script = container["command"][-1]
+    # Vault exports first, then the file (which only fills unset variables), then the engine
+    assert script.index("/vault/secrets/") < script.index(". /etc/hasura/hasura.env") < script.index(
+        "exec graphql-engine serve")
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["vault.hashicorp.com/role"] == "hasura"
+    templates = " ".join(v for k, v in annotations.items() if "agent-inject-template" in k)
+    for variable in ("HASURA_GRAPHQL_DATABASE_URL", "HASURA_GRAPHQL_ADMIN_SECRET", "ASYNC_ACTION_SECRET"):
+        assert f"export {variable}=" in templates
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    service = k8s(run, "Service", "hasura")
+    assert service["spec"]["ports"][0]["port"] == 8080 and service["spec"]["selector"] == {
+        "app.kubernetes.io/name": "hasura"}
+
+
+# ------------------------------------------------------------------ Kafka
+
+
+def test_topics_users_and_acls(run):
+    kafka = cfg(run, "kafka")
+    topics = {r.inputs["name"]: r.inputs for r in run.of_type("kafka:index/topic:Topic")}
+    assert set(topics) == {"graphql.async.requests.v1", "graphql.async.responses.v1",
+                           "graphql.async.responses.dlq.v1"}
+    for topic in topics.values():
+        assert topic["partitions"] == kafka.get("partitions", 3)
+        assert topic["replicationFactor"] == kafka.get("replicationFactor", 3)
+        assert topic["config"]["min.insync.replicas"] == str(kafka.get("minInsyncReplicas", 2))
+    users = {r.inputs["username"]: r.inputs for r in run.of_type("kafka:index/userScramCredential:UserScramCredential")}
+    assert set(users) == {"graphql-async-publisher", "graphql-async-writer"}
+    assert all(u["scramMechanism"] == "SCRAM-SHA-256" for u in users.values())
+    provider = run.one("pulumi:providers:kafka", "kafka").inputs
+    assert json.loads(provider["bootstrapServers"]) == kafka["bootstrapServers"]
+    assert provider["saslMechanism"] == "scram-sha256"
+
+    acls = {(a["aclPrincipal"], a["aclResourceType"], a["aclResourceName"], a["resourcePatternTypeFilter"],
+             a["aclOperation"]) for a in (r.inputs for r in run.of_type("kafka:index/acl:Acl"))}
+    expected = {(r.principal, r.resource_type, r.resource_name, r.pattern_type, r.operation)
+                for r in service_acls(AsyncTopics(), ServicePrincipals())}
+    assert acls == expected
+    publisher = {a for a in acls if a[0] == "User:graphql-async-publisher"}
+    assert publisher == {("User:graphql-async-publisher", "Topic", "graphql.async.requests.v1", "Literal", op)
+                         for op in ("Write", "Describe")}
+    assert not any(a[4] == "Read" for a in publisher)
+    writer_writes = {a[2] for a in acls if a[0] == "User:graphql-async-writer" and a[1] == "Topic"
+                     and a[4] == "Write"}
+    assert writer_writes == {"graphql.async.responses.dlq.v1"}
+
+
+def test_no_acls_when_the_broker_has_no_authorizer():
+    without = run_stack("dev", {P + "kafka": {**load_stack_file("dev")[P + "kafka"], "authorizerEnabled": False}})
+    assert without.of_type("kafka:index/acl:Acl") == []
+    assert len(without.of_type("kafka:index/userScramCredential:UserScramCredential")) == 2
+
+
+# ------------------------------------------------------------------ async flow
+
+
+def container_of(obj: dict) -> dict:
+    spec = obj["spec"]
+    template = spec["jobTemplate"]["spec"]["template"] if obj["kind"] == "CronJob" else spec["template"]
+    [container] = template["spec"]["containers"]
+    return container
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_async_flow_workloads(run):
+    ns, flow, kafka = cfg(run, "namespace"), cfg(run, "asyncFlow"), cfg(run, "kafka")
+    digests = run.outputs["image_digests"]
+    [job] = [o for o in run.kubernetes_objects() if o["kind"] == "Job"]
+    assert job["metadata"]["name"].startswith("graphql-async-bootstrap-")
+    job_container = container_of(job)
+    assert job_container["command"] == ["python", "-m", "app.bootstrap"] and job_container["image"] == digests[
+        "cleanup"]
+    assert env_of(job_container)["ACTION_HANDLER_URL"] == (
+        f"http://graphql-async-request-publisher.{ns}.svc.cluster.local:8080/action/publish_async_request")
+    assert job["spec"]["template"]["metadata"]["annotations"]["vault.hashicorp.com/agent-pre-populate-only"] == "true"
+
+    publisher = k8s(run, "Deployment", PUBLISHER)
+    assert publisher["spec"]["replicas"] == flow["publisherReplicas"]
+    assert container_of(publisher)["image"] == digests["publisher"]
+    assert env_of(container_of(publisher))["ASYNC_REQUESTS_TOPIC"] == "graphql.async.requests.v1"
+    assert env_of(container_of(publisher))["KAFKA_BOOTSTRAP_SERVERS"] == ",".join(kafka["bootstrapServers"])
+    service = k8s(run, "Service", PUBLISHER)
+    assert service["spec"]["ports"][0]["port"] == 8080
+
+    writer = k8s(run, "Deployment", WRITER)
+    assert container_of(writer)["image"] == digests["writer"]
+    assert env_of(container_of(writer))["WRITER_GROUP_ID"] == ServicePrincipals().writer_group
+
+    cleanup = k8s(run, "CronJob", CLEANUP)
+    assert cleanup["spec"]["schedule"] == "*/10 * * * *" and cleanup["spec"]["concurrencyPolicy"] == "Forbid"
+    assert container_of(cleanup)["image"] == digests["cleanup"]
+
+
+def test_publisher_is_reachable_from_hasura_only(run):
+    policy = k8s(run, "NetworkPolicy", f"{PUBLISHER}-from-hasura")["spec"]
+    publisher_labels = k8s(run, "Deployment", PUBLISHER)["spec"]["template"]["metadata"]["labels"]
+    hasura_labels = k8s(run, "Deployment", "hasura")["spec"]["template"]["metadata"]["labels"]
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= publisher_labels.items()
+    [rule] = policy["ingress"]
+    [source] = rule["from"]
+    assert set(source) == {"podSelector"} and source["podSelector"]["matchLabels"].items() <= hasura_labels.items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    for name in ("cloudflared", WRITER):  # nobody else matches the allowed selector
+        other = k8s(run, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert not source["podSelector"]["matchLabels"].items() <= other.items()
+
+
+def test_images_are_built_from_app_and_pinned_by_digest(run):
+    images = {r.name: r.inputs for r in run.of_type("docker:index/image:Image")}
+    dockerfile = (REPO / "app" / "Dockerfile").read_text()
+    for target in ("publisher", "writer", "cleanup"):
+        build = images[f"image-{target}"]["build"]
+        assert build["target"] == target and Path(build["context"]) == REPO / "app"
+        assert re.search(rf"^FROM base AS {target}$", dockerfile, re.M)
+        assert images[f"image-{target}"]["imageName"].startswith(cfg(run, "images")["registry"] + "/")
+        assert re.match(r"^.+@sha256:[0-9a-f]{64}$", run.outputs["image_digests"][target])
+
+
+# ------------------------------------------------------------------ every object, every container
+
+
+def test_kubernetes_objects_are_schema_valid(run):
+    version = cfg(run, "kubernetesVersion")
+    objects = run.kubernetes_objects()
+    assert len(objects) >= 17
+    for obj in objects:
+        validate(obj, version)
+
+
+def test_invalid_manifest_is_rejected_by_the_validator(run):
+    """The validator has teeth: a misspelt field fails strict validation."""
+    deployment = json.loads(json.dumps(k8s(run, "Deployment", PUBLISHER)))
+    deployment["spec"]["replicaz"] = 2
+    with pytest.raises(Exception, match="replicaz"):
+        validate(deployment, cfg(run, "kubernetesVersion"))
+
+
+def test_every_container_is_bounded_non_root_and_pinned(run):
+    for name, template in pod_templates(run):
+        pod = template["spec"]
+        for container in pod["containers"]:
+            resources = container["resources"]
+            assert set(resources["requests"]) == {"cpu", "memory"} == set(resources["limits"]), name
+            non_root = container.get("securityContext", {}).get("runAsNonRoot",
+                                                                pod.get("securityContext", {}).get("runAsNonRoot"))
+            assert non_root is True, name
+            assert pod["securityContext"]["runAsUser"] > 0
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+            assert re.match(r"^[^@\s]+@sha256:[0-9a-f]{64}$", container["image"]), (name, container["image"])
+
+
+def test_no_secret_in_plain_text(run):
+    assert run.secret_values  # the run produced secrets to look for
+    document = plan_document(run)  # raises SecretLeak if any non-secret input or output holds one
+    flat = json.dumps(document)
+    assert not any(secret in flat for secret in run.secret_values)
+    for obj in run.kubernetes_objects():
+        if obj["kind"] == "ConfigMap":
+            assert not any(secret in json.dumps(obj) for secret in run.secret_values)
+            assert not re.search(r"^HASURA_GRAPHQL_(ADMIN_SECRET|DATABASE_URL|JWT_SECRET)=", obj["data"]["hasura.env"],
+                                 re.M)
+    for name, template in pod_templates(run):
+        for container in template["spec"]["containers"]:
+            for env in container.get("env", []):
+                assert "value" not in env or not re.search(r"SECRET|PASSWORD|TOKEN|DATABASE_URL", env["name"]), (
+                    name, env["name"])
+    assert run.output_secret_paths == []  # nothing secret is exported at all
+
+
+def test_stack_outputs_for_other_teams(run):
+    hostname = cfg(run, "publicHostname")
+    outputs = run.outputs
+    assert outputs["graphql_url"] == f"https://{hostname}/v1/graphql"
+    assert outputs["graphql_websocket_url"] == f"wss://{hostname}/v1/graphql"
+    assert outputs["namespace"] == cfg(run, "namespace")
+    assert outputs["topics"] == {"requests": "graphql.async.requests.v1", "responses": "graphql.async.responses.v1",
+                                 "dlq": "graphql.async.responses.dlq.v1"}
+    assert outputs["table"] == "graphql.client_async_messages" and outputs["action"] == "publish_async_request"
+    assert outputs["vault_paths"]["cloudflare-tunnel-token"] == f"{cfg(run, 'vault')['kvMount']}/data/" \
+                                                                 "cloudflare-tunnel-token"
+    assert set(outputs["image_digests"]) == {"publisher", "writer", "cleanup"}
+
+
+def test_committed_plan_matches_the_program(run):
+    path = plan_path(run.stack)
+    assert path.exists(), f"missing {path}; run python -m scripts.plan --all"
+    assert path.read_text() == render(plan_document(run)), (
+        f"{path.name} is out of date: run `python -m scripts.plan --all` and commit the result")
+
+
+# ------------------------------------------------------------------ configuration errors
+
+
+def test_missing_key_names_key_and_stack():
+    with pytest.raises(Exception, match=r"stack 'dev'.*graphql-entrypoint:kafka.*Field required"):
+        run_stack("dev", drop_keys=(P + "kafka",))
+
+
+def test_malformed_key_names_key_and_stack():
+    bad = {**load_stack_file("dev")[P + "kafka"], "partitions": "three"}
+    with pytest.raises(Exception, match=r"stack 'dev'.*graphql-entrypoint:kafka\.partitions"):
+        run_stack("dev", {P + "kafka": bad})
+
+
+def test_unpinned_image_is_refused():
+    with pytest.raises(Exception, match=r"graphql-entrypoint:hasura\.image.*pinned by digest"):
+        run_stack("dev", {P + "hasura": {"image": "hasura/graphql-engine:latest"}})
+
+
+def test_missing_secret_config_names_the_command():
+    with pytest.raises(Exception, match=r"pulumi config set --secret databaseUrl"):
+        run_stack("dev", drop_keys=(P + "databaseUrl",), )
+
+
+def test_stack_files_differ_only_where_stacks_should():
+    dev, prod = (yaml.safe_load((REPO / f"Pulumi.{s}.yaml").read_text())["config"] for s in ("dev", "prod"))
+    assert set(dev) == set(prod)
+    assert dev[P + "publicHostname"] == "cf-suncoast-graphql-proxy.dev.suncoast.systems"
+    assert dev[P + "namespace"] == "graphql"
+    assert dev[P + "kafka"]["bootstrapServers"] == ["kafka.kafka.svc.internal.lan:9092"]
+    assert (dev[P + "kafka"]["securityProtocol"], dev[P + "kafka"]["saslMechanism"]) == (
+        "SASL_PLAINTEXT", "SCRAM-SHA-256")
