@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: installs what the command needs, then runs it.
+#   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
+#   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+python_deps() {
+  if ! python3 -c "import pulumi, confluent_kafka, psycopg, kubernetes_validate, starlette" 2>/dev/null \
+     || [ requirements.txt -nt .cache/requirements.stamp ] || [ app/requirements.txt -nt .cache/requirements.stamp ]; then
+    say "installing Python dependencies (requirements.txt)"
+    python3 -m pip install --disable-pip-version-check -q -r requirements.txt
+    mkdir -p .cache && touch .cache/requirements.stamp
+  fi
+}
+
+apt_install() {
+  say "installing Debian packages: $*"
+  if [ "$(id -u)" -ne 0 ]; then echo "need root for apt-get install $*" >&2; exit 1; fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+server_deps() {
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! python3 -c "import pgserver" 2>/dev/null; then
+    apt_install postgresql
+  fi
+  command -v runuser >/dev/null || apt_install util-linux
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
+  python3 -m scripts.servers fetch-kafka >/dev/null
+}
+
+cmd="${1:-}"; shift || true
+case "$cmd" in
+  plan)
+    python_deps
+    python3 -W ignore -m scripts.plan "${1:-dev}"
+    ;;
+  test)
+    python_deps
+    server_deps
+    say "running the tests (real PostgreSQL and Kafka start inside the run)"
+    python3 -m pytest "$@"
+    ;;
+  *)
+    sed -n '2,4p' "$0" >&2
+    exit 2
+    ;;
+esac
