@@ -64,7 +64,7 @@ hasura = Hasura("hasura", HasuraArgs(
     opts=pulumi.ResourceOptions(depends_on=[vault]))
 
 images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry, platform=cfg.images.platform,
-                                                   context=ROOT / "app"))
+                                                   context=ROOT / "app", project_root=ROOT))
 
 database_file = vault_file(mount, DATABASE_URL, "async_database_url")
 flow = AsyncFlow("async-flow", AsyncFlowArgs(

@@ -27,17 +27,19 @@ def source_digest(context: Path) -> str:
 class ServiceImagesArgs:
     registry: str
     platform: str
-    context: Path  # app/
+    context: Path  # absolute path of app/, hashed for the tag
+    project_root: Path  # docker paths are relative to it, so plans do not depend on the checkout's location
 
 
 class ServiceImages(pulumi.ComponentResource):
     def __init__(self, name: str, args: ServiceImagesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:ServiceImages", name, None, opts)
         tag = source_digest(args.context)
+        context = args.context.relative_to(args.project_root).as_posix()
         self.images = {
             target: docker.Image(
                 f"image-{target}", image_name=f"{args.registry}/graphql-async-{target}:{tag}",
-                build=docker.DockerBuildArgs(context=str(args.context), dockerfile=str(args.context / "Dockerfile"),
+                build=docker.DockerBuildArgs(context=context, dockerfile=f"{context}/Dockerfile",
                                              target=target, platform=args.platform),
                 opts=child(self))
             for target in TARGETS
