@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: installs what the command needs, then runs it.
+#   bash scripts/dev.sh up [args]      run the whole async flow locally (PostgreSQL, Kafka, services, demo)
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 set -euo pipefail
@@ -35,6 +36,11 @@ server_deps() {
 
 cmd="${1:-}"; shift || true
 case "$cmd" in
+  up)
+    python_deps
+    server_deps
+    exec python3 -m scripts.local_run "$@"
+    ;;
   plan)
     python_deps
     python3 -W ignore -m scripts.plan "${1:-dev}"
@@ -46,7 +52,7 @@ case "$cmd" in
     python3 -m pytest "$@"
     ;;
   *)
-    sed -n '2,4p' "$0" >&2
+    sed -n '2,5p' "$0" >&2
     exit 2
     ;;
 esac

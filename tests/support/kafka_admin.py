@@ -1,53 +1,14 @@
-"""Topics, SCRAM users and ACLs on the real test broker, from the same spec the Pulumi program declares."""
+"""Test helpers for the real broker: readiness polling and reading a topic back."""
 
 from __future__ import annotations
 
 import time
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import (
-    AclBinding,
-    AclOperation,
-    AclPermissionType,
-    AdminClient,
-    NewTopic,
-    ResourcePatternType,
-    ResourceType,
-    ScramCredentialInfo,
-    ScramMechanism,
-    UserScramCredentialUpsertion,
-)
 
-from components.kafka_access import AclRule
+from scripts.kafka_admin import apply_acls, create_topics, upsert_user
 
-_RESOURCE = {"Topic": ResourceType.TOPIC, "Group": ResourceType.GROUP,
-             "TransactionalID": ResourceType.TRANSACTIONAL_ID, "Cluster": ResourceType.BROKER}
-_PATTERN = {"Literal": ResourcePatternType.LITERAL, "Prefixed": ResourcePatternType.PREFIXED}
-_OPERATION = {"Read": AclOperation.READ, "Write": AclOperation.WRITE, "Describe": AclOperation.DESCRIBE,
-              "Create": AclOperation.CREATE, "IdempotentWrite": AclOperation.IDEMPOTENT_WRITE}
-
-
-def create_topics(admin: AdminClient, partitions: dict[str, int]) -> None:
-    futures = admin.create_topics([NewTopic(name, n, 1) for name, n in partitions.items()])
-    for future in futures.values():
-        future.result(30)
-
-
-def upsert_user(admin: AdminClient, name: str, password: str) -> None:
-    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 8192)
-    for future in admin.alter_user_scram_credentials(
-            [UserScramCredentialUpsertion(name, info, password.encode())]).values():
-        future.result(30)
-
-
-def apply_acls(admin: AdminClient, rules: list[AclRule]) -> None:
-    bindings = [
-        AclBinding(_RESOURCE[r.resource_type], "kafka-cluster" if r.resource_type == "Cluster" else r.resource_name,
-                   _PATTERN[r.pattern_type], r.principal, "*", _OPERATION[r.operation], AclPermissionType.ALLOW)
-        for r in rules
-    ]
-    for future in admin.create_acls(bindings).values():
-        future.result(30)
+__all__ = ["apply_acls", "create_topics", "read_all", "upsert_user", "wait_until"]
 
 
 def wait_until(check, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
