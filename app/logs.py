@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import logging
 import sys
 from datetime import UTC, datetime
@@ -24,7 +25,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str = "INFO") -> None:
+def setup(level: str | None = None) -> None:
+    level = level or os.environ.get("LOG_LEVEL", "INFO")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

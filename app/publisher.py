@@ -51,6 +51,40 @@ def action_output(row: dict[str, Any], duplicate: bool) -> dict[str, Any]:
     }
 
 
+class PublishedMarker:
+    """Marks rows `published` in batches: one UPDATE in flight, the ids that arrive meanwhile go in the next."""
+
+    def __init__(self, pool):
+        self._pool = pool
+        self._waiting: list[tuple[str, asyncio.Future]] = []
+        self._wakeup = asyncio.Event()
+
+    async def mark(self, request_id: str) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request_id, future))
+        self._wakeup.set()
+        await future
+
+    async def run_forever(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._waiting = self._waiting, []
+            if not batch:
+                continue
+            try:
+                async with self._pool.connection() as conn:
+                    await store.mark_published(conn, [request_id for request_id, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each waiter decides; the relay covers unmarked rows
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+
+
 class Publisher:
     """The handler's state: pool, producer, the set of request_ids this process is publishing."""
 
@@ -63,7 +97,8 @@ class Publisher:
         self._tasks: set[asyncio.Task] = set()
         self.producer: AsyncProducer | None = None
         self.relay: OutboxRelay | None = None
-        self._relay_task: asyncio.Task | None = None
+        self.marker = PublishedMarker(self.pool)
+        self._background: list[asyncio.Task] = []
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
@@ -75,17 +110,23 @@ class Publisher:
             reply_topic=self.settings.async_responses_topic, in_flight=self.in_flight,
             grace_seconds=self.settings.relay_grace_seconds, batch_size=self.settings.relay_batch_size,
             interval_seconds=self.settings.relay_interval_seconds)
-        self._relay_task = asyncio.create_task(self.relay.run_forever(), name="outbox-relay")
+        self._background = [asyncio.create_task(self.relay.run_forever(), name="outbox-relay"),
+                            asyncio.create_task(self.marker.run_forever(), name="published-marker")]
         log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
 
     async def stop(self) -> None:
         """Graceful shutdown: stop the relay, let in-flight publishes settle, flush, close the pool."""
-        if self._relay_task:
-            self._relay_task.cancel()
+        relay, marker = self._background or (None, None)
+        if relay:
+            relay.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._relay_task
-        if self._tasks:
+                await relay
+        if self._tasks:  # in-flight publishes still get marked before the marker stops
             await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
+        if marker:
+            marker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await marker
         if self.producer:
             await asyncio.to_thread(self.producer.close)
         await self.pool.close()
@@ -129,8 +170,7 @@ class Publisher:
     async def _settle(self, request_id: str, delivery: asyncio.Future) -> bool:
         try:
             await delivery
-            async with self.pool.connection() as conn:
-                await store.mark_published(conn, [request_id])
+            await self.marker.mark(request_id)
             return True
         except KafkaException as exc:
             log.warning("publish failed; the outbox relay will retry", extra={"request_id": request_id,

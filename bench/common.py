@@ -1,0 +1,130 @@
+"""Shared set-up for the benchmarks: real PostgreSQL + Kafka in a temp dir, the publisher as a process, wrk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import psycopg
+from confluent_kafka.admin import AdminClient
+
+from app.db import apply_schema
+from scripts.kafka_admin import create_topics
+from scripts.servers import REPO, KafkaBroker, PostgresServer, free_port
+
+ACTION_SECRET = "bench-action-secret-0123456789"
+
+
+@contextlib.contextmanager
+def servers(partitions: int = 3):
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    pg, kafka = PostgresServer(tmp / "pg"), KafkaBroker(tmp / "kafka")
+    try:
+        pg.start()
+        kafka.start()
+        with psycopg.connect(pg.url) as conn:
+            apply_schema(conn)
+        create_topics(AdminClient(kafka.client_config()), {"graphql.async.requests.v1": partitions,
+                                                            "graphql.async.responses.v1": partitions,
+                                                            "graphql.async.responses.dlq.v1": 1})
+        yield pg, kafka
+    finally:
+        kafka.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def service_env(pg: PostgresServer, kafka: KafkaBroker, **extra: str) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASYNC_"))}
+    return base | {"ASYNC_SECRETS_DIR": "/nonexistent", "ASYNC_DATABASE_URL": pg.url,
+                   "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "KAFKA_USERNAME": "admin",
+                   "KAFKA_PASSWORD": "admin-secret", "ASYNC_ACTION_SECRET": ACTION_SECRET, **extra}
+
+
+@contextlib.contextmanager
+def publisher(pg: PostgresServer, kafka: KafkaBroker, **extra: str):
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="bench-publisher-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "app.publisher"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env=service_env(pg, kafka, PUBLISHER_HOST="127.0.0.1", PUBLISHER_PORT=str(port),
+                                            **extra))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise RuntimeError(f"publisher did not start; see {log.name}")
+        time.sleep(0.1)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+WRK_POST = """
+local counter = 0
+local prefix = ""
+function setup(thread)
+  thread:set("tid", tostring(math.random(1, 1000000000)))
+end
+function init(args)
+  prefix = "bench-" .. tid .. "-" .. tostring(os.time()) .. "-"
+end
+request = function()
+  counter = counter + 1
+  local body = '{"action":{"name":"publish_async_request"},"session_variables":{"x-hasura-role":"user",' ..
+    '"x-hasura-user-id":"bench-user"},"input":{"input":{"request_id":"' .. prefix .. counter .. '",' ..
+    '"handler":"billing-worker","operation":"invoice.create","payload":{"invoice_id":"inv_1","amount":42.5}}}}'
+  return wrk.format("POST", nil, {["Content-Type"]="application/json",
+                                  ["X-Async-Action-Secret"]="%s"}, body)
+end
+"""
+
+
+def wrk(url: str, *, seconds: int, connections: int, threads: int = 1, post: bool = False) -> dict:
+    """Run wrk against url; returns requests/s, p50/p99 ms and non-2xx count."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk")
+    args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    script = None
+    if post:
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(WRK_POST % ACTION_SECRET)
+        script.close()
+        args += ["-s", script.name]
+    out = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
+    if script:
+        os.unlink(script.name)
+    return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
+            "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
+            "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return round(float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit], 3)
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def emit(record: dict) -> None:
+    print(json.dumps({"date": datetime.now(UTC).date().isoformat(), "machine": machine(), **record}), flush=True)

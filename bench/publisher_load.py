@@ -1,0 +1,36 @@
+"""Publisher: requests/s and p50/p99 through the HTTP action handler under concurrent load (wrk),
+beside a bare endpoint on the same server that does no I/O (/healthz). One publisher process.
+
+    python -m bench.publisher_load [--seconds 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import psycopg
+
+from bench.common import emit, publisher, servers, wrk
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    with servers() as (pg, kafka), publisher(pg, kafka) as url:
+        wrk(f"{url}/action/publish_async_request", seconds=2, connections=args.connections, post=True)  # warm-up
+        action = wrk(f"{url}/action/publish_async_request", seconds=args.seconds, connections=args.connections,
+                     post=True)
+        bare = wrk(f"{url}/healthz", seconds=args.seconds, connections=args.connections)
+        with psycopg.connect(pg.url) as conn:
+            statuses = dict(conn.execute("SELECT status, count(*) FROM graphql.client_async_messages "
+                                         "GROUP BY status").fetchall())
+    emit({"bench": "publisher", "connections": args.connections, "seconds": args.seconds,
+          "requests_per_s": action["requests_per_s"], "p50_ms": action["p50_ms"], "p99_ms": action["p99_ms"],
+          "non_2xx": action["non_2xx"], "rows_by_status": statuses,
+          "baseline_bare_endpoint": bare, "target": {"requests_per_s": 1000, "p99_ms": 50}})
+
+
+if __name__ == "__main__":
+    main()
