@@ -1,0 +1,65 @@
+"""Cleanup: rows/s while deleting 1,000,000 expired rows, and the publisher's p99 during the cleanup
+beside its p99 without it (same server, same run).
+
+    python -m bench.cleanup_rate [--rows 1000000] [--batch-size 1000] [--connections 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+
+import psycopg
+
+from app.cleanup import run_cleanup
+from bench.common import emit, publisher, servers, wrk
+
+
+def seed_expired(pg, rows: int) -> None:
+    with psycopg.connect(pg.url) as conn:
+        conn.execute("INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, status, "
+                     "payload, expires_at, created_at, completed_at) "
+                     "SELECT 'exp-' || g, 'client-' || (g %% 1000), 'h', 'op', "
+                     "'completed', '{\"n\": 1}', now() - interval '1 minute', now() - interval '2 hours', "
+                     "now() - interval '1 hour' "
+                     "FROM generate_series(1, %s) g", (rows,))
+        conn.execute("ANALYZE graphql.client_async_messages")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--load-seconds", type=int, default=5, help="publisher load window (within the cleanup)")
+    args = parser.parse_args()
+    with servers() as (pg, kafka), publisher(pg, kafka) as url:
+        action = f"{url}/action/publish_async_request"
+        wrk(action, seconds=2, connections=args.connections, post=True)  # warm-up
+        seed_expired(pg, args.rows)
+        quiet = wrk(action, seconds=args.load_seconds, connections=args.connections, post=True)
+
+        result: dict = {}
+
+        def cleanup() -> None:
+            started = time.perf_counter()
+            report = run_cleanup(pg.url, args.batch_size, 3600)
+            result.update(report=report, seconds=time.perf_counter() - started)
+
+        thread = threading.Thread(target=cleanup)
+        thread.start()
+        busy = wrk(action, seconds=args.load_seconds, connections=args.connections, post=True)
+        thread.join()
+        report = result["report"]
+        assert report.deleted == args.rows, report
+    emit({"bench": "cleanup", "rows": args.rows, "batch_size": args.batch_size,
+          "rows_per_s": round(report.deleted / result["seconds"]), "seconds": round(result["seconds"], 1),
+          "batches": report.batches,
+          "publisher_during_cleanup": busy, "baseline_publisher_without_cleanup": quiet,
+          "load_seconds": args.load_seconds,
+          "cleanup_covered_load_window": round(min(1.0, result["seconds"] / args.load_seconds), 2)})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Writer: responses/s from Kafka into rows, beside a naive writer (one DB transaction and one offset
+commit per message) measured in the same run on the same servers.
+
+    python -m bench.writer_throughput [--messages 100000] [--batch-size 1000] [--naive-messages 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+import uuid
+
+import psycopg
+from confluent_kafka import Consumer, Producer
+
+from app.envelope import ResponseOutcome, parse_response
+from app.settings import WriterSettings
+from app.writer import ResponseWriter
+from bench.common import emit, servers
+
+RESPONSES = "graphql.async.responses.v1"
+
+
+def seed(pg, kafka, prefix: str, count: int) -> None:
+    """`count` published rows and one response each on the responses topic."""
+    with psycopg.connect(pg.url) as conn:
+        conn.execute("INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, status, "
+                     "published_at, expires_at) SELECT %s || g, 'bench', 'h', 'op', 'published', now(), "
+                     "now() + interval '1 hour' FROM generate_series(1, %s) g", (prefix, count))
+    producer = Producer(kafka.client_config() | {"linger.ms": 50, "batch.num.messages": 10000,
+                                                 "compression.type": "lz4"})
+    for i in range(1, count + 1):
+        request_id = f"{prefix}{i}"
+        producer.produce(RESPONSES, key=request_id, value=json.dumps({
+            "spec_version": "async.response.v1", "request_id": request_id, "status": "completed",
+            "result": {"invoice_number": f"INV-{i}", "amount": 42.5}}))
+        if i % 10000 == 0:
+            producer.poll(0)
+    producer.flush(60)
+
+
+def completed(pg, prefix: str) -> int:
+    with psycopg.connect(pg.url) as conn:
+        return conn.execute("SELECT count(*) FROM graphql.client_async_messages WHERE request_id LIKE %s "
+                            "AND status = 'completed'", (prefix + "%",)).fetchone()[0]
+
+
+def run_writer(pg, kafka, count: int, batch_size: int) -> float:
+    settings = WriterSettings(async_database_url=pg.url, kafka_bootstrap_servers=kafka.bootstrap,
+                              kafka_username="admin", kafka_password="admin-secret", health_port=0,
+                              writer_group_id=f"bench-writer-{uuid.uuid4().hex[:6]}", writer_batch_size=batch_size,
+                              writer_instance_id=uuid.uuid4().hex[:6], db_pool_max_size=2)
+    writer = ResponseWriter(settings)
+    first: list[float] = []
+    original = writer.process
+
+    def timed(messages):
+        if not first:
+            first.append(time.perf_counter())
+        return original(messages)
+
+    writer.process = timed
+    thread = threading.Thread(target=writer.run)
+    thread.start()
+    while writer.stats.written < count:
+        time.sleep(0.05)
+    elapsed = time.perf_counter() - first[0]
+    writer.stop_event.set()
+    thread.join(60)
+    return count / elapsed
+
+
+def run_naive(pg, kafka, prefix: str, count: int) -> float:
+    """One transaction per message, offsets committed per message: what a first version would do."""
+    consumer = Consumer(kafka.client_config() | {"group.id": f"bench-naive-{uuid.uuid4().hex[:6]}",
+                                                 "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer.subscribe([RESPONSES])
+    done, started = 0, None
+    with psycopg.connect(pg.url) as conn:
+        while done < count:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            outcome = parse_response(msg.value())
+            if not isinstance(outcome, ResponseOutcome) or not outcome.request_id.startswith(prefix):
+                consumer.commit(msg, asynchronous=False)
+                continue
+            started = started or time.perf_counter()
+            with conn.transaction():
+                conn.execute("UPDATE graphql.client_async_messages SET status = %s, response = %s, "
+                             "completed_at = %s, updated_at = now() WHERE request_id = %s "
+                             "AND status IN ('pending', 'published')",
+                             (outcome.status, json.dumps(outcome.result), outcome.completed_at, outcome.request_id))
+            consumer.commit(msg, asynchronous=False)
+            done += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    return count / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=100_000)
+    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--naive-messages", type=int, default=3000)
+    args = parser.parse_args()
+    with servers() as (pg, kafka):
+        # the naive baseline reads its own prefix first, so both read the same kind of backlog
+        seed(pg, kafka, "naive-", args.naive_messages)
+        naive = run_naive(pg, kafka, "naive-", args.naive_messages)
+        seed(pg, kafka, "w-", args.messages)
+        rate = run_writer(pg, kafka, args.messages, args.batch_size)
+        assert completed(pg, "w-") == args.messages and completed(pg, "naive-") == args.naive_messages
+    emit({"bench": "writer", "messages": args.messages, "batch_size": args.batch_size,
+          "responses_per_s": round(rate), "baseline_naive_per_s": round(naive), "naive_messages": args.naive_messages,
+          "speedup": round(rate / naive, 1), "target": {"responses_per_s": 20000, "speedup": 10}})
+
+
+if __name__ == "__main__":
+    main()
