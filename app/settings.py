@@ -112,7 +112,7 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     # prefix of the transactional.id; the pod name makes it unique per replica
     writer_transactional_id_prefix: str = "graphql-async-response-writer"
     writer_instance_id: str = Field(default_factory=lambda: os.environ.get("HOSTNAME", "local"))
-    writer_batch_size: int = Field(500, ge=1, le=50_000)
+    writer_batch_size: int = Field(1000, ge=1, le=50_000)
     writer_batch_wait_seconds: float = Field(0.5, gt=0)
     writer_retry_max_seconds: float = Field(30.0, gt=0)
     health_port: int = Field(8081, ge=0, le=65535)

@@ -107,7 +107,7 @@ class ImagesConfig(_Model):
 class AsyncFlowConfig(_Model):
     publisher_replicas: int = Field(2, ge=1, le=50)
     writer_replicas: int = Field(1, ge=1, le=50)
-    writer_batch_size: int = Field(500, ge=1, le=50_000)
+    writer_batch_size: int = Field(1000, ge=1, le=50_000)
     cleanup_schedule: str = "*/10 * * * *"
     cleanup_batch_size: int = Field(1000, ge=1, le=100_000)
     cleanup_time_budget_seconds: int = Field(240, ge=10)

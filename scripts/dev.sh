@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh up [args]      run the whole async flow locally (PostgreSQL, Kafka, services, demo)
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
+#   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,8 +52,17 @@ case "$cmd" in
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
     python3 -m pytest "$@"
     ;;
+  bench)
+    python_deps
+    server_deps
+    command -v wrk >/dev/null || apt_install wrk
+    for b in writer_throughput publisher_load cleanup_rate; do
+      say "bench/$b.py"
+      python3 -m "bench.$b" 2>/dev/null
+    done
+    ;;
   *)
-    sed -n '2,5p' "$0" >&2
+    sed -n '2,6p' "$0" >&2
     exit 2
     ;;
 esac
