@@ -9,7 +9,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -283,6 +283,3 @@ def _has_nul(value: Any) -> bool:
         return any(_has_nul(v) for v in value)
     return False
 
-
-def expires_at_from(submitted_at: datetime, expires_in_seconds: int) -> datetime:
-    return submitted_at + timedelta(seconds=expires_in_seconds)

@@ -27,6 +27,7 @@ class DesiredMetadata:
     handler_url: str
     timeout_seconds: int = 30
     secret_env: str = "ASYNC_ACTION_SECRET"
+    action_roles: tuple[str, ...] = ("user", "service")
 
     def select_permissions(self) -> dict[str, dict[str, Any]]:
         return {
@@ -73,8 +74,6 @@ class DesiredMetadata:
             "forward_client_headers": True,
             "timeout": self.timeout_seconds,
         }
-
-    action_roles: tuple[str, ...] = ("user", "service")
 
 
 class MetadataError(RuntimeError):

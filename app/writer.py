@@ -225,7 +225,9 @@ class ResponseWriter:
         self._backoff = 0.0
         self.stats.batches += 1
         self.stats.written += written
-        self.stats.duplicates += len(plan.outcomes) - written - len(unknown) - len(rejected) + plan.duplicates_in_batch
+        # valid answers that changed nothing: the row already had its terminal state, or a repeat in this batch
+        already_terminal = len(plan.outcomes) - written - len(unknown) - len(rejected)
+        self.stats.duplicates += already_terminal + plan.duplicates_in_batch
         self.stats.dead_lettered += len(dead_letters)
         for msg, reason in dead_letters:
             log.warning("dead-lettered response", extra={

@@ -31,7 +31,9 @@ class SecretLeak(RuntimeError):
     pass
 
 
-def _redact(inputs: dict[str, Any], secret_paths: list[str]) -> dict[str, Any]:
+def _redact(inputs: dict[str, Any], secret_paths: list[str]) -> dict[str, Any] | str:
+    if "" in secret_paths:  # the whole object is secret
+        return REDACTED
     redacted = copy.deepcopy(inputs)
     for path in secret_paths:
         parts = path.replace("]", "").replace("[", ".").split(".")
@@ -43,7 +45,7 @@ def _redact(inputs: dict[str, Any], secret_paths: list[str]) -> dict[str, Any]:
             node[int(last)] = REDACTED
         else:
             node[last] = REDACTED
-    return redacted if not secret_paths or "" not in secret_paths else {"": REDACTED}
+    return redacted
 
 
 def _leaks(value: Any, secrets: set[str]) -> bool:

@@ -9,6 +9,7 @@ deterministic placeholders from the mocks below.
 from __future__ import annotations
 
 import hashlib
+import json
 import runpy
 import sys
 from dataclasses import dataclass, field
@@ -84,8 +85,7 @@ def load_stack_file(stack: str) -> dict[str, Any]:
 
 
 def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_keys: tuple[str, ...] = ()) -> StackRun:
-    import json
-
+    """Run __main__.py for `stack` (its Pulumi.<stack>.yaml, plus overrides) and return what it declared."""
     import pulumi
     from pulumi.runtime import mocks as pulumi_mocks
     from pulumi.runtime.settings import SETTINGS
@@ -141,7 +141,7 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
 
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=Monitor(mocks))
-    config = {f"{k}": v for k, v in load_stack_file(stack).items()}
+    config = dict(load_stack_file(stack))
     for key, value in PLACEHOLDER_SECRETS.items():
         config.setdefault(f"{PROJECT}:{key}", value)
         run.secret_values.add(value)
