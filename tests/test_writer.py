@@ -187,3 +187,39 @@ def test_batch_size_does_not_change_the_outcome(kafka, db, writer_settings, topi
         assert not failure
     assert writer.stats.written == 15
     assert {s[0] for s in rows(db, request_ids).values()} == {"completed"}
+
+
+def test_a_value_the_database_refuses_is_dead_lettered_and_the_rest_lands(kafka, db, writer_settings, topics):
+    """1e400 parses as infinity, which PostgreSQL's jsonb refuses: only that message goes to the DLQ."""
+    good, bad = ids(4), f"req-{uuid.uuid4().hex}"
+    insert_rows(db, good + [bad])
+    produce(kafka, topics.responses, [(r, response(r)) for r in good[:2]]
+            + [(bad, b'{"spec_version": "async.response.v1", "request_id": "' + bad.encode()
+                + b'", "status": "completed", "result": {"amount": 1e400}}')]
+            + [(r, response(r)) for r in good[2:]])
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == 5, what="committed")
+        assert not failure
+    assert {s[0] for s in rows(db, good).values()} == {"completed"}
+    assert rows(db, [bad])[bad][0] == "published"  # untouched, still waiting for a storable answer
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    assert dead.key().decode() == bad and dict(dead.headers())["dlq.reason"] == b"db_rejected"
+    assert writer.stats.written == 4 and writer.stats.dead_lettered == 1
+
+
+def test_broker_outage_is_waited_out(kafka, db, writer_settings, topics):
+    request_ids = ids(30)
+    insert_rows(db, request_ids)
+    produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
+    kafka.stop()
+    try:
+        with running_writer(writer_settings) as (writer, failure):
+            kafka.start()
+            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 30, timeout=90,
+                       what="writer catches up after the broker returns")
+            assert not failure
+    finally:
+        kafka.start()
+    assert {s[0] for s in rows(db, request_ids).values()} == {"completed"}
+    assert writer.stats.dead_lettered == 0
+    assert read_all(kafka.client_config(), topics.dlq, expect=0, timeout=2) == []
