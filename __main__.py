@@ -43,7 +43,8 @@ vault = VaultAccess("vault", VaultAccessArgs(
     database_url=cfg.database_url, tunnel_token=edge.tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
     kafka_credentials=kafka.credentials,
     service_accounts={"hasura": "hasura", PUBLISHER: PUBLISHER, WRITER: WRITER, CLEANUP: CLEANUP,
-                      BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"}))
+                      BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"},
+    extra_reads={"hasura": sorted(cfg.hasura.redis_from_vault.values())}))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     namespace=ns, vault_address=cfg.vault.address, kv_mount=mount,
@@ -59,6 +60,8 @@ hasura = Hasura("hasura", HasuraArgs(
         vault_file(mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
         # the action sends it to the publisher (value_from_env)
         vault_file(mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
+        *(vault_file(mount, entry, f"{variable.lower()}.env", export_as=variable)
+          for variable, entry in sorted(cfg.hasura.redis_from_vault.items())),
     ],
     container_env={"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": "8080"}),
     opts=pulumi.ResourceOptions(depends_on=[vault]))

@@ -95,8 +95,22 @@ class HasuraConfig(_Model):
     image: str
     replicas: int = Field(2, ge=1, le=20)
     source_name: str = "default"
+    # Redis settings (Enterprise): env var -> operator-managed KV entry, injected by the Vault agent, never a ConfigMap
+    redis_from_vault: dict[str, str] = Field(default_factory=dict)
 
     _image = field_validator("image")(_pinned)
+
+    @field_validator("redis_from_vault")
+    @classmethod
+    def _redis_vars(cls, value: dict[str, str]) -> dict[str, str]:
+        for variable, entry in value.items():
+            if not re.match(r"^HASURA_GRAPHQL_[A-Z0-9_]*REDIS[A-Z0-9_]*$", variable):
+                raise ValueError(f"{variable!r} is not a HASURA_GRAPHQL_*REDIS* variable")
+            if len(f"agent-inject-template-{variable.lower()}.env") > 63:  # Kubernetes annotation name limit
+                raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
+            if not re.match(r"^[a-z0-9][a-z0-9-]{0,126}$", entry):
+                raise ValueError(f"{entry!r} is not a KV entry name")
+        return value
 
 
 class ImagesConfig(_Model):

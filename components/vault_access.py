@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_random as random
@@ -44,9 +44,13 @@ def policy_hcl(grants: list[tuple[str, list[str]]]) -> str:
     return "".join(f'path "{path}" {{\n  capabilities = {json.dumps(caps)}\n}}\n' for path, caps in grants)
 
 
-def policy_grants(mount: str) -> dict[str, list[tuple[str, list[str]]]]:
+Grants = dict[str, list[tuple[str, list[str]]]]  # consumer -> [(path, capabilities)]
+
+
+def policy_grants(mount: str, extra_reads: dict[str, list[str]] | None = None) -> Grants:
     """Least privilege per consumer: read on its own entries; External Secrets also lists the token's metadata."""
-    grants = {consumer: [(data_path(mount, e), ["read"]) for e in entries]
+    extra_reads = extra_reads or {}
+    grants = {consumer: [(data_path(mount, e), ["read"]) for e in (*entries, *extra_reads.get(consumer, ()))]
               for consumer, entries in CONSUMER_ENTRIES.items()}
     grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read", "list"]),
                                      (f"{mount}/metadata/{TUNNEL_TOKEN}", ["read", "list"])]
@@ -74,6 +78,8 @@ class VaultAccessArgs:
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
     # consumer (policy and role name) -> its Kubernetes service account
     service_accounts: dict[str, str]
+    # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
+    extra_reads: dict[str, list[str]] = field(default_factory=dict)
 
 
 class VaultAccess(pulumi.ComponentResource):
@@ -107,7 +113,7 @@ class VaultAccess(pulumi.ComponentResource):
 
         self.policies: dict[str, vault.Policy] = {}
         self.roles: dict[str, vault.kubernetes.AuthBackendRole] = {}
-        for consumer, grants in policy_grants(mount).items():
+        for consumer, grants in policy_grants(mount, args.extra_reads).items():
             self.policies[consumer] = vault.Policy(consumer, name=consumer, policy=policy_hcl(grants),
                                                    opts=child(self))
             self.roles[consumer] = vault.kubernetes.AuthBackendRole(
