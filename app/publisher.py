@@ -134,7 +134,8 @@ class Publisher:
 
     # ------------------------------------------------------------------ the action
 
-    async def handle(self, body: Any, headers: dict[str, str]) -> tuple[dict[str, Any], bool]:
+    async def handle(self, body: Any, headers: dict[str, str]) -> dict[str, Any]:
+        """The action's answer, or ActionRefusal; a replay returns the stored record and publishes nothing."""
         request = parse_action_call(body, headers, self.limits, ACTION_NAME)
         async with self.pool.connection() as conn:
             for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
@@ -147,12 +148,12 @@ class Publisher:
                 if existing["client_id"] != request.client_id:
                     raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
                 log.info("replayed request", extra=self._log_fields(request, existing))
-                return action_output(existing, duplicate=True), True
+                return action_output(existing, duplicate=True)
             else:
                 raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
         row["status"] = "published" if await self._publish(request, row) else "pending"
         log.info("accepted request", extra=self._log_fields(request, row))
-        return action_output(row, duplicate=False), False
+        return action_output(row, duplicate=False)
 
     async def _publish(self, request: AsyncRequest, row: dict[str, Any]) -> bool:
         """Hand the envelope to Kafka; True when acked and marked within publish_wait_seconds."""
@@ -202,8 +203,7 @@ def create_app(settings: PublisherSettings) -> Starlette:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return JSONResponse(ActionRefusal(400, "invalid-body", "body is not JSON").body(), status_code=400)
         try:
-            output, _ = await publisher.handle(body, dict(request.headers))
-            return JSONResponse(output)
+            return JSONResponse(await publisher.handle(body, dict(request.headers)))
         except ActionRefusal as refusal:
             log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
             return JSONResponse(refusal.body(), status_code=refusal.status)
