@@ -257,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(action handler: {stack.publisher_url}/action/publish_async_request)")
         print("example call (this is how Hasura calls it; the secret is local to this data directory):\n")
         print(stack.example_call() + "\n", flush=True)
+        print("rows (the table Hasura would serve as a subscription):\n")
+        print(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
+              f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n", flush=True)
         stack.demo()
         if not args.once:
             print(f"\n{BOLD}running; Ctrl-C stops everything{RESET} (logs in {stack.logs})", flush=True)
