@@ -44,7 +44,7 @@ vault = VaultAccess("vault", VaultAccessArgs(
     kafka_credentials=kafka.credentials,
     service_accounts={"hasura": "hasura", PUBLISHER: PUBLISHER, WRITER: WRITER, CLEANUP: CLEANUP,
                       BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"},
-    extra_reads={"hasura": sorted(cfg.hasura.redis_from_vault.values())}))
+    extra_reads={"hasura": sorted(cfg.hasura.secret_env_from_vault.values())}))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     namespace=ns, vault_address=cfg.vault.address, kv_mount=mount,
@@ -61,7 +61,7 @@ hasura = Hasura("hasura", HasuraArgs(
         # the action sends it to the publisher (value_from_env)
         vault_file(mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
         *(vault_file(mount, entry, f"{variable.lower()}.env", export_as=variable)
-          for variable, entry in sorted(cfg.hasura.redis_from_vault.items())),
+          for variable, entry in sorted(cfg.hasura.secret_env_from_vault.items())),
     ],
     container_env={"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": "8080"}),
     opts=pulumi.ResourceOptions(depends_on=[vault]))

@@ -17,6 +17,8 @@ from pydantic.alias_generators import to_camel
 PROJECT = "graphql-entrypoint"
 PINNED_IMAGE = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
 DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# the settings the program itself does not own: the admin secret and database URL are injected already
+VAULT_ENV = re.compile(r"^HASURA_GRAPHQL_(JWT_SECRETS?|AUTH_HOOK|[A-Z0-9_]*REDIS[A-Z0-9_]*)$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
@@ -95,17 +97,18 @@ class HasuraConfig(_Model):
     image: str
     replicas: int = Field(2, ge=1, le=20)
     source_name: str = "default"
-    # Redis settings (Enterprise): env var -> operator-managed KV entry, injected by the Vault agent, never a ConfigMap
-    redis_from_vault: dict[str, str] = Field(default_factory=dict)
+    # secret settings managed outside this program (how users authenticate, Enterprise Redis URLs):
+    # env var -> KV entry, exported by the Vault agent, never in a ConfigMap
+    secret_env_from_vault: dict[str, str] = Field(default_factory=dict)
 
     _image = field_validator("image")(_pinned)
 
-    @field_validator("redis_from_vault")
+    @field_validator("secret_env_from_vault")
     @classmethod
-    def _redis_vars(cls, value: dict[str, str]) -> dict[str, str]:
+    def _secret_vars(cls, value: dict[str, str]) -> dict[str, str]:
         for variable, entry in value.items():
-            if not re.match(r"^HASURA_GRAPHQL_[A-Z0-9_]*REDIS[A-Z0-9_]*$", variable):
-                raise ValueError(f"{variable!r} is not a HASURA_GRAPHQL_*REDIS* variable")
+            if not VAULT_ENV.match(variable):
+                raise ValueError(f"{variable!r} is not one of HASURA_GRAPHQL_JWT_SECRET(S), _AUTH_HOOK, *REDIS*")
             if len(f"agent-inject-template-{variable.lower()}.env") > 63:  # Kubernetes annotation name limit
                 raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
             if not re.match(r"^[a-z0-9][a-z0-9-]{0,126}$", entry):

@@ -241,20 +241,24 @@ def test_hasura_env_file_configmap_and_deployment(run):
         "app.kubernetes.io/name": "hasura"}
 
 
-def test_redis_settings_come_from_vault_when_configured():
+def test_jwt_and_redis_settings_come_from_vault_when_configured():
     hasura = {**load_stack_file("dev")[P + "hasura"],
-              "redisFromVault": {"HASURA_GRAPHQL_REDIS_URL": "graphql-hasura-redis-url"}}
+              "secretEnvFromVault": {"HASURA_GRAPHQL_REDIS_URL": "graphql-hasura-redis-url",
+                                     "HASURA_GRAPHQL_JWT_SECRET": "graphql-hasura-jwt-secret"}}
     with_redis = run_stack("dev", {P + "hasura": hasura})
     policy = policy_paths(with_redis.one("vault:index/policy:Policy", "hasura").inputs["policy"])
-    assert policy["secret/data/graphql-hasura-redis-url"] == ["read"]
+    assert policy["secret/data/graphql-hasura-redis-url"] == policy["secret/data/graphql-hasura-jwt-secret"] == [
+        "read"]
     annotations = k8s(with_redis, "Deployment", "hasura")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["vault.hashicorp.com/agent-inject-secret-hasura_graphql_redis_url.env"] == (
         "secret/data/graphql-hasura-redis-url")
     assert 'export HASURA_GRAPHQL_REDIS_URL="' in annotations[
         "vault.hashicorp.com/agent-inject-template-hasura_graphql_redis_url.env"]
+    assert 'export HASURA_GRAPHQL_JWT_SECRET="' in annotations[
+        "vault.hashicorp.com/agent-inject-template-hasura_graphql_jwt_secret.env"]
     test_each_pod_reads_exactly_what_its_vault_policy_grants(with_redis)
-    with pytest.raises(Exception, match=r"redisFromVault.*not a HASURA_GRAPHQL_\*REDIS\* variable"):
-        run_stack("dev", {P + "hasura": {**hasura, "redisFromVault": {"HASURA_GRAPHQL_ADMIN_SECRET": "x"}}})
+    with pytest.raises(Exception, match=r"secretEnvFromVault.*HASURA_GRAPHQL_ADMIN_SECRET.*is not one of"):
+        run_stack("dev", {P + "hasura": {**hasura, "secretEnvFromVault": {"HASURA_GRAPHQL_ADMIN_SECRET": "x"}}})
 
 
 # ------------------------------------------------------------------ Kafka
