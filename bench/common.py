@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.db import apply_schema
 from scripts.kafka_admin import create_topics
-from scripts.servers import REPO, KafkaBroker, PostgresServer, free_port
+from scripts.servers import REPO, KafkaBroker, PostgresServer, free_port, wait_for
 
 ACTION_SECRET = "bench-action-secret-0123456789"
 
@@ -60,16 +59,7 @@ def publisher(pg: PostgresServer, kafka: KafkaBroker, **extra: str):
                             env=service_env(pg, kafka, PUBLISHER_HOST="127.0.0.1", PUBLISHER_PORT=str(port),
                                             **extra))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise RuntimeError(f"publisher did not start; see {log.name}")
-        time.sleep(0.1)
+    wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 30, "publisher", proc, Path(log.name))
     try:
         yield url
     finally:

@@ -31,7 +31,7 @@ from app.cleanup import run_cleanup
 from app.db import apply_schema
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
-from scripts.servers import REPO, KafkaBroker, PostgresServer, fetch_kafka_jars, free_port
+from scripts.servers import REPO, KafkaBroker, PostgresServer, fetch_kafka_jars, free_port, wait_for
 
 BOLD, DIM, GREEN, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[0m"
 TOPICS = AsyncTopics()
@@ -44,21 +44,6 @@ def step(text: str) -> None:
 
 def done(text: str = "ok") -> None:
     print(f"    {GREEN}{text}{RESET}", flush=True)
-
-
-def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise RuntimeError(f"{what} exited with {process.returncode}\n{tail}")
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
 class LocalStack:

@@ -51,6 +51,24 @@ def _wait_for_port(port: int, deadline: float, process: subprocess.Popen, what: 
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port}; see {log}:\n{_tail(log)}")
 
 
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
+    """Poll `check` (e.g. a health endpoint) until true; fail early if `process` died, with its log's tail."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise RuntimeError(f"{what} exited with {process.returncode}\n{tail}")
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
