@@ -38,12 +38,11 @@ def _kwargs(settings: DatabaseSettings) -> dict:
     return {"connect_timeout": max(1, int(settings.db_connect_timeout_seconds)), "application_name": "graphql-async"}
 
 
-def sync_pool(settings: DatabaseSettings, *, autocommit: bool = False) -> ConnectionPool:
+def sync_pool(settings: DatabaseSettings) -> ConnectionPool:
     """A pool that does not block start-up: connections come when the database does."""
-    kwargs = _kwargs(settings) | {"autocommit": autocommit}
     return ConnectionPool(
         _conninfo(settings), min_size=settings.db_pool_min_size, max_size=settings.db_pool_max_size,
-        kwargs=kwargs, open=True, timeout=settings.db_connect_timeout_seconds * 2, name="graphql-async",
+        kwargs=_kwargs(settings), open=True, timeout=settings.db_connect_timeout_seconds * 2, name="graphql-async",
     )
 
 

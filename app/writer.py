@@ -119,20 +119,24 @@ def dlq_headers(msg: Message, reason: InvalidResponse) -> list[tuple[str, bytes]
     ]
 
 
-def next_offsets(messages: list[Message]) -> list[TopicPartition]:
-    highest: dict[tuple[str, int], int] = {}
+def _offset_range(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
+    """(topic, partition) -> (lowest, highest) offset in the batch."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
     for msg in messages:
-        key = (msg.topic(), msg.partition())
-        highest[key] = max(highest.get(key, -1), msg.offset())
-    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+        key, offset = (msg.topic(), msg.partition()), msg.offset()
+        low, high = ranges.get(key, (offset, offset))
+        ranges[key] = (min(low, offset), max(high, offset))
+    return ranges
+
+
+def next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    """What to commit: one past the highest offset of each partition."""
+    return [TopicPartition(t, p, high + 1) for (t, p), (_, high) in sorted(_offset_range(messages).items())]
 
 
 def first_offsets(messages: list[Message]) -> list[TopicPartition]:
-    lowest: dict[tuple[str, int], int] = {}
-    for msg in messages:
-        key = (msg.topic(), msg.partition())
-        lowest[key] = min(lowest.get(key, msg.offset()), msg.offset())
-    return [TopicPartition(t, p, o) for (t, p), o in sorted(lowest.items())]
+    """Where to rewind to: the lowest offset of each partition."""
+    return [TopicPartition(t, p, low) for (t, p), (low, _) in sorted(_offset_range(messages).items())]
 
 
 @dataclass
