@@ -46,6 +46,13 @@ def done(text: str = "ok") -> None:
     print(f"    {GREEN}{text}{RESET}", flush=True)
 
 
+def _die_with_parent() -> None:
+    """Runs in the child: if this script is killed outright, the service gets SIGTERM instead of living on."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class LocalStack:
     def __init__(self, data: Path, publisher_port: int, cleanup_interval: float):
         self.data = data
@@ -147,7 +154,8 @@ class LocalStack:
         # own session: Ctrl-C reaches only this script, which then stops the services in order
         process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=base | env |
                                    {"ASYNC_SECRETS_DIR": str(self.data / "no-vault")},
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.children[name] = process
         return process
 

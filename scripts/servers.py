@@ -314,6 +314,11 @@ class KafkaBroker:
                 "-cp", f"{fetch_kafka_jars(quiet=True)}/*", *args]
 
     def start(self, timeout: float = 90.0) -> None:
+        """Start (or restart on the same ports); a no-op while this broker runs, as for PostgresServer.start.
+
+        A second process would fail to bind, yet the port check would pass on the first one and its pid be lost."""
+        if self._process is not None and self._process.poll() is None:
+            return
         self.work_dir.mkdir(parents=True, exist_ok=True)
         first_start = not (self.work_dir / "data" / "meta.properties").exists()
         if not self.port:

@@ -2,17 +2,39 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from scripts.servers import free_port
 from tests.conftest import REPO
+from tests.support.kafka_admin import wait_until
 
 
-def processes_mentioning(text: str) -> list[str]:
-    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines()[1:] if text in line and "ps -eo" not in line]
+def processes_mentioning(text: str) -> list[int]:
+    """Processes whose command line or environment names `text` (the services get the data dir in their env)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or a process we may not read
+            continue
+    return found
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ctrl-C first, as a person would; kill only if it does not stop."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def test_local_run_demo_and_ctrl_c(tmp_path):
@@ -25,12 +47,11 @@ def test_local_run_demo_and_ctrl_c(tmp_path):
         for line in proc.stdout:  # ends when the process closes stdout
             lines.append(line)
             if "Ctrl-C stops everything" in line:
-                assert processes_mentioning(str(data)), "services run while it is up"
+                assert len(processes_mentioning(str(data))) >= 4, "publisher, writer, worker and broker run"
                 proc.send_signal(signal.SIGINT)
         proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     output = "".join(lines)
     assert proc.returncode == 0, output
     assert f"publisher listening on http://127.0.0.1:{port}" in output
@@ -38,4 +59,27 @@ def test_local_run_demo_and_ctrl_c(tmp_path):
     assert '"status": "completed"' in output and '"handled_by": "demo-worker"' in output
     assert f"data lives in {data}" in output
     assert processes_mentioning(str(data)) == []  # nothing left running
+
+
+def test_services_do_not_outlive_a_killed_local_run(tmp_path):
+    """Even a SIGKILLed orchestrator (no chance to clean up) takes its service processes with it."""
+    data = tmp_path / "local"
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--publisher-port",
+                             str(free_port())], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:
+            if "Ctrl-C stops everything" in line:
+                break
+        services = processes_mentioning(str(data / "no-vault"))
+        assert len(services) == 3  # publisher, writer, demo worker
+        proc.kill()
+        proc.wait(10)
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in services), timeout=30,
+                   what="services to exit after their parent died")
+    finally:
+        stop(proc)
+        # the data servers are daemons by design; stop them the way an operator would
+        subprocess.run([sys.executable, "-m", "scripts.servers", "stop", str(data)], cwd=REPO, check=True,
+                       capture_output=True)
+    assert processes_mentioning(str(data)) == []
     assert (data / "pg" / "PG_VERSION").exists() and (data / "kafka" / "data").is_dir()

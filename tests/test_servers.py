@@ -1,0 +1,19 @@
+"""The real-server helpers themselves: a second start() of a running server must not spawn (and lose) another."""
+
+from __future__ import annotations
+
+import os
+
+
+def test_broker_start_is_a_no_op_while_it_runs(kafka):
+    pid = kafka.pid
+    kafka.start()
+    assert kafka.pid == pid
+    os.kill(pid, 0)  # still the same, live process
+
+
+def test_postgres_start_is_a_no_op_while_it_runs(pg):
+    pid_file = pg.data_dir / "postmaster.pid"
+    before = pid_file.read_text().split()[0]
+    pg.start()
+    assert pid_file.read_text().split()[0] == before
