@@ -211,6 +211,11 @@ def kafka_headers(correlation: dict[str, str], spec: str = REQUEST_SPEC) -> list
     return [("spec_version", spec.encode()), *((k, v.encode()) for k, v in sorted(correlation.items()))]
 
 
+def request_message(row: dict[str, Any], reply_topic: str) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Value and headers of a stored request on Kafka: the action and the relay send exactly the same bytes."""
+    return encode(envelope_from_row(row, reply_topic)), kafka_headers(row["correlation"])
+
+
 # --------------------------------------------------------------------------- responses
 
 

@@ -16,7 +16,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from app import store
 from app.db import is_transient
-from app.envelope import encode, envelope_from_row, kafka_headers
+from app.envelope import request_message
 from app.kafka_io import AsyncProducer
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,8 @@ class OutboxRelay:
                     if r["request_id"] not in self._in_flight]
             if not rows:
                 return 0
-            deliveries = [
-                self._producer.send(self._topic, r["request_id"], encode(envelope_from_row(r, self._reply_topic)),
-                                    kafka_headers(r["correlation"]))
-                for r in rows
-            ]
+            deliveries = [self._producer.send(self._topic, r["request_id"], *request_message(r, self._reply_topic))
+                          for r in rows]
             results = await asyncio.gather(*deliveries, return_exceptions=True)
             delivered = [r["request_id"] for r, res in zip(rows, results, strict=True)
                          if not isinstance(res, BaseException)]

@@ -26,11 +26,9 @@ from app.envelope import (
     ActionRefusal,
     AsyncRequest,
     PublishLimits,
-    encode,
-    envelope_from_row,
     isoformat,
-    kafka_headers,
     parse_action_call,
+    request_message,
 )
 from app.kafka_io import AsyncProducer, producer_config
 from app.outbox import OutboxRelay
@@ -159,9 +157,8 @@ class Publisher:
         """Hand the envelope to Kafka; True when acked and marked within publish_wait_seconds."""
         request_id = request.request_id
         self.in_flight.add(request_id)
-        delivery = self.producer.send(
-            self.settings.async_requests_topic, request_id,
-            encode(envelope_from_row(row, self.settings.async_responses_topic)), kafka_headers(request.correlation))
+        delivery = self.producer.send(self.settings.async_requests_topic, request_id,
+                                      *request_message(row, self.settings.async_responses_topic))
         task = asyncio.create_task(self._settle(request_id, delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
