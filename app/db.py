@@ -22,12 +22,32 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.errors.CannotConnectNow,
     psycopg.errors.LockNotAvailable,
 )
+# errors about the value itself (SQLSTATE 22 data exception, 23 integrity violation, 54 value over a limit)
+VALUE_ERRORS: tuple[type[BaseException], ...] = (
+    psycopg.errors.DataError,
+    psycopg.errors.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
+)
+
+
+def is_value_error(exc: BaseException) -> bool:
+    """The database refuses this value; another value would go through. Only these may be dead-lettered."""
+    return isinstance(exc, VALUE_ERRORS)
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Connection-level trouble: retry the same statement later."""
     from psycopg_pool import PoolTimeout
 
-    return isinstance(exc, (*TRANSIENT_ERRORS, PoolTimeout))
+    return isinstance(exc, (*TRANSIENT_ERRORS, PoolTimeout)) and not is_value_error(exc)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Any database failure that is not about the value: down, read-only, permissions, missing table, too many
+    connections, shutdown. Data must wait for the database to be fixed, never be dead-lettered or refused."""
+    from psycopg_pool import PoolTimeout
+
+    return isinstance(exc, (psycopg.Error, PoolTimeout)) and not is_value_error(exc)
 
 
 def _conninfo(settings: DatabaseSettings) -> str:

@@ -14,12 +14,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from app import bounded_json
+from app.bounded_json import JsonRefused
+
 REQUEST_SPEC = "async.request.v1"
 RESPONSE_SPEC = "async.response.v1"
 PRIORITIES = ("low", "normal", "high")
-# handler/operation names: what a worker registers under; no spaces, no control characters
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+# handler/operation names: what a worker registers under; no spaces, no control characters.
+# Always used with fullmatch: `$` would also match before a trailing newline.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+MAX_USER_ID_CHARS = 128
+# a detail in an error or DLQ header quotes at most this much of a message's own text
+DETAIL_QUOTE_CHARS = 64
 CORRELATION_HEADERS = ("cf-connecting-ip", "cf-ray", "x-forwarded-for", "x-request-id")
 
 
@@ -51,14 +58,14 @@ class PublishInput(BaseModel):
     @field_validator("handler", "operation")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not NAME_PATTERN.match(value):
+        if not NAME_PATTERN.fullmatch(value):
             raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
         return value
 
     @field_validator("request_id", "client_id")
     @classmethod
     def _identifier(cls, value: str | None) -> str | None:
-        if value is not None and not REQUEST_ID_PATTERN.match(value):
+        if value is not None and not REQUEST_ID_PATTERN.fullmatch(value):
             raise ValueError("must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
         return value
 
@@ -69,6 +76,10 @@ class PublishLimits:
     default_expires_in_seconds: int
     max_expires_in_seconds: int
     min_expires_in_seconds: int = 60
+    # the whole request message (value + headers) in UTF-8 bytes; below the producer's message.max.bytes
+    max_envelope_bytes: int = 512 * 1024
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_json_depth: int = 64
 
 
 @dataclass(frozen=True)
@@ -97,11 +108,30 @@ def _describe(exc: ValidationError) -> str:
 def correlation_from_headers(headers: dict[str, str]) -> dict[str, str]:
     """Cloudflare/proxy headers Hasura forwarded, kept for logs and carried with the envelope."""
     lowered = {k.lower(): v for k, v in headers.items()}
-    return {name: lowered[name][:512] for name in CORRELATION_HEADERS if lowered.get(name)}
+    # a value with control characters is dropped, not stored: it is a hint for logs, never worth a refusal
+    return {name: lowered[name][:512] for name in CORRELATION_HEADERS
+            if lowered.get(name) and lowered[name][:512].isprintable()}
+
+
+def parse_action_body(raw: bytes, limits: PublishLimits) -> Any:
+    """Decode the action's POST body within the limits, or raise ActionRefusal."""
+    try:
+        return bounded_json.loads(raw, max_bytes=limits.max_body_bytes, max_depth=limits.max_json_depth)
+    except JsonRefused as exc:
+        if exc.reason == "too_large":
+            raise ActionRefusal(413, "payload-too-large", f"body is {exc.detail}") from None
+        raise ActionRefusal(400, "invalid-body", f"body is not acceptable JSON ({exc.reason}): {exc.detail}") from None
+
+
+def brief(value: Any) -> str:
+    """A bounded quote of a caller's value for error messages and DLQ details."""
+    text = repr(value)
+    return text if len(text) <= DETAIL_QUOTE_CHARS else f"{text[:DETAIL_QUOTE_CHARS]}... ({len(text)} chars)"
 
 
 def parse_action_call(
-    body: Any, headers: dict[str, str], limits: PublishLimits, action_name: str
+    body: Any, headers: dict[str, str], limits: PublishLimits, action_name: str,
+    reply_topic: str = "graphql.async.responses.v1",
 ) -> AsyncRequest:
     """Turn Hasura's action POST body into an AsyncRequest, or raise ActionRefusal."""
     if not isinstance(body, dict):
@@ -124,9 +154,10 @@ def parse_action_call(
     except ValidationError as exc:
         raise ActionRefusal(400, "invalid-input", _describe(exc)) from None
 
-    if _has_nul(parsed.payload) or _has_nul(parsed.metadata):
-        raise ActionRefusal(400, "invalid-input", "payload and metadata may not contain NUL characters")
-    payload_size = len(json.dumps(parsed.payload, separators=(",", ":")).encode())
+    problem = bounded_json.unstorable_text(parsed.payload) or bounded_json.unstorable_text(parsed.metadata)
+    if problem:
+        raise ActionRefusal(400, "invalid-input", f"payload and metadata may not contain {problem}")
+    payload_size = bounded_json.utf8_size(parsed.payload)
     if payload_size > limits.max_payload_bytes:
         raise ActionRefusal(
             413, "payload-too-large",
@@ -142,7 +173,7 @@ def parse_action_call(
         )
 
     client_id = resolve_client_id(session, parsed.client_id)
-    return AsyncRequest(
+    request = AsyncRequest(
         request_id=parsed.request_id or str(uuid.uuid4()),
         client_id=client_id,
         handler=parsed.handler,
@@ -153,24 +184,43 @@ def parse_action_call(
         expires_in_seconds=expires,
         correlation=correlation_from_headers(headers),
     )
+    size = envelope_size(request, reply_topic)
+    if size > limits.max_envelope_bytes:
+        raise ActionRefusal(
+            413, "payload-too-large",
+            f"the request message would be {size} bytes; the limit is {limits.max_envelope_bytes}",
+        )
+    return request
+
+
+def valid_user_id(value: Any) -> str | None:
+    """The session's x-hasura-user-id when it is usable as a client id: 1-128 printable characters."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_USER_ID_CHARS and value.isprintable() \
+            and value == value.strip():
+        return value
+    return None
 
 
 def resolve_client_id(session: dict[str, Any], input_client_id: str | None) -> str:
     """Role rules: a `user` is always its own client; a `service` names the client it acts for."""
     role = session.get("x-hasura-role")
+    raw_user_id = session.get("x-hasura-user-id")
+    user_id = valid_user_id(raw_user_id)
+    if raw_user_id not in (None, "") and user_id is None:
+        raise ActionRefusal(400, "invalid-session", f"x-hasura-user-id must be 1-{MAX_USER_ID_CHARS} printable "
+                                                    "characters without leading or trailing spaces")
     if role == "user":
-        user_id = session.get("x-hasura-user-id")
         if not user_id:
             raise ActionRefusal(403, "missing-user-id", "role user needs the session variable x-hasura-user-id")
         if input_client_id is not None:
             raise ActionRefusal(403, "client-id-not-allowed", "role user may not set client_id")
-        return str(user_id)
+        return user_id
     if role == "service":
-        client_id = input_client_id or session.get("x-hasura-user-id")
+        client_id = input_client_id or user_id
         if not client_id:
             raise ActionRefusal(400, "invalid-input", "role service must set client_id (or x-hasura-user-id)")
-        return str(client_id)
-    raise ActionRefusal(403, "role-not-allowed", f"role {role!r} may not publish async requests")
+        return client_id
+    raise ActionRefusal(403, "role-not-allowed", f"role {brief(role)} may not publish async requests")
 
 
 def isoformat(moment: datetime) -> str:
@@ -216,6 +266,19 @@ def request_message(row: dict[str, Any], reply_topic: str) -> tuple[bytes, list[
     return encode(envelope_from_row(row, reply_topic)), kafka_headers(row["correlation"])
 
 
+_SIZING_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # every timestamp encodes to the same length
+
+
+def envelope_size(request: AsyncRequest, reply_topic: str) -> int:
+    """UTF-8 bytes the request will take on Kafka (value, key and headers), known before it is stored."""
+    value = encode(request_envelope(
+        request_id=request.request_id, client_id=request.client_id, handler=request.handler,
+        operation=request.operation, payload=request.payload, metadata=request.metadata,
+        priority=request.priority, reply_topic=reply_topic, expires_at=_SIZING_TIME, submitted_at=_SIZING_TIME))
+    headers = sum(len(k) + len(v) for k, v in kafka_headers(request.correlation))
+    return len(value) + len(request.request_id.encode()) + headers
+
+
 # --------------------------------------------------------------------------- responses
 
 
@@ -239,24 +302,33 @@ class InvalidResponse:
     request_id: str | None = None
 
 
-def parse_response(value: bytes | None, now: datetime | None = None) -> ResponseOutcome | InvalidResponse:
-    """Classify one message from graphql.async.responses.v1."""
+@dataclass(frozen=True)
+class ResponseLimits:
+    """Bounds on one response message; the broker's max message size bounds it anyway (1 MB by default)."""
+
+    max_bytes: int = 1024 * 1024
+    max_depth: int = 64
+
+
+def parse_response(value: bytes | None, now: datetime | None = None,
+                   limits: ResponseLimits = ResponseLimits()) -> ResponseOutcome | InvalidResponse:  # noqa: B008
+    """Classify one message from graphql.async.responses.v1; never raises for any input."""
     if value is None:
         return InvalidResponse("empty_message", "message has no value (tombstone)")
     try:
-        doc = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return InvalidResponse("invalid_json", str(exc)[:200])
+        doc = bounded_json.loads(value, max_bytes=limits.max_bytes, max_depth=limits.max_depth)
+    except JsonRefused as exc:
+        return InvalidResponse(exc.reason, exc.detail)
     if not isinstance(doc, dict):
         return InvalidResponse("not_an_object", f"expected a JSON object, got {type(doc).__name__}")
     request_id = doc.get("request_id")
-    if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.match(request_id):
+    if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
         return InvalidResponse("missing_request_id", "request_id missing or not a valid identifier")
     if doc.get("spec_version") != RESPONSE_SPEC:
-        return InvalidResponse("unknown_spec_version", f"spec_version {doc.get('spec_version')!r}", request_id)
+        return InvalidResponse("unknown_spec_version", f"spec_version {brief(doc.get('spec_version'))}", request_id)
     status = doc.get("status")
     if status not in ("completed", "failed"):
-        return InvalidResponse("invalid_status", f"status {status!r} is not completed|failed", request_id)
+        return InvalidResponse("invalid_status", f"status {brief(status)} is not completed|failed", request_id)
     error = doc.get("error")
     if status == "failed":
         well_formed = isinstance(error, dict) and all(isinstance(error.get(k), str) for k in ("code", "message"))
@@ -268,23 +340,17 @@ def parse_response(value: bytes | None, now: datetime | None = None) -> Response
     completed_at = now or datetime.now(UTC)
     if "completed_at" in doc:
         try:
-            completed_at = datetime.fromisoformat(str(doc["completed_at"]).replace("Z", "+00:00"))
+            raw = doc["completed_at"]
+            if not isinstance(raw, str) or len(raw) > 64:
+                raise ValueError(raw)
+            completed_at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
-            return InvalidResponse("invalid_completed_at", f"completed_at {doc['completed_at']!r}", request_id)
+            return InvalidResponse("invalid_completed_at", f"completed_at {brief(doc['completed_at'])}", request_id)
         if completed_at.tzinfo is None:
             return InvalidResponse("invalid_completed_at", "completed_at needs a time zone", request_id)
-    if _has_nul(doc.get("result")) or _has_nul(error):
-        # PostgreSQL jsonb cannot store NUL characters: this message can never be written
-        return InvalidResponse("unstorable_result", "result contains a NUL character", request_id)
+    problem = bounded_json.unstorable_text(doc.get("result")) or bounded_json.unstorable_text(error)
+    if problem:
+        # PostgreSQL jsonb cannot store it: this message can never be written
+        return InvalidResponse("unstorable_result", f"result contains {problem}", request_id)
     return ResponseOutcome(request_id, status, doc.get("result"), error, completed_at)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
 

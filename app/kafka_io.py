@@ -8,6 +8,8 @@ import threading
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from app.settings import PRODUCER_MAX_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 
@@ -39,8 +41,10 @@ class AsyncProducer:
 
         try:
             self._producer.produce(topic, value=value, key=key.encode(), headers=headers, on_delivery=delivered)
-        except (BufferError, KafkaException) as exc:
+        except BufferError as exc:
             future.set_exception(KafkaException(KafkaError(KafkaError._QUEUE_FULL, str(exc))))
+        except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE: keep the code, the relay tells permanent apart
+            future.set_exception(exc)
         return future
 
     def flush(self, timeout: float) -> int:
@@ -71,4 +75,19 @@ def producer_config(client_config: dict[str, str], message_timeout_seconds: floa
         "linger.ms": 2,
         "compression.type": "lz4",
         "message.timeout.ms": int(message_timeout_seconds * 1000),
+        "message.max.bytes": PRODUCER_MAX_MESSAGE_BYTES,
     }
+
+
+# errors that will not change however often the same message is sent again
+PERMANENT_PRODUCE_ERRORS = frozenset({
+    KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.RECORD_LIST_TOO_LARGE,
+    KafkaError.INVALID_MSG, KafkaError._INVALID_ARG,
+})
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when the broker or client refuses this very message; a retry would fail the same way."""
+    if not isinstance(exc, KafkaException) or not exc.args or not isinstance(exc.args[0], KafkaError):
+        return False
+    return exc.args[0].code() in PERMANENT_PRODUCE_ERRORS

@@ -1,14 +1,43 @@
-"""Structured JSON logs on stdout, one object per line."""
+"""Structured JSON logs on stdout, one object per line, with secrets and credentials redacted."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import sys
 from datetime import UTC, datetime
+from urllib.parse import unquote
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+REDACTED = "[redacted]"
+# credentials in any connection string: scheme://user:password@ and key=value libpq/librdkafka forms
+_URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@\"']*:)[^\s@\"']*@", re.IGNORECASE)
+_KV_PASSWORD = re.compile(r"\b(password|passwd|pwd|sasl\.password)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;&\"}]+)",
+                          re.IGNORECASE)
+_secrets: set[str] = set()
+
+
+def register_secret(value: str | None) -> None:
+    """Every later log line has this value (and a URL's password, raw and decoded) replaced by [redacted]."""
+    if not value or len(value) < 6:
+        return
+    _secrets.add(value)
+    match = re.search(r"://[^:/@]*:([^@]*)@", value)
+    if match and len(match.group(1)) >= 4:
+        _secrets.update({match.group(1), unquote(match.group(1))})
+
+
+def redact(text: str) -> str:
+    for secret in sorted(_secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+        escaped = json.dumps(secret)[1:-1]
+        if escaped != secret and escaped in text:
+            text = text.replace(escaped, REDACTED)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    return _KV_PASSWORD.sub(rf"\1\2{REDACTED}", text)
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,7 +51,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return redact(json.dumps(entry, default=str))
 
 
 def setup(level: str | None = None) -> None:
@@ -32,3 +61,5 @@ def setup(level: str | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # an uncaught exception is logged through the same redacting formatter, not printed raw to stderr
+    sys.excepthook = lambda *exc_info: logging.getLogger("app").critical("uncaught exception", exc_info=exc_info)

@@ -9,15 +9,16 @@ path. Replicas share the work with FOR UPDATE SKIP LOCKED (no advisory locks: Yu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from psycopg_pool import AsyncConnectionPool
 
 from app import store
-from app.db import is_transient
+from app.db import is_database_unavailable
 from app.envelope import request_message
-from app.kafka_io import AsyncProducer
+from app.kafka_io import AsyncProducer, is_permanent
 
 log = logging.getLogger(__name__)
 
@@ -29,33 +30,53 @@ class OutboxRelay:
         self._topic, self._reply_topic = topic, reply_topic
         self._in_flight = in_flight
         self._grace, self._batch, self._interval = grace_seconds, batch_size, interval_seconds
+        self._stopping = asyncio.Event()
         self.published_total = 0
+        self.parked_total = 0
+
+    def stop(self) -> None:
+        """Finish the pass under way (its sends settle and are marked), then return from run_forever."""
+        self._stopping.set()
 
     async def run_once(self) -> int:
-        """Claim, publish and mark one batch; the claim's locks are held until Kafka has acked."""
+        """Claim, publish and mark one batch; the claim's locks are held until Kafka has answered for every row.
+        Rows Kafka refuses for good are parked (`failed`, error code `unpublishable`), never retried."""
         async with self._pool.connection() as conn, conn.transaction():
             rows = [r for r in await store.claim_unpublished(conn, self._grace, self._batch)
                     if r["request_id"] not in self._in_flight]
             if not rows:
                 return 0
-            deliveries = [self._producer.send(self._topic, r["request_id"], *request_message(r, self._reply_topic))
-                          for r in rows]
-            results = await asyncio.gather(*deliveries, return_exceptions=True)
+            results = await asyncio.gather(*(self._send(r) for r in rows), return_exceptions=True)
             delivered = [r["request_id"] for r, res in zip(rows, results, strict=True)
                          if not isinstance(res, BaseException)]
+            parked = {r["request_id"]: f"Kafka refuses this request for good: {res}"[:300]
+                      for r, res in zip(rows, results, strict=True) if is_permanent(res)}
             if delivered:
                 await store.mark_published(conn, delivered)
+            if parked:
+                await store.park_unpublishable(conn, parked)
         self.published_total += len(delivered)
+        self.parked_total += len(parked)
         if delivered:
             log.info("outbox relay published pending rows", extra={"published": len(delivered),
                                                                    "claimed": len(rows)})
-        if len(delivered) < len(rows):
+        if parked:
+            log.error("outbox relay parked unpublishable rows", extra={"request_ids": sorted(parked)[:20],
+                                                                       "parked": len(parked)})
+        if len(delivered) + len(parked) < len(rows):
             log.warning("outbox relay could not publish; will retry",
-                        extra={"undelivered": len(rows) - len(delivered)})
-        return len(delivered)
+                        extra={"undelivered": len(rows) - len(delivered) - len(parked)})
+        return len(delivered) + len(parked)
+
+    async def _send(self, row: dict) -> None:
+        try:
+            value, headers = request_message(row, self._reply_topic)
+        except Exception as exc:  # noqa: BLE001 - a row that cannot be encoded can never be published
+            raise KafkaException(KafkaError(KafkaError._INVALID_ARG, f"cannot encode: {type(exc).__name__}")) from None
+        await self._producer.send(self._topic, row["request_id"], value, headers)
 
     async def run_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 published = await self.run_once()
             except asyncio.CancelledError:
@@ -64,8 +85,9 @@ class OutboxRelay:
                 log.warning("outbox relay: kafka unavailable", extra={"error": str(exc)})
                 published = 0
             except Exception as exc:  # noqa: BLE001 - a relay loop must outlive any single failure
-                level = logging.WARNING if is_transient(exc) else logging.ERROR
-                log.log(level, "outbox relay pass failed; retrying", extra={"error": repr(exc)})
+                level = logging.WARNING if is_database_unavailable(exc) else logging.ERROR
+                log.log(level, "outbox relay pass failed; retrying", extra={"error": repr(exc)[:300]})
                 published = 0
             if not published:
-                await asyncio.sleep(self._interval)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._interval)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 from typing import Any
 
@@ -21,12 +20,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app import logs, store
-from app.db import async_pool, is_transient
+from app.db import async_pool, is_database_unavailable, is_value_error
 from app.envelope import (
     ActionRefusal,
     AsyncRequest,
     PublishLimits,
     isoformat,
+    parse_action_body,
     parse_action_call,
     request_message,
 )
@@ -89,7 +89,8 @@ class Publisher:
     def __init__(self, settings: PublisherSettings):
         self.settings = settings
         self.limits = PublishLimits(settings.max_payload_bytes, settings.default_expires_in_seconds,
-                                    settings.max_expires_in_seconds)
+                                    settings.max_expires_in_seconds, max_envelope_bytes=settings.max_envelope_bytes,
+                                    max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
         self.pool = async_pool(settings)
         self.in_flight: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -113,12 +114,18 @@ class Publisher:
         log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
 
     async def stop(self) -> None:
-        """Graceful shutdown: stop the relay, let in-flight publishes settle, flush, close the pool."""
+        """Graceful shutdown: let the relay finish its pass (sends settled, claims marked), let in-flight
+        publishes settle, flush, close the pool. Cancelling a pass mid-way would roll its claim back after
+        the producer had sent the rows: the next pass would publish them twice."""
         relay, marker = self._background or (None, None)
         if relay:
-            relay.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
+            self.relay.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(relay), self.settings.publish_timeout_seconds + 5)
+            except (TimeoutError, asyncio.CancelledError):
+                relay.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relay
         if self._tasks:  # in-flight publishes still get marked before the marker stops
             await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
         if marker:
@@ -134,7 +141,8 @@ class Publisher:
 
     async def handle(self, body: Any, headers: dict[str, str]) -> dict[str, Any]:
         """The action's answer, or ActionRefusal; a replay returns the stored record and publishes nothing."""
-        request = parse_action_call(body, headers, self.limits, ACTION_NAME)
+        request = parse_action_call(body, headers, self.limits, ACTION_NAME,
+                                    reply_topic=self.settings.async_responses_topic)
         async with self.pool.connection() as conn:
             for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
                 row = await store.insert_pending(conn, request)
@@ -186,6 +194,35 @@ class Publisher:
                 "operation": request.operation, "status": row["status"], **request.correlation}
 
 
+def refused(refusal: ActionRefusal) -> JSONResponse:
+    log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
+    return JSONResponse(refusal.body(), status_code=refusal.status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused on its declared length before reading and once it grows past `limit` (chunked too)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ActionRefusal(400, "invalid-body", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ActionRefusal(413, "payload-too-large", f"body is {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ActionRefusal(413, "payload-too-large", f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _where(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb and tb.tb_next:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}" if tb else "?"
+
+
 def create_app(settings: PublisherSettings) -> Starlette:
     publisher = Publisher(settings)
     secret = settings.async_action_secret.get_secret_value().encode()
@@ -193,24 +230,25 @@ def create_app(settings: PublisherSettings) -> Starlette:
     async def action(request: Request) -> JSONResponse:
         supplied = request.headers.get(ACTION_SECRET_HEADER, "").encode()
         if not hmac.compare_digest(supplied, secret):
-            refusal = ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}")
-            return JSONResponse(refusal.body(), status_code=refusal.status)
+            return refused(ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}"))
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse(ActionRefusal(400, "invalid-body", "body is not JSON").body(), status_code=400)
-        try:
+            body = parse_action_body(await read_body(request, publisher.limits.max_body_bytes), publisher.limits)
             return JSONResponse(await publisher.handle(body, dict(request.headers)))
         except ActionRefusal as refusal:
-            log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
-            return JSONResponse(refusal.body(), status_code=refusal.status)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            log.warning("database unavailable", extra={"error": repr(exc)})
-            # not a refusal: Hasura shows 5xx as an internal error, which the client may retry
-            return JSONResponse({"message": "database unavailable, retry",
-                                 "extensions": {"code": "unavailable"}}, status_code=503)
+            return refused(refusal)
+        except Exception as exc:  # noqa: BLE001 - every failure gets an action error; none echoes the input
+            if is_value_error(exc):  # a value the checks let through but the database refuses: still the input
+                return refused(ActionRefusal(400, "invalid-input",
+                                             f"the database refused a value of this request (SQLSTATE {exc.sqlstate})"))
+            if is_database_unavailable(exc):
+                log.warning("database unavailable", extra={"error": type(exc).__name__,
+                                                           "sqlstate": getattr(exc, "sqlstate", None)})
+                # not a refusal: Hasura shows 5xx as an internal error, which the client may retry
+                return JSONResponse({"message": "database unavailable, retry",
+                                     "extensions": {"code": "unavailable"}}, status_code=503)
+            # a bug, not the input: log where, never the message (it may quote the payload)
+            log.error("action failed", extra={"error": type(exc).__name__, "at": _where(exc)})
+            return JSONResponse({"message": "internal error", "extensions": {"code": "internal"}}, status_code=500)
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app import logs
 
 VAULT_SECRETS_DIR = os.environ.get("ASYNC_SECRETS_DIR", "/vault/secrets")
 
@@ -40,12 +42,17 @@ class _Base(BaseSettings):
     def from_env(cls, **overrides):
         """Read the environment; a missing or bad variable raises SettingsError naming it."""
         try:
-            return cls(**overrides)
+            settings = cls(**overrides)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'_'.join(str(p) for p in err['loc']).upper() or '?'}: {err['msg']}" for err in exc.errors()
             )
             raise SettingsError(f"{cls.__name__}: {problems}") from None
+        for name in type(settings).model_fields:  # whatever is secret never reaches a log line in plain text
+            value = getattr(settings, name)
+            if isinstance(value, SecretStr):
+                logs.register_secret(value.get_secret_value())
+        return settings
 
     @classmethod
     def load_or_exit(cls):
@@ -62,6 +69,18 @@ class DatabaseSettings(_Base):
     db_pool_min_size: int = Field(1, ge=1)
     db_pool_max_size: int = Field(10, ge=1)
     db_connect_timeout_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("async_database_url")
+    @classmethod
+    def _parsable(cls, value: SecretStr) -> SecretStr:
+        # refuse at start-up, without echoing it, instead of retrying a URL libpq can never parse
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            conninfo_to_dict(value.get_secret_value())
+        except Exception:  # noqa: BLE001 - its message quotes the URL, password included
+            raise ValueError("not a valid libpq connection string or URL (check %-escapes)") from None
+        return value
 
 
 class KafkaSettings(_Base):
@@ -90,6 +109,9 @@ class KafkaSettings(_Base):
         return config
 
 
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes; the broker's default is 1,048,588
+
+
 class PublisherSettings(DatabaseSettings, KafkaSettings):
     async_action_secret: SecretStr = Field(min_length=16)
     publisher_host: str = "0.0.0.0"
@@ -99,23 +121,55 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     # producer gives up on a message after this; the outbox relay takes over
     publish_timeout_seconds: float = Field(10.0, gt=0)
     relay_interval_seconds: float = Field(1.0, gt=0)
-    # a pending row younger than this is still in some publisher's hands: the relay leaves it alone
+    # a pending row younger than this is still in some publisher's hands: the relay leaves it alone.
+    # Must exceed publish_timeout_seconds, or the relay re-sends messages the producer is still delivering.
     relay_grace_seconds: float = Field(15.0, ge=0)
     relay_batch_size: int = Field(100, ge=1, le=10_000)
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    # the whole request message (value, key, headers) in UTF-8 bytes, checked before the row is stored
+    max_envelope_bytes: int = Field(512 * 1024, ge=4096, le=PRODUCER_MAX_MESSAGE_BYTES - 16 * 1024)
+    # the action's HTTP body, refused on Content-Length and while reading
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024)
+    max_json_depth: int = Field(64, ge=4, le=1000)
     default_expires_in_seconds: int = Field(3600, ge=60)
     max_expires_in_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PublisherSettings:
+        if self.relay_grace_seconds <= self.publish_timeout_seconds:
+            raise ValueError("RELAY_GRACE_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS, or the relay "
+                             "publishes again what the producer is still delivering")
+        if self.publish_wait_seconds > self.publish_timeout_seconds:
+            raise ValueError("PUBLISH_WAIT_SECONDS may not exceed PUBLISH_TIMEOUT_SECONDS")
+        if not self.max_payload_bytes < self.max_envelope_bytes <= self.max_body_bytes:
+            raise ValueError("need MAX_PAYLOAD_BYTES < MAX_ENVELOPE_BYTES <= MAX_BODY_BYTES")
+        return self
 
 
 class WriterSettings(DatabaseSettings, KafkaSettings):
     writer_group_id: str = "graphql-async-response-writer"
-    # prefix of the transactional.id; the pod name makes it unique per replica
+    # transactional.id = prefix + instance id; the instance id must be STABLE across restarts of one replica
+    # (the StatefulSet pod name, e.g. ...-writer-0) so a replacement fences its predecessor's open transaction
     writer_transactional_id_prefix: str = "graphql-async-response-writer"
-    writer_instance_id: str = Field(default_factory=lambda: os.environ.get("HOSTNAME", "local"))
+    writer_instance_id: str = Field(default_factory=lambda: os.environ.get("HOSTNAME", "local"),
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     writer_batch_wait_seconds: float = Field(0.5, gt=0)
     writer_retry_max_seconds: float = Field(30.0, gt=0)
+    # each transactional call (send offsets, commit, abort) waits this long, retried writer_kafka_retries times
+    writer_kafka_timeout_seconds: float = Field(30.0, gt=0)
+    writer_kafka_retries: int = Field(3, ge=1, le=20)
+    # /healthz turns 503 when no batch committed for this long while messages wait
+    writer_stall_seconds: float = Field(180.0, gt=0)
+    response_max_bytes: int = Field(1024 * 1024, ge=1024)
+    response_max_depth: int = Field(64, ge=2, le=1000)
+    # a DLQ copy (key + value + headers) never exceeds this; keep it under the DLQ topic's max.message.bytes
+    dlq_max_message_bytes: int = Field(1_000_000 - 1024, ge=16 * 1024)
     health_port: int = Field(8081, ge=0, le=65535)
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.writer_transactional_id_prefix}-{self.writer_instance_id}"
 
 
 class CleanupSettings(DatabaseSettings):

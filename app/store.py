@@ -31,6 +31,16 @@ UPDATE graphql.client_async_messages
  WHERE request_id = ANY(%s) AND status = 'pending'
 """
 
+# a row Kafka refuses for good (too large for the broker, invalid record): terminal, with the reason visible
+# to the client and the operator, so it never blocks the relay's scan of older-first pending rows
+PARK_UNPUBLISHABLE = """
+UPDATE graphql.client_async_messages AS m
+   SET status = 'failed', completed_at = now(), updated_at = now(),
+       error = jsonb_build_object('code', 'unpublishable', 'message', p.reason)
+  FROM unnest(%s::text[], %s::text[]) AS p(request_id, reason)
+ WHERE m.request_id = p.request_id AND m.status = 'pending'
+"""
+
 # rows the normal path did not publish: older than the grace period, not expired, one relay at a time per row
 CLAIM_UNPUBLISHED = f"""
 SELECT {ROW_COLUMNS} FROM graphql.client_async_messages
@@ -61,6 +71,11 @@ async def select_row(conn: AsyncConnection, request_id: str) -> dict[str, Any] |
 
 async def mark_published(conn: AsyncConnection, request_ids: list[str]) -> int:
     cur = await conn.execute(MARK_PUBLISHED, (request_ids,))
+    return cur.rowcount
+
+
+async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:
+    cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values())))
     return cur.rowcount
 
 

@@ -1,33 +1,41 @@
 """Response writer: graphql.async.responses.v1 -> rows, idempotently by request_id; poison -> DLQ.
 
-Per batch: classify (pure) -> one database transaction (first terminal state wins) -> one Kafka
-transaction holding the DLQ messages and the consumer offsets. A crash before the Kafka commit
-re-delivers the batch: the database write is a no-op the second time and the aborted DLQ copies
-are invisible to read_committed readers, so nothing is duplicated and nothing is lost.
-A transient database failure rewinds the batch and backs off; it is never dead-lettered.
+Per batch: classify (pure, never raises) -> one database transaction (first terminal state wins) ->
+one Kafka transaction holding the DLQ messages and the consumer offsets. A crash before the Kafka
+commit re-delivers the batch: the database write is a no-op the second time and the aborted DLQ
+copies are invisible to read_committed readers, so nothing is duplicated and nothing is lost.
+Every consumed message ends in exactly one place: applied, a no-op (row already terminal) or the
+DLQ, whatever the batch size. Only a value the database refuses is dead-lettered; any other
+database failure rewinds the batch and backs off. Every Kafka failure inside a transaction ends
+in abort-and-rewind, or in a clean exit (FatalWriterError) so Kubernetes restarts the pod.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from app import logs
-from app.db import is_transient, sync_pool
-from app.envelope import InvalidResponse, ResponseOutcome, parse_response
+from app.db import is_database_unavailable, is_value_error, sync_pool
+from app.envelope import InvalidResponse, ResponseLimits, ResponseOutcome, parse_response
 from app.settings import WriterSettings
 
 log = logging.getLogger("app.writer")
+T = TypeVar("T")
 
 WRITE_OUTCOMES = """
 UPDATE graphql.client_async_messages AS m
@@ -39,84 +47,144 @@ RETURNING m.request_id
 """
 EXISTING = "SELECT request_id FROM graphql.client_async_messages WHERE request_id = ANY(%s)"
 
+DLQ_DETAIL_BYTES = 512  # dlq.detail never grows with the message
+DLQ_OWN_HEADERS_BYTES = 16 * 1024  # the message's own headers travel along only up to this size
+DLQ_KEY_BYTES = 1024
+DLQ_RECORD_OVERHEAD = 1024  # record and batch framing the broker counts beyond key, value and headers
+
+
+class FatalWriterError(RuntimeError):
+    """The producer cannot go on (fenced, fatal error, a transaction that will not abort): exit, be restarted."""
+
 
 @dataclass
 class BatchPlan:
     """What one batch of messages turns into, before any I/O."""
 
-    outcomes: list[ResponseOutcome] = field(default_factory=list)
-    outcome_messages: dict[str, Message] = field(default_factory=dict)
+    outcomes: list[tuple[Message, ResponseOutcome]] = field(default_factory=list)  # valid, in consumption order
     dead_letters: list[tuple[Message, InvalidResponse]] = field(default_factory=list)
-    duplicates_in_batch: int = 0
 
 
-def plan_batch(messages: list[Message]) -> BatchPlan:
-    """Classify; within a batch the first response per request_id wins (same key, same partition, in order)."""
+def plan_batch(messages: list[Message], limits: ResponseLimits = ResponseLimits()) -> BatchPlan:  # noqa: B008
+    """Classify every message; one message's failure to classify dead-letters that message only."""
     plan = BatchPlan()
     for msg in messages:
-        verdict = parse_response(msg.value())
+        try:
+            verdict = parse_response(msg.value(), limits=limits)
+        except Exception as exc:  # noqa: BLE001 - parse_response should not raise; if it does, only this message pays
+            verdict = InvalidResponse("invalid_message", f"{type(exc).__name__} while validating")
         if isinstance(verdict, InvalidResponse):
             plan.dead_letters.append((msg, verdict))
-        elif verdict.request_id in plan.outcome_messages:
-            plan.duplicates_in_batch += 1
         else:
-            plan.outcomes.append(verdict)
-            plan.outcome_messages[verdict.request_id] = msg
+            plan.outcomes.append((msg, verdict))
     return plan
 
 
-def write_outcomes(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[int, list[str], list[str]]:
-    """One transaction: (rows written, unknown request_ids, request_ids the database rejected)."""
-    if not outcomes:
-        return 0, [], []
+@dataclass
+class WriteResult:
+    applied: int = 0
+    duplicates: int = 0  # valid answers that changed nothing: the row already had its terminal state
+    dead_letters: list[tuple[Message, InvalidResponse]] = field(default_factory=list)  # unknown / db_rejected
+
+
+def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, ResponseOutcome]]) -> WriteResult:
+    """One transaction. Answers for one request_id are tried in consumption order until one is applied or
+    finds the row terminal; the rest are no-ops. Raises for any failure that is not about a value."""
+    result = WriteResult()
+    queues: dict[str, deque[int]] = {}
+    for index, (_, outcome) in enumerate(outcomes):
+        queues.setdefault(outcome.request_id, deque()).append(index)
+    with conn.transaction():
+        while queues:
+            candidates = [outcomes[queue[0]][1] for queue in queues.values()]
+            applied, unknown, rejected = _write_round(conn, candidates)
+            for outcome in candidates:
+                request_id = outcome.request_id
+                queue = queues[request_id]
+                if request_id in rejected:  # this answer cannot be stored; the next one for the row may
+                    result.dead_letters.append((outcomes[queue.popleft()][0], InvalidResponse(
+                        "db_rejected", f"database refused the {outcome.status} answer "
+                                       f"(SQLSTATE {rejected[request_id]})", request_id)))
+                    if not queue:
+                        del queues[request_id]
+                    continue
+                if request_id in unknown:
+                    result.dead_letters.extend((outcomes[i][0], InvalidResponse(
+                        "unknown_request", "no row with this request_id", request_id)) for i in queue)
+                else:
+                    result.applied += request_id in applied
+                    result.duplicates += len(queue) - (request_id in applied)
+                del queues[request_id]
+    return result
+
+
+def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
+                 ) -> tuple[set[str], set[str], dict[str, str]]:
+    """One answer per request_id: (applied ids, ids without a row, id -> SQLSTATE the database refused)."""
     try:
         with conn.transaction():
-            updated, unknown = _write(conn, outcomes)
-        return updated, unknown, []
-    except psycopg.DatabaseError as exc:
-        if is_transient(exc):
+            applied, unknown = _write(conn, outcomes)
+        return applied, unknown, {}
+    except psycopg.Error as exc:
+        if not is_value_error(exc):
             raise
     # a value the database refuses: find it one by one so the rest still lands
-    updated_total, unknown_total, rejected = 0, [], []
-    with conn.transaction():
-        for outcome in outcomes:
-            try:
-                with conn.transaction():
-                    updated, unknown = _write(conn, [outcome])
-                updated_total += updated
-                unknown_total += unknown
-            except psycopg.DatabaseError as exc:
-                if is_transient(exc):
-                    raise
-                rejected.append(outcome.request_id)
-    return updated_total, unknown_total, rejected
+    applied, unknown, rejected = set(), set(), {}
+    for outcome in outcomes:
+        try:
+            with conn.transaction():
+                one_applied, one_unknown = _write(conn, [outcome])
+            applied |= one_applied
+            unknown |= one_unknown
+        except psycopg.Error as exc:
+            if not is_value_error(exc):
+                raise
+            rejected[outcome.request_id] = exc.sqlstate or "?"
+    return applied, unknown, rejected
 
 
-def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[int, list[str]]:
+def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[set[str], set[str]]:
     ids = [o.request_id for o in outcomes]
     cur = conn.execute(WRITE_OUTCOMES, (
         ids, [o.status for o in outcomes], [Jsonb(o.result) for o in outcomes],
         [Jsonb(o.error) if o.error is not None else None for o in outcomes], [o.completed_at for o in outcomes],
     ))
-    updated = {row[0] for row in cur.fetchall()}
-    remaining = [i for i in ids if i not in updated]
+    applied = {row[0] for row in cur.fetchall()}
+    remaining = [i for i in ids if i not in applied]
     if not remaining:
-        return len(updated), []
+        return applied, set()
     existing = {row[0] for row in conn.execute(EXISTING, (remaining,)).fetchall()}
-    return len(updated), [i for i in remaining if i not in existing]
+    return applied, {i for i in remaining if i not in existing}
 
 
-def dlq_headers(msg: Message, reason: InvalidResponse) -> list[tuple[str, bytes]]:
-    """Why and where from, Kafka Connect style, plus the message's own headers."""
-    return [
-        *(msg.headers() or []),
+def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
+                ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+    """Key, value and headers of the DLQ copy, Kafka Connect style, never over `max_bytes` in all.
+
+    The message's own headers travel along while they are small; a key or value that would not fit is cut
+    and marked (`dlq.key_truncated_from`, `dlq.value_truncated_from` = the original size in bytes)."""
+    own = [(k, v or b"") for k, v in (msg.headers() or [])]
+    own_size = sum(len(k.encode()) + len(v) for k, v in own)
+    headers = own if own_size <= DLQ_OWN_HEADERS_BYTES else [("dlq.headers_dropped", str(len(own)).encode())]
+    headers += [
         ("dlq.reason", reason.dlq_reason.encode()),
-        ("dlq.detail", reason.detail.encode()),
+        ("dlq.detail", reason.detail.encode(errors="replace")[:DLQ_DETAIL_BYTES]),
         ("dlq.source.topic", msg.topic().encode()),
         ("dlq.source.partition", str(msg.partition()).encode()),
         ("dlq.source.offset", str(msg.offset()).encode()),
         ("dlq.failed_at", datetime.now(UTC).isoformat().encode()),
     ]
+    key, value = msg.key(), msg.value()
+    if key is not None and len(key) > DLQ_KEY_BYTES:
+        headers.append(("dlq.key_truncated_from", str(len(key)).encode()))
+        key = key[:DLQ_KEY_BYTES]
+    if value is not None:
+        marker = ("dlq.value_truncated_from", str(len(value)).encode())
+        room = max_bytes - DLQ_RECORD_OVERHEAD - len(key or b"") - sum(len(k) + len(v) for k, v in headers)
+        if len(value) > room:
+            headers.append(marker)
+            value = value[:max(0, room - len(marker[0]) - len(marker[1]))]
+    return key, value, headers
 
 
 def _offset_range(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
@@ -139,6 +207,10 @@ def first_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, low) for (t, p), (low, _) in sorted(_offset_range(messages).items())]
 
 
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
 @dataclass
 class WriterStats:
     written: int = 0
@@ -147,11 +219,14 @@ class WriterStats:
     retries: int = 0
     batches: int = 0
     last_loop: float = field(default_factory=time.monotonic)
+    # last commit, or last moment nothing was waiting: liveness goes red when this gets old
+    last_progress: float = field(default_factory=time.monotonic)
 
 
 class ResponseWriter:
     def __init__(self, settings: WriterSettings, pool: ConnectionPool | None = None):
         self.settings = settings
+        self.limits = ResponseLimits(settings.response_max_bytes, settings.response_max_depth)
         self.stop_event = threading.Event()
         self.stats = WriterStats()
         self._own_pool = pool is None
@@ -165,11 +240,14 @@ class ResponseWriter:
             "max.poll.interval.ms": 300_000,
         })
         self.producer = Producer(client | {
-            "transactional.id": f"{settings.writer_transactional_id_prefix}-{settings.writer_instance_id}",
+            "transactional.id": settings.transactional_id,
             "enable.idempotence": True,
             "linger.ms": 5,
+            "message.max.bytes": settings.dlq_max_message_bytes + DLQ_RECORD_OVERHEAD,
+            "transaction.timeout.ms": int(settings.writer_kafka_timeout_seconds * 4 * 1000),
         })
         self._backoff = 0.0
+        self._closed = False
 
     def start(self) -> None:
         """Fence any earlier instance with the same transactional.id; wait for the broker if it is away."""
@@ -178,81 +256,129 @@ class ResponseWriter:
                 self.producer.init_transactions(10)
                 break
             except KafkaException as exc:
+                error = _kafka_error(exc)
+                if error is not None and error.fatal():
+                    raise FatalWriterError(f"init_transactions: {error}") from exc
                 log.warning("kafka not ready for transactions; retrying", extra={"error": str(exc)})
                 self.stop_event.wait(2)
         self.consumer.subscribe([self.settings.async_responses_topic])
 
     def run(self) -> None:
-        self.start()
-        while not self.stop_event.is_set():
-            self.stats.last_loop = time.monotonic()
-            messages = self.consumer.consume(self.settings.writer_batch_size, self.settings.writer_batch_wait_seconds)
-            good = []
-            for msg in messages:
-                if msg.error():
-                    log.warning("consumer error", extra={"error": str(msg.error())})
-                else:
-                    good.append(msg)
-            if good:
-                self.process(good)
-            if self._backoff:
-                self.stop_event.wait(self._backoff)
-        self.close()
+        """Until stopped; a FatalWriterError leaves the group at once (the batch stays uncommitted) and re-raises."""
+        try:
+            self.start()
+            while not self.stop_event.is_set():
+                self.stats.last_loop = time.monotonic()
+                messages = self.consumer.consume(self.settings.writer_batch_size,
+                                                 self.settings.writer_batch_wait_seconds)
+                good = []
+                for msg in messages:
+                    if msg.error():
+                        log.warning("consumer error", extra={"error": str(msg.error())})
+                    else:
+                        good.append(msg)
+                if good:
+                    self.process(good)
+                elif not self._has_lag():
+                    self.stats.last_progress = time.monotonic()
+                if self._backoff:
+                    self.stop_event.wait(self._backoff)
+        finally:
+            self.close()
+
+    def stalled(self) -> bool:
+        """The loop stopped turning, or batches keep failing while messages wait."""
+        now, limit = time.monotonic(), self.settings.writer_stall_seconds
+        return now - self.stats.last_loop > limit or now - self.stats.last_progress > limit
+
+    def _has_lag(self) -> bool:
+        try:
+            for tp in self.consumer.position(self.consumer.assignment()):
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
+                if tp.offset >= 0 and high > tp.offset:
+                    return True
+        except KafkaException:
+            return False  # nothing known about the partitions: no evidence of lag
+        return False
 
     def process(self, messages: list[Message]) -> bool:
         """Write one batch and commit it; False when it was rewound to be tried again."""
-        plan = plan_batch(messages)
+        plan = plan_batch(messages, self.limits)
         try:
             with self.pool.connection() as conn:
-                written, unknown, rejected = write_outcomes(conn, plan.outcomes)
-        except Exception as exc:
-            if not is_transient(exc):
-                raise
-            self._rewind(messages, "database unavailable", exc)
+                result = write_outcomes(conn, plan.outcomes)
+        except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
+            why = "database unavailable" if is_database_unavailable(exc) else "database write failed"
+            self._rewind(messages, why, exc)
             return False
-        dead_letters = list(plan.dead_letters)
-        by_id = {o.request_id: o for o in plan.outcomes}
-        for request_id in unknown:
-            dead_letters.append((plan.outcome_messages[request_id],
-                                 InvalidResponse("unknown_request", "no row with this request_id", request_id)))
-        for request_id in rejected:
-            dead_letters.append((plan.outcome_messages[request_id],
-                                 InvalidResponse("db_rejected", f"database refused {by_id[request_id].status}",
-                                                 request_id)))
+        dead_letters = plan.dead_letters + result.dead_letters
         try:
             self._commit(messages, dead_letters)
         except KafkaException as exc:
-            if exc.args and exc.args[0].fatal():
-                raise
-            self._rewind(messages, "kafka transaction failed", exc)
+            self._rewind(messages, "kafka transaction aborted", exc)
             return False
         self._backoff = 0.0
         self.stats.batches += 1
-        self.stats.written += written
-        # valid answers that changed nothing: the row already had its terminal state, or a repeat in this batch
-        already_terminal = len(plan.outcomes) - written - len(unknown) - len(rejected)
-        self.stats.duplicates += already_terminal + plan.duplicates_in_batch
+        self.stats.last_progress = time.monotonic()
+        self.stats.written += result.applied
+        self.stats.duplicates += result.duplicates
         self.stats.dead_lettered += len(dead_letters)
         for msg, reason in dead_letters:
             log.warning("dead-lettered response", extra={
-                "dlq_reason": reason.dlq_reason, "detail": reason.detail, "request_id": reason.request_id,
-                "source_partition": msg.partition(), "source_offset": msg.offset()})
+                "dlq_reason": reason.dlq_reason, "detail": reason.detail[:DLQ_DETAIL_BYTES],
+                "request_id": reason.request_id, "source_partition": msg.partition(), "source_offset": msg.offset()})
         return True
 
     def _commit(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
-        self.producer.begin_transaction()
+        """One Kafka transaction: DLQ copies + offsets. Any failure aborts it (or exits) before re-raising."""
+        timeout = self.settings.writer_kafka_timeout_seconds
+        try:
+            self.producer.begin_transaction()
+        except KafkaException as exc:  # only possible if a previous transaction was left open: never go on
+            raise FatalWriterError(f"begin_transaction: {exc}") from exc
         try:
             for msg, reason in dead_letters:
-                self.producer.produce(self.settings.async_dlq_topic, value=msg.value(), key=msg.key(),
-                                      headers=dlq_headers(msg, reason))
+                key, value, headers = dlq_message(msg, reason, self.settings.dlq_max_message_bytes)
+                self._produce(key, value, headers)
             self.before_commit()
-            self.producer.send_offsets_to_transaction(
-                next_offsets(messages), self.consumer.consumer_group_metadata(), 30)
-            self.producer.commit_transaction(30)
+            group = self.consumer.consumer_group_metadata()
+            self._retrying(lambda: self.producer.send_offsets_to_transaction(next_offsets(messages), group, timeout))
+            self._retrying(lambda: self.producer.commit_transaction(timeout))
         except KafkaException as exc:
-            if exc.args and exc.args[0].txn_requires_abort():
-                self.producer.abort_transaction(30)
+            error = _kafka_error(exc)
+            if error is not None and error.fatal():
+                raise FatalWriterError(f"fatal producer error: {error}") from exc
+            self._abort(exc)
             raise
+
+    def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
+        while True:
+            try:
+                self.producer.produce(self.settings.async_dlq_topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:  # local queue full: let deliveries drain
+                self.producer.poll(0.5)
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """A transactional call again after a retriable error (a timeout, a coordinator move), as librdkafka asks."""
+        attempts = self.settings.writer_kafka_retries
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except KafkaException as exc:
+                error = _kafka_error(exc)
+                if (error is None or not error.retriable() or error.txn_requires_abort() or error.fatal()
+                        or attempt == attempts or self.stop_event.is_set()):
+                    raise
+                log.warning("kafka transactional call failed; retrying", extra={"error": str(exc), "attempt": attempt})
+        raise AssertionError("unreachable")
+
+    def _abort(self, cause: KafkaException) -> None:
+        """Abort the open transaction so the next batch can begin one; exit if it cannot be aborted."""
+        try:
+            self._retrying(lambda: self.producer.abort_transaction(self.settings.writer_kafka_timeout_seconds))
+        except KafkaException as exc:
+            raise FatalWriterError(f"transaction could not be aborted after {cause}: {exc}") from exc
 
     def before_commit(self) -> None:
         """Seam for crash tests: runs after the database and DLQ writes, before the offsets commit."""
@@ -260,7 +386,7 @@ class ResponseWriter:
     def _rewind(self, messages: list[Message], why: str, exc: BaseException) -> None:
         self.stats.retries += 1
         self._backoff = min(self.settings.writer_retry_max_seconds, max(0.2, self._backoff * 2))
-        log.warning(f"{why}; batch rewound for retry", extra={"error": repr(exc), "backoff_s": self._backoff})
+        log.warning(f"{why}; batch rewound for retry", extra={"error": repr(exc)[:500], "backoff_s": self._backoff})
         for tp in first_offsets(messages):
             try:
                 self.consumer.seek(tp)
@@ -268,22 +394,28 @@ class ResponseWriter:
                 pass  # partition revoked meanwhile: its new owner starts from the committed offset
 
     def close(self) -> None:
-        self.consumer.close()
-        self.producer.flush(10)
+        if self._closed:
+            return
+        self._closed = True
+        self.consumer.close()  # leaves the group at once; nothing uncommitted is committed (auto-commit is off)
+        try:
+            self.producer.flush(10)
+        except KafkaException as exc:  # a fenced or failed producer: nothing of ours is left to deliver
+            log.warning("producer not flushed on close", extra={"error": str(exc)})
         if self._own_pool:
             self.pool.close()
         log.info("writer stopped", extra=vars(self.stats))
 
 
 def serve_health(writer: ResponseWriter, port: int) -> ThreadingHTTPServer:
-    """/healthz answers 200 while the consume loop keeps turning."""
+    """/healthz answers 200 while the writer makes progress (or has nothing to do), 503 when it is stuck."""
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            stale = time.monotonic() - writer.stats.last_loop > 120
+            stale = writer.stalled()
             self.send_response(503 if stale else 200)
             self.end_headers()
-            self.wfile.write(b'{"status":"stale"}' if stale else b'{"status":"ok"}')
+            self.wfile.write(b'{"status":"stalled"}' if stale else b'{"status":"ok"}')
 
         def log_message(self, *_args) -> None:
             pass
@@ -301,8 +433,14 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: writer.stop_event.set())
     if settings.health_port:
         serve_health(writer, settings.health_port)
-    log.info("writer started", extra={"topic": settings.async_responses_topic, "group": settings.writer_group_id})
-    writer.run()
+    log.info("writer started", extra={"topic": settings.async_responses_topic, "group": settings.writer_group_id,
+                                      "transactional_id": settings.transactional_id})
+    try:
+        writer.run()
+    except FatalWriterError as exc:
+        # nothing was committed past the last good batch: a restarted pod re-reads from there
+        log.critical("writer cannot continue; exiting for a restart", extra={"error": str(exc)})
+        sys.exit(3)
 
 
 if __name__ == "__main__":

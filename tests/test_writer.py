@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
@@ -54,6 +55,25 @@ def committed_offset_total(kafka, settings) -> int:
     committed = consumer.committed([TopicPartition(settings.async_responses_topic, p) for p in parts], timeout=10)
     consumer.close()
     return sum(max(tp.offset, 0) for tp in committed)
+
+
+@contextlib.contextmanager
+def refusing_trigger(db):
+    """A database rule about one value: answers whose result has {"refuse": true} raise SQLSTATE 22023."""
+    db.execute("""
+        CREATE OR REPLACE FUNCTION graphql.test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+          IF NEW.response @> '{"refuse": true}' THEN
+            RAISE EXCEPTION 'refused by a test rule' USING ERRCODE = '22023';
+          END IF;
+          RETURN NEW;
+        END $$""")
+    db.execute("CREATE TRIGGER test_refuse BEFORE UPDATE ON graphql.client_async_messages "
+               "FOR EACH ROW EXECUTE FUNCTION graphql.test_refuse()")
+    try:
+        yield
+    finally:
+        db.execute("DROP TRIGGER IF EXISTS test_refuse ON graphql.client_async_messages")
 
 
 def ids(n: int) -> list[str]:
@@ -190,20 +210,21 @@ def test_batch_size_does_not_change_the_outcome(kafka, db, writer_settings, topi
 
 
 def test_a_value_the_database_refuses_is_dead_lettered_and_the_rest_lands(kafka, db, writer_settings, topics):
-    """1e400 parses as infinity, which PostgreSQL's jsonb refuses: only that message goes to the DLQ."""
+    """A row-level rule of the database (a trigger raising a data exception) refuses one answer: only that message
+    goes to the DLQ, with its SQLSTATE."""
     good, bad = ids(4), f"req-{uuid.uuid4().hex}"
     insert_rows(db, good + [bad])
-    produce(kafka, topics.responses, [(r, response(r)) for r in good[:2]]
-            + [(bad, b'{"spec_version": "async.response.v1", "request_id": "' + bad.encode()
-                + b'", "status": "completed", "result": {"amount": 1e400}}')]
-            + [(r, response(r)) for r in good[2:]])
-    with running_writer(writer_settings) as (writer, failure):
-        wait_until(lambda: committed_offset_total(kafka, writer_settings) == 5, what="committed")
-        assert not failure
+    with refusing_trigger(db):
+        produce(kafka, topics.responses, [(r, response(r)) for r in good[:2]]
+                + [(bad, response(bad, result={"refuse": True}))] + [(r, response(r)) for r in good[2:]])
+        with running_writer(writer_settings) as (writer, failure):
+            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 5, what="committed")
+            assert not failure
     assert {s[0] for s in rows(db, good).values()} == {"completed"}
     assert rows(db, [bad])[bad][0] == "published"  # untouched, still waiting for a storable answer
     [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
     assert dead.key().decode() == bad and dict(dead.headers())["dlq.reason"] == b"db_rejected"
+    assert b"22023" in dict(dead.headers())["dlq.detail"]
     assert writer.stats.written == 4 and writer.stats.dead_lettered == 1
 
 
