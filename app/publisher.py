@@ -15,7 +15,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
@@ -196,7 +196,9 @@ class Publisher:
 
 def refused(refusal: ActionRefusal) -> JSONResponse:
     log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
-    return JSONResponse(refusal.body(), status_code=refusal.status)
+    # an oversized body is not drained for keep-alive: the connection closes, so the rest is never read
+    headers = {"connection": "close"} if refusal.status == 413 else None
+    return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -236,6 +238,9 @@ def create_app(settings: PublisherSettings) -> Starlette:
             return JSONResponse(await publisher.handle(body, dict(request.headers)))
         except ActionRefusal as refusal:
             return refused(refusal)
+        except ClientDisconnect:  # the caller went away mid-body: nobody reads this answer
+            return JSONResponse({"message": "client disconnected", "extensions": {"code": "invalid-body"}},
+                                status_code=400)
         except Exception as exc:  # noqa: BLE001 - every failure gets an action error; none echoes the input
             if is_value_error(exc):  # a value the checks let through but the database refuses: still the input
                 return refused(ActionRefusal(400, "invalid-input",

@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool
 from app import logs
 from app.db import is_database_unavailable, is_value_error, sync_pool
 from app.envelope import InvalidResponse, ResponseLimits, ResponseOutcome, parse_response
-from app.settings import WriterSettings
+from app.settings import SettingsError, WriterSettings
 
 log = logging.getLogger("app.writer")
 T = TypeVar("T")
@@ -428,7 +428,11 @@ def serve_health(writer: ResponseWriter, port: int) -> ThreadingHTTPServer:
 def main() -> None:
     logs.setup()
     settings = WriterSettings.load_or_exit()
-    writer = ResponseWriter(settings)
+    try:
+        writer = ResponseWriter(settings)
+    except SettingsError as exc:  # e.g. SASL without credentials: found when the clients are configured
+        print(f"configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
     signal.signal(signal.SIGTERM, lambda *_: writer.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: writer.stop_event.set())
     if settings.health_port:

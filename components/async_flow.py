@@ -1,4 +1,4 @@
-"""The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer Deployment,
+"""The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer StatefulSet,
 cleanup CronJob, their service accounts, and a network policy that lets only Hasura reach the publisher."""
 
 from __future__ import annotations
@@ -146,22 +146,33 @@ class AsyncFlow(pulumi.ComponentResource):
                                "ports": [{"protocol": "TCP", "port": PUBLISHER_PORT}]}]},
             opts=child(self))
 
-        # -- writer: consumer group on the responses topic
+        # -- writer: consumer group on the responses topic. A StatefulSet gives each replica a stable name
+        # (…-writer-0, -1); it is the instance part of the transactional.id, so a replacement pod fences its
+        # predecessor's open transaction, and Kubernetes never runs two pods of one identity at once.
         writer_health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
-                                           "periodSeconds": 15, "initialDelaySeconds": 10}}
-        self.writer = k8s.apps.v1.Deployment(
+                                           "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
+        writer_pod = pod_spec(WRITER, args.images["writer"], kafka_env | {
+            "WRITER_GROUP_ID": args.writer_group,
+            "WRITER_TRANSACTIONAL_ID_PREFIX": args.writer_transactional_id,
+            "WRITER_BATCH_SIZE": str(cfg.writer_batch_size),
+            "HEALTH_PORT": str(WRITER_HEALTH_PORT)},
+            ports=[{"name": "health", "containerPort": WRITER_HEALTH_PORT}],
+            probes=writer_health, resources=Resources("100m", "128Mi", "1", "512Mi"))
+        writer_pod["containers"][0]["env"].append(
+            {"name": "WRITER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        self.writer_service = k8s.core.v1.Service(
+            "writer-headless",
+            metadata={"name": WRITER, "namespace": ns, "labels": labels(WRITER, "async")},
+            spec={"clusterIP": "None", "selector": selector(WRITER),
+                  "ports": [{"name": "health", "port": WRITER_HEALTH_PORT, "targetPort": "health"}]},
+            opts=child(self))
+        self.writer = k8s.apps.v1.StatefulSet(
             "writer",
             metadata={"name": WRITER, "namespace": ns, "labels": labels(WRITER, "async")},
-            spec={"replicas": cfg.writer_replicas, "selector": {"matchLabels": selector(WRITER)},
-                  "template": {"metadata": pod_metadata(WRITER),
-                               "spec": pod_spec(WRITER, args.images["writer"], kafka_env | {
-                                   "WRITER_GROUP_ID": args.writer_group,
-                                   "WRITER_TRANSACTIONAL_ID_PREFIX": args.writer_transactional_id,
-                                   "WRITER_BATCH_SIZE": str(cfg.writer_batch_size),
-                                   "HEALTH_PORT": str(WRITER_HEALTH_PORT)},
-                                   ports=[{"name": "health", "containerPort": WRITER_HEALTH_PORT}],
-                                   probes=writer_health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
-            opts=child(self, depends_on=[self.service_accounts[WRITER], self.bootstrap]))
+            spec={"replicas": cfg.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
+                  "selector": {"matchLabels": selector(WRITER)},
+                  "template": {"metadata": pod_metadata(WRITER), "spec": writer_pod}},
+            opts=child(self, depends_on=[self.service_accounts[WRITER], self.bootstrap, self.writer_service]))
 
         # -- cleanup: batched delete of expired rows; never two at once
         self.cleanup = k8s.batch.v1.CronJob(

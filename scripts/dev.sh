@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: installs what the command needs, then runs it.
 #   bash scripts/dev.sh up [args]      run the whole async flow locally (PostgreSQL, Kafka, services, demo)
+#   bash scripts/dev.sh service NAME   one more writer|publisher|worker|cleanup in the foreground, or `dlq`
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 #   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
@@ -42,6 +43,10 @@ case "$cmd" in
     server_deps
     exec python3 -m scripts.local_run "$@"
     ;;
+  service)
+    python_deps
+    exec python3 -m scripts.local_service "$@"
+    ;;
   plan)
     python_deps
     python3 -W ignore -m scripts.plan "${1:-dev}"
@@ -62,7 +67,7 @@ case "$cmd" in
     done
     ;;
   *)
-    sed -n '2,6p' "$0" >&2
+    sed -n '2,7p' "$0" >&2
     exit 2
     ;;
 esac

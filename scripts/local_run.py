@@ -12,6 +12,8 @@ header), and the bootstrap's Hasura metadata step is left to the cluster Job.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -31,19 +33,59 @@ from app.cleanup import run_cleanup
 from app.db import apply_schema
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
-from scripts.servers import REPO, KafkaBroker, PostgresServer, fetch_kafka_jars, free_port, wait_for
+from scripts.servers import (
+    KAFKA_ADMIN_PASSWORD,
+    KAFKA_ADMIN_USER,
+    REPO,
+    KafkaBroker,
+    PostgresServer,
+    fetch_kafka_jars,
+    free_port,
+    wait_for,
+)
 
 BOLD, DIM, GREEN, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[0m"
 TOPICS = AsyncTopics()
 PRINCIPALS = ServicePrincipals()
 
 
+def say(text: str = "", **kwargs) -> None:
+    """Print, but never let a closed terminal or pipe (`| tee` ended, Ctrl-C) stop the shutdown."""
+    try:
+        print(text, flush=True, **kwargs)
+    except (BrokenPipeError, OSError):
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open for the rest of the process
+
+
 def step(text: str) -> None:
-    print(f"{BOLD}==>{RESET} {text}", flush=True)
+    say(f"{BOLD}==>{RESET} {text}")
 
 
 def done(text: str = "ok") -> None:
-    print(f"    {GREEN}{text}{RESET}", flush=True)
+    say(f"    {GREEN}{text}{RESET}")
+
+
+class DataDirBusy(RuntimeError):
+    """Another `dev.sh up` holds this data directory."""
+
+
+def lock_data_dir(data: Path):
+    """An exclusive lock for the life of this process: two runs on one data directory would share servers."""
+    data.mkdir(parents=True, exist_ok=True)
+    handle = (data / ".lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        raise DataDirBusy(f"{data} is in use by another `dev.sh up` (pid {holder}); stop it first, or use "
+                          "--data DIR for a second, separate stack") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _die_with_parent() -> None:
@@ -54,10 +96,13 @@ def _die_with_parent() -> None:
 
 
 class LocalStack:
-    def __init__(self, data: Path, publisher_port: int, cleanup_interval: float):
+    def __init__(self, data: Path, publisher_port: int, cleanup_interval: float, *, writer: bool = True,
+                 worker: bool = True):
+        self.lock = lock_data_dir(data)
         self.data = data
         self.logs = data / "logs"
         self.cleanup_interval = cleanup_interval
+        self.with_writer, self.with_worker = writer, worker
         self.state = self._load_state(publisher_port)
         self.pg = PostgresServer(data / "pg", port=self.state["pg_port"])
         self.kafka = KafkaBroker(data / "kafka", port=self.state["kafka_port"],
@@ -69,17 +114,31 @@ class LocalStack:
     def _load_state(self, publisher_port: int) -> dict:
         """Ports and local-only credentials stay the same across runs of one data directory."""
         path = self.data / "local-state.json"
-        if path.exists():
-            state = json.loads(path.read_text())
-        else:
-            self.data.mkdir(parents=True, exist_ok=True)
+        state = json.loads(path.read_text()) if path.exists() else {}
+        if "pg_port" not in state:
             state = {"pg_port": free_port(), "kafka_port": free_port(), "controller_port": free_port(),
                      "action_secret": secrets.token_urlsafe(24),
                      "passwords": {p: secrets.token_urlsafe(18) for p in (PRINCIPALS.publisher, PRINCIPALS.writer)}}
-            path.write_text(json.dumps(state, indent=2))
-            path.chmod(0o600)
         state["publisher_port"] = publisher_port or state.get("publisher_port") or 8080
+        state.setdefault("writer_health_port", free_port())
         return state
+
+    def _save_state(self) -> None:
+        """Everything needed to connect as every principal, and every port, for tools and `dev.sh service`."""
+        users = {PRINCIPALS.publisher: "publisher", PRINCIPALS.writer: "writer"}
+        self.state.update({
+            "database_url": self.pg.url,
+            "kafka_bootstrap": self.kafka.bootstrap,
+            "kafka_security": {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanisms": "SCRAM-SHA-256"},
+            "kafka_principals": {"admin (super user)": {"username": KAFKA_ADMIN_USER, "password": KAFKA_ADMIN_PASSWORD},
+                                 **{role: {"username": user, "password": self.state["passwords"][user]}
+                                    for user, role in users.items()}},
+            "topics": {"requests": TOPICS.requests, "responses": TOPICS.responses, "dlq": TOPICS.dlq},
+            "publisher_url": self.publisher_url,
+        })
+        path = self.data / "local-state.json"
+        path.write_text(json.dumps(self.state, indent=2))
+        path.chmod(0o600)
 
     # ------------------------------------------------------------------ up
     def up(self) -> None:
@@ -90,7 +149,12 @@ class LocalStack:
         done(f"ready in {time.monotonic() - t:.1f}s")
 
         step("Kafka broker jars (downloaded from Maven Central on the first run, then cached)")
-        print(f"    {DIM}{fetch_kafka_jars(quiet=True)}{RESET}", flush=True)
+        say(f"    {DIM}{fetch_kafka_jars(quiet=True)}{RESET}")
+        orphan = self.kafka.orphan_pid()
+        if orphan:  # we hold the data-dir lock, so nobody else owns it: an earlier run was killed
+            step(f"stopping an orphaned broker of an earlier run on this data directory (pid {orphan})")
+            self.kafka.stop()
+            done()
         step(f"Kafka broker on 127.0.0.1:{self.kafka.port} (KRaft, SASL/SCRAM, ACLs; data: {self.kafka.work_dir})")
         t = time.monotonic()
         self.kafka.start()
@@ -100,6 +164,7 @@ class LocalStack:
         self._kafka_objects()
         done(f"{TOPICS.requests}, {TOPICS.responses}, {TOPICS.dlq}")
 
+        self._save_state()
         step("bootstrap: table graphql.client_async_messages")
         with psycopg.connect(self.pg.url) as conn:
             apply_schema(conn)
@@ -110,15 +175,17 @@ class LocalStack:
         wait_for(lambda: httpx.get(f"{self.publisher_url}/readyz", timeout=1).status_code == 200, 30,
                  "publisher", publisher, self.logs / "publisher.log")
         done()
-        step("writer (consumer group on the responses topic)")
-        health = free_port()
-        writer = self._spawn("writer", "app.writer", self._writer_env(health))
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=1).status_code == 200, 30,
-                 "writer", writer, self.logs / "writer.log")
-        done()
-        step("demo worker (answers every request)")
-        self._spawn("demo-worker", "scripts.demo_worker", self._kafka_env("admin", "admin-secret"))
-        done()
+        if self.with_writer:
+            step("writer (consumer group on the responses topic)")
+            health = self.state["writer_health_port"]
+            writer = self._spawn("writer", "app.writer", self._writer_env(health))
+            wait_for(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=1).status_code == 200, 30,
+                     "writer", writer, self.logs / "writer.log")
+            done()
+        if self.with_worker:
+            step("demo worker (answers every request)")
+            self._spawn("demo-worker", "scripts.demo_worker", self._kafka_env(KAFKA_ADMIN_USER, KAFKA_ADMIN_PASSWORD))
+            done()
         step(f"cleanup every {self.cleanup_interval:.0f}s")
         self.cleanup_thread = threading.Thread(target=self._cleanup_loop, daemon=True)
         self.cleanup_thread.start()
@@ -164,9 +231,9 @@ class LocalStack:
             try:
                 report = run_cleanup(self.pg.url, 1000, 60, self.stop_event)
                 if report.deleted:
-                    print(f"    {DIM}cleanup deleted {report.deleted} expired rows{RESET}", flush=True)
+                    say(f"    {DIM}cleanup deleted {report.deleted} expired rows{RESET}")
             except psycopg.Error as exc:
-                print(f"    cleanup failed: {exc}", flush=True)
+                say(f"    cleanup failed: {type(exc).__name__}")
 
     # ------------------------------------------------------------------ demo
     def example_call(self) -> str:
@@ -189,7 +256,7 @@ class LocalStack:
         answer = httpx.post(f"{self.publisher_url}/action/publish_async_request", json=body, timeout=30,
                             headers={"X-Async-Action-Secret": self.state["action_secret"], "CF-Ray": "local-demo"})
         answer.raise_for_status()
-        print(f"    action answered: {answer.json()}", flush=True)
+        say(f"    action answered: {answer.json()}")
         row: dict = {}
 
         def completed() -> bool:
@@ -203,11 +270,12 @@ class LocalStack:
             return row.get("status") in ("completed", "failed")
 
         wait_for(completed, 60, "the demo row to complete")
-        print(f"    {GREEN}row:{RESET} " + json.dumps(row, default=str, indent=2).replace("\n", "\n    "), flush=True)
+        say(f"    {GREEN}row:{RESET} " + json.dumps(row, default=str, indent=2).replace("\n", "\n    "))
         return row
 
     # ------------------------------------------------------------------ down
     def down(self) -> None:
+        """Services, then broker, then database; each step runs even if an earlier one (or the terminal) failed."""
         self.stop_event.set()
         step("stopping")
         for name in ("demo-worker", "publisher", "writer"):
@@ -220,23 +288,30 @@ class LocalStack:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            print(f"    {name} stopped", flush=True)
-        self.kafka.stop()
-        print("    kafka stopped", flush=True)
-        self.pg.stop()
-        print("    postgresql stopped", flush=True)
-        print(f"\n{BOLD}data lives in {self.data}{RESET}: PostgreSQL {self.pg.data_dir}, Kafka {self.kafka.work_dir}, "
-              f"logs {self.logs}\n(remove the folder for a fresh start)", flush=True)
+            say(f"    {name} stopped")
+        for name, server in (("kafka", self.kafka), ("postgresql", self.pg)):
+            try:
+                server.stop()
+                say(f"    {name} stopped")
+            except Exception as exc:  # noqa: BLE001 - go on: the next server must still be stopped
+                say(f"    {name} did not stop cleanly: {exc}")
+        say(f"\n{BOLD}data lives in {self.data}{RESET}: PostgreSQL {self.pg.data_dir}, Kafka {self.kafka.work_dir}, "
+            f"logs {self.logs}, connection details {self.data / 'local-state.json'}\n"
+            "(remove the folder for a fresh start)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / ".local", help="data directory (default .local/)")
-    parser.add_argument("--publisher-port", type=int, default=0, help="default 8080 (or the last one used)")
+    parser.add_argument("--publisher-port", type=int, default=0,
+                        help="publisher port (default: the one this data directory used last, else 8080)")
     parser.add_argument("--cleanup-interval", type=float, default=60.0)
+    parser.add_argument("--no-writer", action="store_true",
+                        help="start without the writer (responses wait on the topic; run one with `dev.sh service "
+                             "writer`)")
+    parser.add_argument("--no-worker", action="store_true", help="start without the demo worker")
     parser.add_argument("--once", action="store_true", help="bring up, run the demo, stop (for checks)")
     args = parser.parse_args(argv)
-    stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval)
     stopping = threading.Event()
 
     def on_signal(*_):
@@ -244,22 +319,35 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a closed pipe is a BrokenPipeError that say() absorbs
+    try:
+        stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval,
+                           writer=not args.no_writer, worker=not args.no_worker)
+    except DataDirBusy as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 2
     try:
         stack.up()
-        print(f"\n{BOLD}publisher listening on {stack.publisher_url}{RESET} "
-              f"(action handler: {stack.publisher_url}/action/publish_async_request)")
-        print("example call (this is how Hasura calls it; the secret is local to this data directory):\n")
-        print(stack.example_call() + "\n", flush=True)
-        print("rows (the table Hasura would serve as a subscription):\n")
-        print(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
-              f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n", flush=True)
-        stack.demo()
+        say(f"\n{BOLD}publisher listening on {stack.publisher_url}{RESET} "
+            f"(action handler: {stack.publisher_url}/action/publish_async_request)")
+        say("example call (this is how Hasura calls it; the secret is local to this data directory):\n")
+        say(stack.example_call() + "\n")
+        say("rows (the table Hasura would serve as a subscription):\n")
+        say(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
+            f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n")
+        say(f"one more service in the foreground: bash scripts/dev.sh service writer|publisher|worker|cleanup "
+            f"--data {stack.data}\n")
+        if stack.with_writer and stack.with_worker:
+            stack.demo()
+        else:
+            say("demo request skipped: it needs both the writer and the demo worker")
         if not args.once:
-            print(f"\n{BOLD}running; Ctrl-C stops everything{RESET} (logs in {stack.logs})", flush=True)
+            say(f"\n{BOLD}running; Ctrl-C stops everything{RESET} (logs in {stack.logs})")
             stopping.wait()
         return 0
     except Exception as exc:  # noqa: BLE001 - report, then still stop what was started
-        print(f"\nfailed: {exc}", file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            print(f"\nfailed: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
         stack.down()

@@ -39,6 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _wait_for_port(port: int, deadline: float, process: subprocess.Popen, what: str, log: Path) -> None:
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -323,6 +333,9 @@ class KafkaBroker:
         first_start = not (self.work_dir / "data" / "meta.properties").exists()
         if not self.port:
             self.port, self.controller_port = free_port(), free_port()
+        for port in (self.port, self.controller_port):  # a broker that cannot bind must not look ready
+            if not _port_free(port):
+                raise RuntimeError(f"port {port} is already in use by another process; the broker cannot bind it")
         config = self._write_config()
         if first_start:
             subprocess.run(
@@ -350,6 +363,18 @@ class KafkaBroker:
             except Exception:  # noqa: BLE001 - any failure means "not ready yet"
                 if time.monotonic() > deadline or (self._process and self._process.poll() is not None):
                     raise RuntimeError(f"kafka broker not ready:\n{_tail(self.work_dir / 'broker.out')}") from None
+
+    def orphan_pid(self) -> int | None:
+        """A broker an earlier process started on this work dir and left running (its pid file names a live JVM)."""
+        path = self.work_dir / "broker.pid"
+        if self._process is not None or not path.exists():
+            return None
+        pid = int(path.read_text() or 0)
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        return pid if b"kafka.Kafka" in cmdline and str(self.work_dir).encode() in cmdline else None
 
     def stop(self) -> None:
         pid = self.pid

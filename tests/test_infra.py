@@ -40,7 +40,7 @@ def pod_templates(run: StackRun) -> list[tuple[str, dict]]:
     templates = []
     for obj in run.kubernetes_objects():
         spec = obj.get("spec", {})
-        if obj["kind"] in ("Deployment", "Job"):
+        if obj["kind"] in ("Deployment", "StatefulSet", "Job"):
             templates.append((obj["metadata"]["name"], spec["template"]))
         elif obj["kind"] == "CronJob":
             templates.append((obj["metadata"]["name"], spec["jobTemplate"]["spec"]["template"]))
@@ -69,7 +69,7 @@ def test_every_seed_object_exists(run):
         ("kubernetes:core/v1:ConfigMap", "hasura-env"), ("kubernetes:apps/v1:Deployment", "hasura"),
         ("kubernetes:core/v1:Service", "hasura-svc"),
         ("kubernetes:batch/v1:Job", "bootstrap"), ("kubernetes:apps/v1:Deployment", "publisher"),
-        ("kubernetes:core/v1:Service", "publisher-svc"), ("kubernetes:apps/v1:Deployment", "writer"),
+        ("kubernetes:core/v1:Service", "publisher-svc"), ("kubernetes:apps/v1:StatefulSet", "writer"),
         ("kubernetes:batch/v1:CronJob", "cleanup"),
         ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "publisher-from-hasura-only"),
         ("docker:index/image:Image", "image-publisher"), ("docker:index/image:Image", "image-writer"),
@@ -334,9 +334,14 @@ def test_async_flow_workloads(run):
     service = k8s(run, "Service", PUBLISHER)
     assert service["spec"]["ports"][0]["port"] == 8080
 
-    writer = k8s(run, "Deployment", WRITER)
+    writer = k8s(run, "StatefulSet", WRITER)
     assert container_of(writer)["image"] == digests["writer"]
     assert env_of(container_of(writer))["WRITER_GROUP_ID"] == ServicePrincipals().writer_group
+    # stable identity per replica: the transactional.id's instance part is the StatefulSet pod name
+    assert writer["spec"]["serviceName"] == k8s(run, "Service", WRITER)["metadata"]["name"]
+    assert k8s(run, "Service", WRITER)["spec"]["clusterIP"] == "None"
+    instance = next(e for e in container_of(writer)["env"] if e["name"] == "WRITER_INSTANCE_ID")
+    assert instance["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
     cleanup = k8s(run, "CronJob", CLEANUP)
     assert cleanup["spec"]["schedule"] == "*/10 * * * *" and cleanup["spec"]["concurrencyPolicy"] == "Forbid"
@@ -353,8 +358,8 @@ def test_publisher_is_reachable_from_hasura_only(run):
     [source] = rule["from"]
     assert set(source) == {"podSelector"} and source["podSelector"]["matchLabels"].items() <= hasura_labels.items()
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
-    for name in ("cloudflared", WRITER):  # nobody else matches the allowed selector
-        other = k8s(run, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+    for kind, name in (("Deployment", "cloudflared"), ("StatefulSet", WRITER)):  # nobody else matches the selector
+        other = k8s(run, kind, name)["spec"]["template"]["metadata"]["labels"]
         assert not source["podSelector"]["matchLabels"].items() <= other.items()
 
 

@@ -83,3 +83,80 @@ def test_services_do_not_outlive_a_killed_local_run(tmp_path):
                        capture_output=True)
     assert processes_mentioning(str(data)) == []
     assert (data / "pg" / "PG_VERSION").exists() and (data / "kafka" / "data").is_dir()
+
+
+def start_up(data: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """`up` until it says it is running; returns the process and the lines so far."""
+    proc = subprocess.Popen([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--publisher-port",
+                             str(free_port()), *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            return proc, lines
+    raise AssertionError("".join(lines))
+
+
+def test_second_up_is_refused_state_names_every_principal_and_extra_services_run(tmp_path):
+    import json
+
+    data = tmp_path / "local"
+    first, _ = start_up(data, "--no-worker")
+    try:
+        second = subprocess.run([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--once"], cwd=REPO,
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "in use by another `dev.sh up`" in second.stderr, second.stderr
+        state = json.loads((data / "local-state.json").read_text())
+        principals = state["kafka_principals"]
+        assert principals["admin (super user)"] == {"username": "admin", "password": "admin-secret"}
+        assert {"publisher", "writer"} <= set(principals) and state["kafka_bootstrap"] and state["database_url"]
+        assert {"pg_port", "kafka_port", "controller_port", "publisher_port", "writer_health_port"} <= set(state)
+        # the documented extra-service command: the DLQ reader connects with the stored super-user credentials
+        dlq = subprocess.run([sys.executable, "-m", "scripts.local_service", "dlq", "--data", str(data)], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+        assert dlq.returncode == 0 and "message(s) in graphql.async.responses.dlq.v1" in dlq.stderr, dlq.stderr
+        # a second writer in the foreground joins the group with its own identity
+        health = free_port()
+        extra = subprocess.Popen([sys.executable, "-m", "scripts.local_service", "writer", "--data", str(data),
+                                  "--port", str(health)], cwd=REPO, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+        try:
+            import httpx
+
+            wait_until(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz").status_code == 200, what="2nd writer")
+        finally:
+            extra.send_signal(signal.SIGINT)
+            extra.wait(60)
+        assert extra.returncode == 0
+        assert processes_mentioning(str(data / "no-vault")) and len(processes_mentioning("scripts.demo_worker")) == 0
+    finally:
+        stop(first)
+    assert first.returncode == 0
+    assert processes_mentioning(str(data)) == []
+
+
+def test_shutdown_does_not_depend_on_the_terminal(tmp_path):
+    """`up | tee log`, then Ctrl-C kills tee first: every print after that hits a closed pipe."""
+    data = tmp_path / "local"
+    proc, _ = start_up(data)
+    proc.stdout.close()  # the reader is gone
+    proc.send_signal(signal.SIGINT)
+    proc.wait(90)
+    assert proc.returncode == 0
+    assert processes_mentioning(str(data)) == []
+
+
+def test_an_orphaned_broker_of_a_killed_run_is_stopped_not_reported_ready(tmp_path):
+    data = tmp_path / "local"
+    proc, _ = start_up(data)
+    proc.kill()  # no cleanup: PostgreSQL and the broker stay behind
+    proc.wait(10)
+    broker_pid = int((data / "kafka" / "broker.pid").read_text())
+    assert Path(f"/proc/{broker_pid}").exists()
+    run = subprocess.run([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--once"], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"stopping an orphaned broker of an earlier run on this data directory (pid {broker_pid})" in run.stdout
+    assert '"status": "completed"' in run.stdout
+    assert processes_mentioning(str(data)) == []

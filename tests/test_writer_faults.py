@@ -245,3 +245,79 @@ def test_a_replacement_with_the_same_identity_fences_the_old_instance(kafka, db,
         wait_until(lambda: committed_offset_total(kafka, writer_settings) == 6, what="replacement commits all")
         assert not failure
     assert {s[0] for s in rows(db, request_ids).values()} == {"completed"}
+
+
+def test_poison_pause_read_only_and_sigkill_among_ten_thousand_responses(kafka, pg, db, topics):
+    """The issue's fault run, the writer as the real process: at the end every good response's row is terminal,
+    every poison message is in the DLQ exactly once, the offsets reach the end and the writer is running."""
+    import random
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    from tests.test_service_processes import service_env
+    from tests.test_writer import POISON
+
+    good = [f"req-ft-{uuid.uuid4().hex}" for _ in range(10_000)]
+    with db.cursor() as cur, cur.copy("COPY graphql.client_async_messages (request_id, client_id, handler, operation,"
+                                      " status, expires_at) FROM STDIN") as copy:
+        for r in good:
+            copy.write_row((r, "c", "h", "o", "published", "2099-01-01T00:00:00Z"))
+    tag = uuid.uuid4().hex[:6]
+    poison = [(k, v) for k, _, v in hostile_responses(tag)] + [(f"{tag}-p{i}", v) for i, (_, v) in enumerate(POISON)]
+    unknown = f"req-unknown-{tag}"
+    poison += [(unknown, response(unknown))]
+    messages = [(r, response(r, result={"i": i})) for i, r in enumerate(good)] + poison
+    random.Random(7).shuffle(messages)
+    thirds = [messages[:3000], messages[3000:6500], messages[6500:]]
+    group = f"graphql-async-response-writer-{tag}"
+    health = free_port()
+    env = service_env(pg, kafka, topics, WRITER_GROUP_ID=group, WRITER_INSTANCE_ID="fault-0", HEALTH_PORT=str(health),
+                      WRITER_BATCH_SIZE="500", WRITER_KAFKA_TIMEOUT_SECONDS="2", WRITER_RETRY_MAX_SECONDS="1")
+
+    def start():
+        return subprocess.Popen([sys.executable, "-m", "app.writer"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+    class Group:  # committed_offset_total reads these two fields
+        writer_group_id, async_responses_topic = group, topics.responses
+
+    def committed() -> int:
+        return committed_offset_total(kafka, Group)
+
+    writer = start()
+    try:
+        produce(kafka, topics.responses, thirds[0])
+        wait_until(lambda: committed() > 500, timeout=60, what="first batches")
+        os.kill(kafka.pid, signal.SIGSTOP)  # broker pause, whatever the writer is doing
+        threading.Timer(5, os.kill, (kafka.pid, signal.SIGCONT)).start()
+        wait_until(lambda: committed() >= 3000, timeout=120, what="first third after the pause")
+
+        admin = psycopg.connect(pg.url, autocommit=True)
+        admin.execute("SET default_transaction_read_only = off")
+        admin.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        admin.execute("SELECT pg_reload_conf()")
+        try:
+            produce(kafka, topics.responses, thirds[1])
+            threading.Event().wait(3)  # the fault window's length, not a readiness stand-in
+        finally:
+            admin.execute("ALTER SYSTEM RESET default_transaction_read_only")
+            admin.execute("SELECT pg_reload_conf()")
+            admin.close()
+        wait_until(lambda: committed() > 4000, timeout=120, what="progress after the read-only window")
+        writer.kill()  # SIGKILL mid-stream: no shutdown, an open transaction left behind
+        writer.wait(10)
+        writer = start()  # same identity: fences the dead instance's transaction
+        produce(kafka, topics.responses, thirds[2])
+        wait_until(lambda: committed() == len(messages), timeout=180, what="offsets reach the end")
+        assert writer.poll() is None
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz").status_code == 200, what="writer healthy")
+    finally:
+        os.kill(kafka.pid, signal.SIGCONT)
+        writer.terminate()
+        writer.wait(60)
+    statuses = dict(db.execute("SELECT status, count(*) FROM graphql.client_async_messages WHERE request_id = ANY(%s) "
+                               "GROUP BY status", (good,)).fetchall())
+    assert statuses == {"completed": 10_000}
+    dead = read_all(kafka.client_config(), topics.dlq, expect=len(poison), timeout=60)
+    assert sorted(m.key().decode() for m in dead) == sorted(k for k, _ in poison)  # each exactly once

@@ -1,0 +1,90 @@
+"""One more service process in the foreground against a running `dev.sh up` stack: `bash scripts/dev.sh service`.
+
+    bash scripts/dev.sh service writer [--data DIR]      a second writer (own instance id and health port)
+    bash scripts/dev.sh service publisher [--port N]     another publisher on another port
+    bash scripts/dev.sh service worker                   another demo worker
+    bash scripts/dev.sh service cleanup                  one cleanup pass, then exit
+    bash scripts/dev.sh service dlq                      print what is in the DLQ (read_committed), then exit
+
+Connection details come from DATA/local-state.json, which `up` writes. Ctrl-C stops the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from scripts.servers import REPO, free_port
+
+SERVICES = {"writer": "app.writer", "publisher": "app.publisher", "worker": "scripts.demo_worker",
+            "cleanup": "app.cleanup"}
+
+
+def service_env(state: dict, service: str, port: int | None) -> dict[str, str]:
+    """The environment `up` gives the service, with a fresh identity so it joins rather than replaces."""
+    principals = state["kafka_principals"]
+    role = {"writer": "writer", "publisher": "publisher"}.get(service, "admin (super user)")
+    env = {"KAFKA_BOOTSTRAP_SERVERS": state["kafka_bootstrap"], "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_USERNAME": principals[role]["username"],
+           "KAFKA_PASSWORD": principals[role]["password"], "ASYNC_DATABASE_URL": state["database_url"]}
+    if service == "writer":
+        env |= {"WRITER_INSTANCE_ID": f"local-extra-{uuid.uuid4().hex[:6]}", "HEALTH_PORT": str(port or free_port())}
+    if service == "publisher":
+        env |= {"ASYNC_ACTION_SECRET": state["action_secret"], "PUBLISHER_HOST": "127.0.0.1",
+                "PUBLISHER_PORT": str(port or free_port())}
+    return env
+
+
+def print_dlq(state: dict) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    admin = state["kafka_principals"]["admin (super user)"]
+    consumer = Consumer({"bootstrap.servers": state["kafka_bootstrap"], **state["kafka_security"],
+                         "sasl.username": admin["username"], "sasl.password": admin["password"],
+                         "group.id": f"dlq-reader-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
+                         "isolation.level": "read_committed"})
+    topic = state["topics"]["dlq"]
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    count = 0
+    while batch := consumer.consume(500, 2.0):
+        for msg in batch:
+            if msg.error():
+                continue
+            count += 1
+            headers = {k: (v or b"").decode(errors="replace") for k, v in msg.headers() or []}
+            print(json.dumps({"key": (msg.key() or b"").decode(errors="replace"),
+                              "reason": headers.get("dlq.reason"), "detail": headers.get("dlq.detail"),
+                              "source": f"{headers.get('dlq.source.topic')}/{headers.get('dlq.source.partition')}"
+                                        f"@{headers.get('dlq.source.offset')}",
+                              "value": (msg.value() or b"")[:200].decode(errors="replace")}))
+    consumer.close()
+    print(f"{count} message(s) in {topic}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("service", choices=[*SERVICES, "dlq"])
+    parser.add_argument("--data", type=Path, default=REPO / ".local")
+    parser.add_argument("--port", type=int, default=0, help="publisher port / writer health port (default: free)")
+    args = parser.parse_args(argv)
+    state_file = args.data.resolve() / "local-state.json"
+    if not state_file.exists() or "kafka_bootstrap" not in (state := json.loads(state_file.read_text())):
+        print(f"no running local stack in {args.data} (start one with: bash scripts/dev.sh up)", file=sys.stderr)
+        return 2
+    if args.service == "dlq":
+        return print_dlq(state)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASYNC_"))}
+    env |= service_env(state, args.service, args.port) | {"ASYNC_SECRETS_DIR": str(args.data / "no-vault")}
+    print(f"running {SERVICES[args.service]} against {state['kafka_bootstrap']} (Ctrl-C stops it)", file=sys.stderr)
+    os.chdir(REPO)
+    os.execvpe(sys.executable, [sys.executable, "-m", SERVICES[args.service]], env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
