@@ -33,14 +33,15 @@ principals = ServicePrincipals()
 hasura_url = f"http://hasura.{ns}.svc.cluster.local:8080"
 
 edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
-                                                origin=hasura_url))
+                                                origin=hasura_url)) if cfg.cloudflare.enabled else None
+tunnel_token = edge.tunnel_token if edge else cfg.local_tunnel_token
 
 kafka = KafkaAccess("kafka", KafkaAccessArgs(config=cfg.kafka, admin_password=cfg.kafka_admin_password,
                                              principals=principals))
 
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, kv_mount=mount, kubernetes_auth_path=cfg.vault.kubernetes_auth_path,
-    database_url=cfg.database_url, tunnel_token=edge.tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
+    database_url=cfg.database_url, tunnel_token=tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
     kafka_credentials=kafka.credentials,
     service_accounts={"hasura": "hasura", PUBLISHER: PUBLISHER, WRITER: WRITER, CLEANUP: CLEANUP,
                       BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"},
@@ -67,7 +68,8 @@ hasura = Hasura("hasura", HasuraArgs(
     opts=pulumi.ResourceOptions(depends_on=[vault]))
 
 images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry, platform=cfg.images.platform,
-                                                   context=ROOT / "app", project_root=ROOT))
+                                                   context=ROOT / "app", project_root=ROOT,
+                                                   prebuilt=cfg.images.prebuilt))
 
 database_file = vault_file(mount, DATABASE_URL, "async_database_url")
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
@@ -95,4 +97,4 @@ pulumi.export("action", ACTION_NAME)
 pulumi.export("vault_paths", vault.paths)
 pulumi.export("kafka_principals", {"publisher": principals.publisher, "writer": principals.writer})
 pulumi.export("image_digests", images.digests)
-pulumi.export("tunnel_id", edge.tunnel.id)
+pulumi.export("tunnel_id", edge.tunnel.id if edge else "cloudflare disabled in this stack")

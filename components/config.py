@@ -37,6 +37,9 @@ def _pinned(value: str) -> str:
 
 
 class CloudflareConfig(_Model):
+    # false only where no Cloudflare account is reachable (the `local` rehearsal stack): no tunnel, no DNS;
+    # the tunnel token then comes from the secret `localTunnelToken`
+    enabled: bool = True
     account_id: str = Field(min_length=1)
     zone_id: str = Field(min_length=1)
     tunnel_name: str = Field(pattern=r"^[a-z0-9-]{1,63}$")
@@ -116,9 +119,24 @@ class HasuraConfig(_Model):
         return value
 
 
+IMAGE_TARGETS = ("publisher", "writer", "cleanup")
+
+
 class ImagesConfig(_Model):
     registry: str = Field(min_length=1)
     platform: str = "linux/amd64"
+    # images built elsewhere (CI, or no Docker daemon here): target -> pinned reference; nothing is built
+    prebuilt: dict[str, str] | None = None
+
+    @field_validator("prebuilt")
+    @classmethod
+    def _prebuilt(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is not None:
+            if set(value) != set(IMAGE_TARGETS):
+                raise ValueError(f"needs exactly the targets {', '.join(IMAGE_TARGETS)}")
+            for ref in value.values():
+                _pinned(ref)
+        return value
 
 
 class AsyncFlowConfig(_Model):
@@ -144,6 +162,7 @@ class StackConfig(_Model):
     # secrets: set with `pulumi config set --secret`; kept as Outputs so they stay secret
     database_url: pulumi.Output[str] = Field(exclude=True)
     kafka_admin_password: pulumi.Output[str] = Field(exclude=True)
+    local_tunnel_token: pulumi.Output[str] | None = Field(None, exclude=True)
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
                               arbitrary_types_allowed=True)
@@ -161,6 +180,15 @@ class StackConfig(_Model):
         if not DNS_NAME.match(value):
             raise ValueError("must be a DNS hostname such as graphql.example.com")
         return value
+
+    @model_validator(mode="after")
+    def _tunnel_token(self) -> StackConfig:
+        if not self.cloudflare.enabled and self.local_tunnel_token is None:
+            raise ValueError("cloudflare.enabled is false: set the secret localTunnelToken (the token cloudflared "
+                             "gets from Vault)")
+        if self.cloudflare.enabled and self.local_tunnel_token is not None:
+            raise ValueError("localTunnelToken is only for stacks with cloudflare.enabled: false")
+        return self
 
     @property
     def graphql_url(self) -> str:
@@ -198,6 +226,9 @@ def load_stack_config() -> StackConfig:
             raise ConfigError(f"stack {stack!r}: missing secret config {PROJECT}:{key} "
                               f"(set it with `pulumi config set --secret {key} ...`)")
         raw[key] = value
+    local_token = config.get_secret("localTunnelToken")
+    if local_token is not None:
+        raw["localTunnelToken"] = local_token
     try:
         return StackConfig.model_validate(raw)
     except ValidationError as exc:

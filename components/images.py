@@ -29,11 +29,19 @@ class ServiceImagesArgs:
     platform: str
     context: Path  # absolute path of app/, hashed for the tag
     project_root: Path  # docker paths are relative to it, so plans do not depend on the checkout's location
+    prebuilt: dict[str, str] | None = None  # target -> pinned reference: use these, build nothing
 
 
 class ServiceImages(pulumi.ComponentResource):
+    digests: dict[str, pulumi.Output[str]]
+
     def __init__(self, name: str, args: ServiceImagesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:ServiceImages", name, None, opts)
+        if args.prebuilt is not None:  # no docker provider at all: it cannot configure without a daemon
+            self.images = {}
+            self.digests = {t: pulumi.Output.from_input(args.prebuilt[t]) for t in TARGETS}
+            self.register_outputs({"digests": self.digests})
+            return
         tag = source_digest(args.context)
         context = args.context.relative_to(args.project_root).as_posix()
         self.images = {
@@ -45,5 +53,5 @@ class ServiceImages(pulumi.ComponentResource):
             for target in TARGETS
         }
         # workloads run exactly what was pushed: registry/name@sha256:...
-        self.digests: dict[str, pulumi.Output[str]] = {t: image.repo_digest for t, image in self.images.items()}
+        self.digests = {t: image.repo_digest for t, image in self.images.items()}
         self.register_outputs({"digests": self.digests})

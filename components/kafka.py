@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import pulumi
@@ -21,6 +22,28 @@ class KafkaAccessArgs:
     config: KafkaConfig
     admin_password: pulumi.Input[str]
     principals: ServicePrincipals
+
+
+PREVIEW_PLACEHOLDER = "preview-placeholder-password-not-applied"
+
+
+def known_at_preview(value: pulumi.Output[str]) -> pulumi.Output[str]:
+    """The value, or during a preview in which it is not known yet (a fresh stack's RandomPassword) a placeholder.
+
+    pulumi-kafka 3.13 panics ("value is unknown") planning a UserScramCredential whose password is unknown, so
+    a fresh stack's preview would fail. The placeholder exists only in that preview: `up` is not a dry run and
+    always sends the real password, and once the password is in state every preview sees the real value."""
+    if not pulumi.runtime.is_dry_run():
+        return value
+
+    async def resolved() -> str:
+        return await value.future() if await value.is_known() else PREVIEW_PLACEHOLDER
+
+    async def known() -> bool:
+        return True
+
+    return pulumi.Output(value.resources(), asyncio.ensure_future(resolved()), asyncio.ensure_future(known()),
+                         asyncio.ensure_future(value.is_secret())).apply(lambda v: v)
 
 
 class KafkaAccess(pulumi.ComponentResource):
@@ -54,7 +77,7 @@ class KafkaAccess(pulumi.ComponentResource):
                                              opts=child(self)).result
             self.users[service] = kafka.UserScramCredential(
                 f"kafka-user-{service}", username=username, scram_mechanism=cfg.sasl_mechanism,
-                scram_iterations=8192, password=password, opts=on_broker)
+                scram_iterations=8192, password=known_at_preview(password), opts=on_broker)
             self.credentials[service] = KafkaCredential(username=username, password=password)
 
         self.acls: list[kafka.Acl] = []

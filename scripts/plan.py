@@ -83,8 +83,13 @@ def plan_path(stack: str) -> Path:
     return PLANS / f"{stack}.plan.yaml"
 
 
+REHEARSAL_STACKS = ("local",)  # applied for real by `dev.sh rehearse`, not deployed: no committed plan
+
+
 def all_stacks() -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
+    """The deployable stacks: one committed plan each."""
+    stacks = (p.name[len("Pulumi."):-len(".yaml")] for p in REPO.glob("Pulumi.*.yaml"))
+    return sorted(s for s in stacks if s not in REHEARSAL_STACKS)
 
 
 def main(argv: list[str] | None = None) -> int:

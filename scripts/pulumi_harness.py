@@ -142,7 +142,10 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=Monitor(mocks))
     config = dict(load_stack_file(stack))
-    for key, value in PLACEHOLDER_SECRETS.items():
+    secrets = dict(PLACEHOLDER_SECRETS)
+    if not config.get(f"{PROJECT}:cloudflare", {}).get("enabled", True):
+        secrets["localTunnelToken"] = "mock-local-tunnel-token"
+    for key, value in secrets.items():
         config.setdefault(f"{PROJECT}:{key}", value)
         run.secret_values.add(value)
     config.update(config_overrides or {})
@@ -150,7 +153,7 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
         config.pop(key, None)
     flat = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v).lower() if isinstance(v, bool) else str(v)
             for k, v in config.items()}
-    pulumi.runtime.set_all_config(flat, secret_keys=[f"{PROJECT}:{k}" for k in PLACEHOLDER_SECRETS])
+    pulumi.runtime.set_all_config(flat, secret_keys=[f"{PROJECT}:{k}" for k in secrets])
     SETTINGS.rpc_manager.clear()
     SETTINGS.outputs.clear()
 

@@ -478,3 +478,34 @@ def test_stack_files_differ_only_where_stacks_should():
     assert dev[P + "kafka"]["bootstrapServers"] == ["kafka.kafka.svc.internal.lan:9092"]
     assert (dev[P + "kafka"]["securityProtocol"], dev[P + "kafka"]["saslMechanism"]) == (
         "SASL_PLAINTEXT", "SCRAM-SHA-256")
+
+
+def test_local_rehearsal_stack_builds_nothing_needing_a_daemon_or_cloudflare():
+    """The `local` stack (applied for real by `dev.sh rehearse`) declares no Cloudflare and no docker resource;
+    its workloads run the pinned prebuilt images, and the tunnel token reaches Vault from the local secret."""
+    local = run_stack("local")
+    types = {r.type for r in local.resources}
+    assert not any(t.startswith(("cloudflare:", "docker:")) for t in types), sorted(types)
+    prebuilt = load_stack_file("local")[P + "images"]["prebuilt"]
+    assert local.outputs["image_digests"] == prebuilt
+    writer = k8s(local, "StatefulSet", WRITER)
+    assert writer["spec"]["template"]["spec"]["containers"][0]["image"] == prebuilt["writer"]
+    token_entry = next(r for r in local.resources if r.type == "vault:kv/secretV2:SecretV2"
+                       and r.inputs.get("name") == "cloudflare-tunnel-token")
+    assert "dataJson" in token_entry.secret_paths
+    assert "mock-local-tunnel-token" in token_entry.inputs["dataJson"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"cloudflare": {"enabled": False, "accountId": "a", "zoneId": "z", "tunnelName": "t"}},
+     "set the secret localTunnelToken"),
+    ({"images": {"registry": "r", "prebuilt": {"publisher": "r/p@sha256:" + "1" * 64}}},
+     "needs exactly the targets publisher, writer, cleanup"),
+    ({"images": {"registry": "r", "prebuilt": {"publisher": "r/p:latest", "writer": "r/w:latest",
+                                               "cleanup": "r/c:latest"}}}, "must be pinned by digest"),
+])
+def test_rehearsal_switches_are_validated(override, message):
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        run_stack("dev", config_overrides={P + k: v for k, v in override.items()})
