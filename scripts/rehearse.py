@@ -1,0 +1,240 @@
+"""`bash scripts/dev.sh rehearse`: the `local` stack applied for real by the Pulumi engine on this machine.
+
+Real parts: the Pulumi CLI and provider plugins (random, kafka, vault, kubernetes), the Kafka broker the
+tests use, an OpenBao dev server (the Vault API), an S3 state backend served by moto, manifests rendered to
+disk by the Kubernetes provider (`kubernetes:renderYamlToDirectory`, no cluster). Not here: Cloudflare
+(switched off in the local stack), a cluster, a Docker daemon (prebuilt image references).
+
+Phases: services -> stack -> up -> preview --expect-no-changes -> consumer stack -> checks (pytest -m
+rehearsal) -> destroy -> nothing left behind. Exits non-zero at the first phase that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from scripts.servers import REPO, KafkaBroker, free_port, wait_for
+
+STACK = "local"
+CONSUMER_DIR = REPO / "examples" / "consumer"
+OFFLINE = Path(os.environ.get("PULUMI_OFFLINE", Path.home() / ".cache" / "pulumi-offline"))
+BUCKET = "pulumi-state"
+
+
+def phase(number: int, text: str) -> float:
+    print(f"\033[1m==> [{number}/8] {text}\033[0m", flush=True)
+    return time.monotonic()
+
+
+def done(started: float, text: str = "ok") -> None:
+    print(f"    \033[32m{text}\033[0m ({time.monotonic() - started:.1f}s)", flush=True)
+
+
+def pulumi_env() -> dict[str, str]:
+    """The standard CLI on PATH, or the one build-pulumi-offline.sh built (then never download plugins)."""
+    env = dict(os.environ)
+    if shutil.which("pulumi") is None and (OFFLINE / "bin" / "pulumi").exists():
+        env |= {"PATH": f"{OFFLINE / 'bin'}:{env['PATH']}", "PULUMI_HOME": str(OFFLINE / "pulumi-home"),
+                "PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION": "true", "PULUMI_IGNORE_AMBIENT_PLUGINS": "true"}
+    if shutil.which("pulumi", path=env["PATH"]) is None:
+        raise SystemExit("no Pulumi CLI: install it (https://www.pulumi.com/docs/install/) or build it offline with "
+                         "../shared/tools/build-pulumi-offline.sh (PULUMI_OFFLINE=<its folder>)")
+    return env | {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_SKIP_CONFIRMATIONS": "true"}
+
+
+class OpenBao:
+    """`bao server -dev` (in memory) on a free loopback port, with the Kubernetes auth mount the roles need."""
+
+    def __init__(self, work: Path):
+        self.port, self.token = free_port(), secrets.token_urlsafe(18)
+        self.address = f"http://127.0.0.1:{self.port}"
+        self.log = work / "openbao.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["bao", "server", "-dev", f"-dev-root-token-id={self.token}", f"-dev-listen-address=127.0.0.1:{self.port}"],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: httpx.get(f"{self.address}/v1/sys/health").status_code == 200, 30, "openbao",
+                 self.process, self.log)
+        answer = httpx.post(f"{self.address}/v1/sys/auth/kubernetes", json={"type": "kubernetes"},
+                            headers={"X-Vault-Token": self.token})
+        answer.raise_for_status()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+class MotoS3:
+    """moto's S3 server on loopback: the self-managed state backend (`pulumi login s3://...`)."""
+
+    def __init__(self, work: Path):
+        self.port = free_port()
+        self.log = work / "moto.log"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def backend_url(self) -> str:
+        return (f"s3://{BUCKET}?endpoint=127.0.0.1:{self.port}&disableSSL=true&s3ForcePathStyle=true"
+                "&region=us-east-1")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.port}/").status_code < 500, 30, "moto", self.process,
+                 self.log)
+        httpx.put(f"http://127.0.0.1:{self.port}/{BUCKET}").raise_for_status()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "app", "config")
+
+
+def project_copy(work: Path) -> Path:
+    """The program as committed, in the work folder: `stack init` and `config set` write the stack file, and
+    those writes (salt, encrypted secrets, this run's ports) must never land in the repository."""
+    project = work / "project"
+    project.mkdir()
+    for part in PROJECT_PARTS:
+        source = REPO / part
+        if source.is_dir():
+            shutil.copytree(source, project / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, project / part)
+    # Pulumi.yaml names ./venv; one that sees the installed packages is made in a second
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(project / "venv")], check=True)
+    return project
+
+
+def stack_config_file(work: Path, project: Path, broker: KafkaBroker, bao: OpenBao) -> Path:
+    """The committed Pulumi.local.yaml with this run's ports and manifest folder, as the copy's stack file."""
+    document = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())
+    config = document["config"]
+    config["graphql-entrypoint:kafka"]["bootstrapServers"] = [broker.bootstrap]
+    config["graphql-entrypoint:vault"]["address"] = bao.address
+    config["kubernetes:renderYamlToDirectory"] = str(work / "manifests")
+    path = project / "Pulumi.local.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+class Pulumi:
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.env, self.cwd = env, cwd
+
+    def __call__(self, *args: str, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
+        command = ["pulumi", *args, "--non-interactive"]
+        run = subprocess.run(command, cwd=self.cwd, env=self.env, text=True,
+                             stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE if capture else None)
+        if check and run.returncode != 0:
+            raise SystemExit(f"`{' '.join(command)}` failed (exit {run.returncode})"
+                             + (f":\n{(run.stdout + run.stderr)[-4000:]}" if capture else ""))
+        return run
+
+
+def run_checks(state: Path, marker: str) -> None:
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", marker,
+                          "tests/rehearsal"], cwd=REPO, env=os.environ | {"REHEARSAL_STATE": str(state)})
+    if run.returncode != 0:
+        raise SystemExit(f"rehearsal checks ({marker}) failed")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="skip destroy and leave the services running")
+    args = parser.parse_args(argv)
+    work = REPO / ".local" / "rehearsal"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    total = time.monotonic()
+    env = pulumi_env()
+    broker, bao, s3 = KafkaBroker(work / "kafka"), OpenBao(work), MotoS3(work)
+    try:
+        t = phase(1, "services: Kafka broker (KRaft, SCRAM, ACLs), OpenBao dev server, moto S3")
+        broker.start()
+        bao.start()
+        s3.start()
+        done(t, f"kafka {broker.bootstrap}, openbao {bao.address}, s3 127.0.0.1:{s3.port}")
+
+        t = phase(2, f"stack `{STACK}` in the S3 backend {s3.backend_url}")
+        project = project_copy(work)
+        env |= {"PULUMI_BACKEND_URL": s3.backend_url, "AWS_ACCESS_KEY_ID": "rehearsal",
+                "AWS_SECRET_ACCESS_KEY": "rehearsal", "AWS_REGION": "us-east-1",
+                "PULUMI_CONFIG_PASSPHRASE": secrets.token_urlsafe(18),
+                "VAULT_ADDR": bao.address, "VAULT_TOKEN": bao.token}
+        stack_config_file(work, project, broker, bao)
+        pulumi = Pulumi(env, project)
+        pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
+        for key, value in {"databaseUrl": "postgresql://hasura:rehearsal-db-pw@127.0.0.1:5432/hasura",
+                           "kafkaAdminPassword": broker.client_config()["sasl.password"],
+                           "localTunnelToken": secrets.token_urlsafe(32)}.items():
+            pulumi("config", "set", "--secret", "--stack", STACK, key, value)
+        done(t)
+
+        t = phase(3, "pulumi up")
+        pulumi("up", "--yes", "--stack", STACK, "--skip-preview")
+        outputs = json.loads(pulumi("stack", "output", "--json", "--stack", STACK, capture=True).stdout)
+        done(t, f"{len(list((work / 'manifests').rglob('*.yaml')))} manifests rendered; outputs: {sorted(outputs)}")
+
+        t = phase(4, "pulumi preview --expect-no-changes (no perpetual diffs)")
+        pulumi("preview", "--expect-no-changes", "--stack", STACK)
+        done(t)
+
+        t = phase(5, "another team's stack reads the outputs (examples/consumer, StackReference)")
+        consumer_dir = work / "consumer"
+        shutil.copytree(CONSUMER_DIR, consumer_dir, ignore=shutil.ignore_patterns("__pycache__", "Pulumi.*.yaml"))
+        consumer = Pulumi(env, consumer_dir)
+        consumer("stack", "init", STACK, "--secrets-provider", "passphrase")
+        consumer("config", "set", "--stack", STACK, "entrypointStack", f"organization/graphql-entrypoint/{STACK}")
+        consumer("up", "--yes", "--stack", STACK, "--skip-preview")
+        consumer_outputs = json.loads(consumer("stack", "output", "--json", "--stack", STACK, capture=True).stdout)
+        done(t, f"consumer exports {sorted(consumer_outputs)}")
+
+        state = work / "state.json"
+        state.write_text(json.dumps({
+            "kafka": broker.client_config(), "openbao": {"address": bao.address, "token": bao.token},
+            "manifests": str(work / "manifests"), "outputs": outputs, "consumer_outputs": consumer_outputs,
+            "work": str(work)}, indent=2))
+        state.chmod(0o600)
+        t = phase(6, "checks: principals on the broker, policies on OpenBao, agent templates, manifests")
+        run_checks(state, "rehearsal")
+        done(t)
+        if args.keep:
+            print(f"kept: state {state}; stop the services with Ctrl-C", flush=True)
+            return 0
+
+        t = phase(7, "pulumi destroy (consumer, then the stack)")
+        consumer("destroy", "--yes", "--stack", STACK, "--skip-preview")
+        pulumi("destroy", "--yes", "--stack", STACK, "--skip-preview")
+        done(t)
+        t = phase(8, "nothing left: no topic, ACL, SCRAM user, policy or KV entry")
+        run_checks(state, "rehearsal_destroyed")
+        done(t)
+        print(f"\n\033[1mrehearsal passed in {time.monotonic() - total:.0f}s\033[0m", flush=True)
+        return 0
+    finally:
+        for server in (s3, bao, broker):
+            with contextlib.suppress(Exception):
+                server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
