@@ -108,7 +108,8 @@ class VaultAccess(pulumi.ComponentResource):
         self.entries: dict[str, vault.kv.SecretV2] = {}
         for entry, (value, key) in values.items():
             data_json = pulumi.Output.from_input(value).apply(lambda v, k=key: json.dumps({k: v}))
-            self.entries[entry] = vault.kv.SecretV2(entry, mount=mount, name=entry,
+            # delete_all_versions: a destroy removes the entry and its history, not only the latest version
+            self.entries[entry] = vault.kv.SecretV2(entry, mount=mount, name=entry, delete_all_versions=True,
                                                     data_json=pulumi.Output.secret(data_json), opts=child(self))
 
         self.policies: dict[str, vault.Policy] = {}
