@@ -393,6 +393,21 @@ def test_invalid_manifest_is_rejected_by_the_validator(run):
         validate(deployment, cfg(run, "kubernetesVersion"))
 
 
+def test_external_secrets_objects_are_checked_against_the_real_crds(run):
+    """The ESO v1.3.2 CRD schemas have teeth too: a misspelt field, or a wrong type, fails."""
+    [external_secret] = [o for o in run.kubernetes_objects() if o["kind"] == "ExternalSecret"]
+    validate(external_secret, "1.33.0")
+    misspelt = json.loads(json.dumps(external_secret))
+    misspelt["spec"]["secretStoreRefs"] = misspelt["spec"].pop("secretStoreRef")
+    with pytest.raises(Exception, match="secretStoreRefs"):
+        validate(misspelt, "1.33.0")
+    store = json.loads(json.dumps(k8s(run, "SecretStore", "vault-graphql")))
+    validate(store, "1.33.0")
+    store["spec"]["provider"]["vault"]["version"] = "v3"
+    with pytest.raises(Exception, match="v3"):
+        validate(store, "1.33.0")
+
+
 def test_every_container_is_bounded_non_root_and_pinned(run):
     for name, template in pod_templates(run):
         pod = template["spec"]
