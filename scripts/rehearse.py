@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             pulumi("config", "set", "--secret", "--stack", STACK, key, value)
         done(t)
 
-        t = phase(3, "pulumi up")
+        t = phase(3, "pulumi preview of the fresh stack (passwords still unknown), then pulumi up")
+        pulumi("preview", "--stack", STACK)
         pulumi("up", "--yes", "--stack", STACK, "--skip-preview")
         outputs = json.loads(pulumi("stack", "output", "--json", "--stack", STACK, capture=True).stdout)
         done(t, f"{len(list((work / 'manifests').rglob('*.yaml')))} manifests rendered; outputs: {sorted(outputs)}")

@@ -1,0 +1,89 @@
+"""`bash scripts/dev.sh preview-fresh [stack...]`: what a pull request shows for a brand-new stack.
+
+Runs the real `pulumi preview --diff` of each stack on a fresh, empty backend (no passwords generated yet,
+no cluster, no Docker daemon, no network) and writes the text to plans/<stack>.preview.txt beside the plan.
+Offline stand-ins, named in each file's header: placeholder values for the stack's secret config and for
+provider credentials (nothing is called that would check them in a preview), and the plan's image references
+instead of docker builds (the docker provider cannot configure without a daemon, even to preview).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from scripts.plan import PLANS, all_stacks
+from scripts.rehearse import Pulumi, project_copy, pulumi_env
+from scripts.servers import REPO
+
+PROJECT = "graphql-entrypoint"
+# timings, temp paths and the CLI's own update notices change every run; the diff must not
+_NOISE = re.compile(r"^(Duration:|View in Browser|\s*@ previewing update|warning: A new version of Pulumi)")
+
+
+def offline_stack_file(stack: str, project: Path) -> None:
+    """The committed stack file, with the plan's image references instead of builds."""
+    document = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
+    plan = yaml.safe_load((PLANS / f"{stack}.plan.yaml").read_text())
+    config = document["config"]
+    config[f"{PROJECT}:images"] = dict(config[f"{PROJECT}:images"], prebuilt=plan["outputs"]["image_digests"])
+    # provider settings a preview needs to configure without reaching anything
+    config["vault:skipChildToken"] = True
+    config["vault:skipGetVaultVersion"] = True
+    config["vault:address"] = config[f"{PROJECT}:vault"]["address"]
+    (project / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+
+def preview(stack: str, work: Path) -> str:
+    project = project_copy(work)
+    offline_stack_file(stack, project)
+    env = pulumi_env() | {"PULUMI_BACKEND_URL": f"file://{work / 'state'}", "PULUMI_CONFIG_PASSPHRASE": "preview",
+                          "VAULT_TOKEN": "preview-placeholder", "KUBECONFIG": str(work / "no-kubeconfig"),
+                          "CLOUDFLARE_API_TOKEN": "preview-placeholder-" + "0" * 20}
+    (work / "state").mkdir()
+    pulumi = Pulumi(env, project)
+    pulumi("stack", "init", stack, "--secrets-provider", "passphrase")
+    for key in ("databaseUrl", "kafkaAdminPassword"):
+        pulumi("config", "set", "--secret", "--stack", stack, key, f"preview-placeholder-{secrets.token_hex(4)}")
+    run = pulumi("preview", "--diff", "--color", "never", "--stack", stack, capture=True, check=False)
+    text = "\n".join(line.replace(str(work), "<work>") for line in (run.stdout + run.stderr).splitlines()
+                     if not _NOISE.match(line))
+    if run.returncode != 0:
+        raise SystemExit(f"fresh preview of {stack} failed:\n{text[-6000:]}")
+    return text
+
+
+HEADER = """# `pulumi preview --diff` of a FRESH `{stack}` stack (empty backend: no passwords yet, no cluster,
+# no Docker), real CLI and provider plugins; regenerate with `bash scripts/dev.sh preview-fresh {stack}`.
+# Offline stand-ins: placeholder secret config and provider credentials; images.prebuilt = the plan's image
+# references (the docker provider cannot configure without a daemon); the cluster is unreachable, so the
+# Kubernetes provider previews without server-side dry runs.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stacks", nargs="*")
+    args = parser.parse_args(argv)
+    for stack in args.stacks or all_stacks():
+        work = Path(tempfile.mkdtemp(prefix=f"preview-{stack}-"))
+        try:
+            text = preview(stack, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        path = PLANS / f"{stack}.preview.txt"
+        path.write_text(HEADER.format(stack=stack) + text.strip() + "\n")
+        summary = [line for line in text.splitlines() if re.search(r"\d+ to (create|update|delete)", line)]
+        print(f"{path.relative_to(PLANS.parent)}: {' '.join(s.strip() for s in summary) or 'written'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
