@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pulumi
+import pulumi_vault.kv as vault_kv
 
 from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, WRITER, AsyncFlow, AsyncFlowArgs
 from components.config import load_stack_config
@@ -22,6 +23,7 @@ from components.vault_access import (
     kafka_entry,
     vault_file,
 )
+from components.verify import DeploymentVerification, DeploymentVerificationArgs
 
 ROOT = Path(__file__).parent
 ACTION_NAME = "publish_async_request"
@@ -86,6 +88,16 @@ flow = AsyncFlow("async-flow", AsyncFlowArgs(
     hasura_url=hasura.url, hasura_source=cfg.hasura.source_name, app_dir=ROOT / "app",
     writer_group=principals.writer_group, writer_transactional_id=principals.writer_transactional_id),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
+
+if edge and cfg.verify.enabled:
+    token = None
+    if cfg.verify.service_token_entry:
+        token = vault_kv.get_secret_v2_output(mount=mount, name=cfg.verify.service_token_entry).data["value"]
+    DeploymentVerification("verify", DeploymentVerificationArgs(
+        graphql_url=cfg.graphql_url, image_digests=images.digests,
+        hasura_env_file=(ROOT / "config" / "hasura" / "hasura.env").read_text(),
+        tunnel_rules=edge.tunnel_config.config, round_trip_seconds=cfg.verify.round_trip_seconds,
+        service_token=token), opts=pulumi.ResourceOptions(depends_on=[edge, hasura, flow]))
 
 pulumi.export("graphql_url", cfg.graphql_url)
 pulumi.export("graphql_websocket_url", cfg.websocket_url)

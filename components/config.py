@@ -148,6 +148,15 @@ class AsyncFlowConfig(_Model):
     cleanup_time_budget_seconds: int = Field(240, ge=10)
 
 
+class VerifyConfig(_Model):
+    """The post-deploy verification (components/verify.py)."""
+
+    enabled: bool = True
+    round_trip_seconds: int = Field(60, ge=5, le=900)
+    # a KV entry (key `value`) holding a token of role `service`: enables the publish -> completed round trip
+    service_token_entry: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9-]{0,126}$")
+
+
 class StackConfig(_Model):
     stack: str
     namespace: str
@@ -159,6 +168,7 @@ class StackConfig(_Model):
     hasura: HasuraConfig
     images: ImagesConfig
     async_flow: AsyncFlowConfig = AsyncFlowConfig()
+    verify: VerifyConfig = VerifyConfig()
     # secrets: set with `pulumi config set --secret`; kept as Outputs so they stay secret
     database_url: pulumi.Output[str] = Field(exclude=True)
     kafka_admin_password: pulumi.Output[str] = Field(exclude=True)
@@ -186,6 +196,8 @@ class StackConfig(_Model):
         if not self.cloudflare.enabled and self.local_tunnel_token is None:
             raise ValueError("cloudflare.enabled is false: set the secret localTunnelToken (the token cloudflared "
                              "gets from Vault)")
+        if not self.cloudflare.enabled and self.verify.enabled:
+            raise ValueError("verify.enabled needs the public edge: set it false where cloudflare.enabled is false")
         if self.cloudflare.enabled and self.local_tunnel_token is not None:
             raise ValueError("localTunnelToken is only for stacks with cloudflare.enabled: false")
         return self
@@ -200,7 +212,7 @@ class StackConfig(_Model):
 
 
 PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion")
-OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow")
+OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify")
 SECRET_KEYS = ("databaseUrl", "kafkaAdminPassword")
 
 

@@ -34,6 +34,8 @@ def offline_stack_file(stack: str, project: Path) -> None:
     plan = yaml.safe_load((PLANS / f"{stack}.plan.yaml").read_text())
     config = document["config"]
     config[f"{PROJECT}:images"] = dict(config[f"{PROJECT}:images"], prebuilt=plan["outputs"]["image_digests"])
+    # the verification runs only in an `up`; its plugin (pulumi-command) is not part of the offline build
+    config[f"{PROJECT}:verify"] = {"enabled": False}
     # provider settings a preview needs to configure without reaching anything
     config["vault:skipChildToken"] = True
     config["vault:skipGetVaultVersion"] = True
@@ -63,8 +65,8 @@ def preview(stack: str, work: Path) -> str:
 HEADER = """# `pulumi preview --diff` of a FRESH `{stack}` stack (empty backend: no passwords yet, no cluster,
 # no Docker), real CLI and provider plugins; regenerate with `bash scripts/dev.sh preview-fresh {stack}`.
 # Offline stand-ins: placeholder secret config and provider credentials; images.prebuilt = the plan's image
-# references (the docker provider cannot configure without a daemon); the cluster is unreachable, so the
-# Kubernetes provider previews without server-side dry runs.
+# references (the docker provider cannot configure without a daemon); verify.enabled = false (the post-deploy
+# check runs only in an `up`); the cluster is unreachable, so Kubernetes objects preview client-side only.
 """
 
 

@@ -38,6 +38,7 @@ class Recorded:
     inputs: dict[str, Any]  # secrets unwrapped
     secret_paths: list[str]  # dotted paths of inputs that were marked secret
     custom: bool
+    dependencies: list[str] = field(default_factory=list)  # URNs of depends_on (and input) dependencies
 
 
 @dataclass
@@ -127,7 +128,8 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
                 parent = f"{qualified_type.split('$')[-1]}::{parent_name}"
             if request.type == "pulumi:pulumi:Stack":
                 run.resources[:] = [r for r in run.resources if r.type != request.type]
-            run.resources.append(Recorded(request.type, request.name, parent, clean, secrets, request.custom))
+            run.resources.append(Recorded(request.type, request.name, parent, clean, secrets, request.custom,
+                                          list(request.dependencies)))
             return super().RegisterResource(request)
 
         def RegisterResourceOutputs(self, request):  # noqa: N802

@@ -4,6 +4,7 @@ privilege, only /v1/graphql public, no secret in plain text, hardened containers
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -82,7 +83,8 @@ def test_every_seed_object_exists(run):
 
 def test_children_are_parented_to_their_component(run):
     components = {"graphql:index:" + c for c in ("VaultAccess", "KafkaAccess", "PublicEdge", "TunnelConnector",
-                                                  "Hasura", "AsyncFlow", "ServiceImages")}
+                                                  "Hasura", "AsyncFlow", "ServiceImages",
+                                                  "DeploymentVerification")}
     for r in run.resources:
         if r.type in components or r.type == "pulumi:pulumi:Stack":
             assert r.parent in (None, f"pulumi:pulumi:Stack::graphql-entrypoint-{run.stack}")
@@ -524,3 +526,19 @@ def test_rehearsal_switches_are_validated(override, message):
 
     with pytest.raises(ConfigError, match=message):
         run_stack("dev", config_overrides={P + k: v for k, v in override.items()})
+
+
+def test_post_deploy_verification_runs_after_the_edge_hasura_and_flow_and_reruns_on_change(run):
+    [verify] = [r for r in run.resources if r.type == "command:local:Command"]
+    assert verify.name == "verify-deployment"
+    assert f"--url {run.outputs['graphql_url']}" in verify.inputs["create"]
+    triggers = verify.inputs["triggers"]
+    assert [t for t in triggers if isinstance(t, str) and "@sha256:" in t] == \
+        [run.outputs["image_digests"][t] for t in sorted(run.outputs["image_digests"])]
+    hasura_env = (REPO / "config" / "hasura" / "hasura.env").read_text()
+    assert hashlib.sha256(hasura_env.encode()).hexdigest() in triggers
+    assert any(isinstance(t, dict) and t.get("ingresses") for t in triggers)  # the tunnel's ingress rules
+    component = next(r for r in run.resources if r.type == "graphql:index:DeploymentVerification")
+    # depends_on a component waits for all its children: the edge's, Hasura's and the flow's resources
+    for parent in ("graphql:index:PublicEdge$", "graphql:index:Hasura$", "graphql:index:AsyncFlow$"):
+        assert any(parent in urn for urn in component.dependencies), (parent, component.dependencies)
