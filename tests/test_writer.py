@@ -176,7 +176,9 @@ def test_crash_between_write_and_commit_duplicates_and_loses_nothing(kafka, db, 
         def before_commit(self) -> None:
             raise Crash()
 
-    with running_writer(writer_settings, CrashingWriter) as (crashed, failure):
+    # one batch of exactly these 12 messages, however slowly the broker hands them over
+    settings = writer_settings.model_copy(update={"writer_batch_size": 12, "writer_batch_wait_seconds": 20})
+    with running_writer(settings, CrashingWriter) as (crashed, failure):
         wait_until(lambda: failure, what="the writer to crash before its commit")
     assert isinstance(failure[0], Crash)
     # the database write happened, the offsets did not move
