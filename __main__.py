@@ -1,31 +1,22 @@
 """The GraphQL entrypoint stack: read typed config, build the components, export what other teams use."""
 
+import dataclasses
 from pathlib import Path
 
 import pulumi
-import pulumi_vault.kv as vault_kv
 
-from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, WRITER, AsyncFlow, AsyncFlowArgs
+from components.async_flow import AsyncFlow, AsyncFlowArgs
 from components.config import load_stack_config
 from components.hasura import Hasura, HasuraArgs
 from components.images import ServiceImages, ServiceImagesArgs
 from components.kafka import KafkaAccess, KafkaAccessArgs
 from components.kafka_access import ServicePrincipals
 from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
-from components.vault_access import (
-    ACTION_SECRET,
-    DATABASE_URL,
-    EXTERNAL_SECRETS_ROLE,
-    HASURA_ADMIN_SECRET,
-    TUNNEL_TOKEN,
-    VaultAccess,
-    VaultAccessArgs,
-    kafka_entry,
-    vault_file,
-)
+from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN, VaultAccess, VaultAccessArgs
 from components.verify import DeploymentVerification, DeploymentVerificationArgs
 
 ROOT = Path(__file__).parent
+HASURA_ENV = (ROOT / "config" / "hasura" / "hasura.env").read_text()
 ACTION_NAME = "publish_async_request"
 TABLE = "graphql.client_async_messages"
 
@@ -44,10 +35,7 @@ kafka = KafkaAccess("kafka", KafkaAccessArgs(config=cfg.kafka, admin_password=cf
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, kv_mount=mount, kubernetes_auth_path=cfg.vault.kubernetes_auth_path,
     database_url=cfg.database_url, tunnel_token=tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
-    kafka_credentials=kafka.credentials,
-    service_accounts={"hasura": "hasura", PUBLISHER: PUBLISHER, WRITER: WRITER, CLEANUP: CLEANUP,
-                      BOOTSTRAP: BOOTSTRAP, EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"},
-    extra_reads={"hasura": sorted(cfg.hasura.secret_env_from_vault.values())}))
+    kafka_credentials=kafka.credentials, extra_reads={"hasura": sorted(cfg.hasura.secret_env_from_vault.values())}))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     namespace=ns, vault_address=cfg.vault.address, kv_mount=mount,
@@ -56,16 +44,8 @@ TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     replicas=cfg.cloudflare.cloudflared_replicas), opts=pulumi.ResourceOptions(depends_on=[vault]))
 
 hasura = Hasura("hasura", HasuraArgs(
-    namespace=ns, image=cfg.hasura.image, replicas=cfg.hasura.replicas,
-    env_file=(ROOT / "config" / "hasura" / "hasura.env").read_text(), vault_role="hasura",
-    vault_files=[
-        vault_file(mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
-        vault_file(mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
-        # the action sends it to the publisher (value_from_env)
-        vault_file(mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
-        *(vault_file(mount, entry, f"{variable.lower()}.env", export_as=variable)
-          for variable, entry in sorted(cfg.hasura.secret_env_from_vault.items())),
-    ],
+    namespace=ns, image=cfg.hasura.image, replicas=cfg.hasura.replicas, env_file=HASURA_ENV, vault_role="hasura",
+    kv_mount=mount, secret_env_from_vault=cfg.hasura.secret_env_from_vault,
     container_env={"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": "8080"}),
     opts=pulumi.ResourceOptions(depends_on=[vault]))
 
@@ -73,37 +53,23 @@ images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry,
                                                    context=ROOT / "app", project_root=ROOT,
                                                    prebuilt=cfg.images.prebuilt))
 
-database_file = vault_file(mount, DATABASE_URL, "async_database_url")
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
-    vault_files={
-        PUBLISHER: [database_file, vault_file(mount, ACTION_SECRET, "async_action_secret"),
-                    vault_file(mount, kafka_entry("publisher", "username"), "kafka_username"),
-                    vault_file(mount, kafka_entry("publisher", "password"), "kafka_password")],
-        WRITER: [database_file, vault_file(mount, kafka_entry("writer", "username"), "kafka_username"),
-                 vault_file(mount, kafka_entry("writer", "password"), "kafka_password")],
-        CLEANUP: [database_file],
-        BOOTSTRAP: [database_file, vault_file(mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
-    },
-    hasura_url=hasura.url, hasura_source=cfg.hasura.source_name, app_dir=ROOT / "app",
+    kv_mount=mount, hasura_url=hasura.url, hasura_source=cfg.hasura.source_name, app_dir=ROOT / "app",
     writer_group=principals.writer_group, writer_transactional_id=principals.writer_transactional_id),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
 
-if edge and cfg.verify.enabled:
-    token = None
-    if cfg.verify.service_token_entry:
-        token = vault_kv.get_secret_v2_output(mount=mount, name=cfg.verify.service_token_entry).data["value"]
+if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(
-        graphql_url=cfg.graphql_url, image_digests=images.digests,
-        hasura_env_file=(ROOT / "config" / "hasura" / "hasura.env").read_text(),
-        tunnel_rules=edge.tunnel_config.config, round_trip_seconds=cfg.verify.round_trip_seconds,
-        service_token=token), opts=pulumi.ResourceOptions(depends_on=[edge, hasura, flow]))
+        graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_env_file=HASURA_ENV,
+        tunnel_rules=edge.tunnel_config.config, round_trip_seconds=cfg.verify.round_trip_seconds, kv_mount=mount,
+        service_token_entry=cfg.verify.service_token_entry),
+        opts=pulumi.ResourceOptions(depends_on=[edge, hasura, flow]))
 
 pulumi.export("graphql_url", cfg.graphql_url)
 pulumi.export("graphql_websocket_url", cfg.websocket_url)
 pulumi.export("namespace", ns)
-pulumi.export("topics", {"requests": kafka.topic_names.requests, "responses": kafka.topic_names.responses,
-                         "dlq": kafka.topic_names.dlq})
+pulumi.export("topics", dataclasses.asdict(kafka.topic_names))
 pulumi.export("table", TABLE)
 pulumi.export("action", ACTION_NAME)
 pulumi.export("vault_paths", vault.paths)

@@ -22,6 +22,7 @@ from components.k8s import (
     vault_agent_annotations,
 )
 from components.kafka_access import AsyncTopics
+from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
 PUBLISHER = "graphql-async-request-publisher"
@@ -41,6 +42,22 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str) -> str:
     return digest.hexdigest()[:10]
 
 
+def workload_vault_files(kv_mount: str) -> dict[str, list[VaultFile]]:
+    """Workload -> the files its Vault agent renders under /vault/secrets/<setting name> (app/settings.py)."""
+    database = vault_file(kv_mount, DATABASE_URL, "async_database_url")
+
+    def kafka_login(service: str) -> list[VaultFile]:
+        return [vault_file(kv_mount, kafka_entry(service, "username"), "kafka_username"),
+                vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password")]
+
+    return {
+        PUBLISHER: [database, vault_file(kv_mount, ACTION_SECRET, "async_action_secret"), *kafka_login("publisher")],
+        WRITER: [database, *kafka_login("writer")],
+        CLEANUP: [database],
+        BOOTSTRAP: [database, vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
+    }
+
+
 @dataclass
 class AsyncFlowArgs:
     namespace: str
@@ -48,12 +65,16 @@ class AsyncFlowArgs:
     kafka: KafkaConfig
     topics: AsyncTopics
     images: dict[str, pulumi.Input[str]]  # target -> pinned image (repo digest)
-    vault_files: dict[str, list[VaultFile]]  # workload -> the Vault files it mounts
+    kv_mount: str
     hasura_url: str
     hasura_source: str
     app_dir: Path
     writer_group: str
     writer_transactional_id: str
+
+    @property
+    def vault_files(self) -> dict[str, list[VaultFile]]:
+        return workload_vault_files(self.kv_mount)
 
     @property
     def publisher_url(self) -> str:

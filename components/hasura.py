@@ -23,6 +23,7 @@ from components.k8s import (
     selector,
     vault_agent_annotations,
 )
+from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, vault_file
 
 ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
 ENV_FILE_KEY = "hasura.env"
@@ -36,6 +37,18 @@ START_COMMAND = (
 )
 
 
+def hasura_vault_files(kv_mount: str, secret_env_from_vault: dict[str, str]) -> list[VaultFile]:
+    """What the Vault agent renders for Hasura: each as `export VAR="…"`, sourced before the env file."""
+    return [
+        vault_file(kv_mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
+        vault_file(kv_mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
+        # the action sends it to the publisher (value_from_env)
+        vault_file(kv_mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
+        *(vault_file(kv_mount, entry, f"{variable.lower()}.env", export_as=variable)
+          for variable, entry in sorted(secret_env_from_vault.items())),
+    ]
+
+
 @dataclass
 class HasuraArgs:
     namespace: str
@@ -43,10 +56,16 @@ class HasuraArgs:
     replicas: int
     env_file: str  # contents of config/hasura/hasura.env
     vault_role: str
-    vault_files: list[VaultFile]
+    kv_mount: str
+    # secret settings owned elsewhere (JWT, auth hook, Redis): variable -> KV entry
+    secret_env_from_vault: dict[str, str] = field(default_factory=dict)
     # non-secret settings pinned on the container; they win over the env file
     container_env: dict[str, str] = field(default_factory=dict)
     name: str = "hasura"
+
+    @property
+    def vault_files(self) -> list[VaultFile]:
+        return hasura_vault_files(self.kv_mount, self.secret_env_from_vault)
 
 
 class Hasura(pulumi.ComponentResource):

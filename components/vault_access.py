@@ -76,10 +76,12 @@ class VaultAccessArgs:
     tunnel_token: pulumi.Input[str]
     tunnel_token_key: str
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
-    # consumer (policy and role name) -> its Kubernetes service account
-    service_accounts: dict[str, str]
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
+    # consumer (policy and role name) -> its Kubernetes service account; each workload's account is its name
+    service_accounts: dict[str, str] = field(default_factory=lambda: {
+        **{consumer: consumer for consumer in CONSUMER_ENTRIES},
+        EXTERNAL_SECRETS_ROLE: "cloudflare-tunnel-secretstore"})
 
 
 class VaultAccess(pulumi.ComponentResource):

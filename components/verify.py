@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_command as command
+import pulumi_vault.kv as vault_kv
 
 from components.k8s import child
 
@@ -24,7 +25,8 @@ class DeploymentVerificationArgs:
     hasura_env_file: str
     tunnel_rules: pulumi.Input[object]
     round_trip_seconds: int
-    service_token: pulumi.Input[str] | None = None  # role `service`; enables the round trip
+    kv_mount: str = "secret"
+    service_token_entry: str | None = None  # KV entry with a token of role `service`: enables the round trip
 
 
 class DeploymentVerification(pulumi.ComponentResource):
@@ -33,9 +35,10 @@ class DeploymentVerification(pulumi.ComponentResource):
         run = (f"python3 -m scripts.verify_deployment --url {args.graphql_url} "
                f"--round-trip-seconds {args.round_trip_seconds}")
         environment = {}
-        if args.service_token is not None:
+        if args.service_token_entry:
+            token = vault_kv.get_secret_v2_output(mount=args.kv_mount, name=args.service_token_entry).data["value"]
             run += " --token-env VERIFY_SERVICE_TOKEN"
-            environment["VERIFY_SERVICE_TOKEN"] = pulumi.Output.secret(args.service_token)
+            environment["VERIFY_SERVICE_TOKEN"] = pulumi.Output.secret(token)
         self.command = command.local.Command(
             "verify-deployment", create=run, environment=environment or None,
             triggers=[*(args.image_digests[t] for t in sorted(args.image_digests)),
