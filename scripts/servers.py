@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,10 +34,28 @@ PG_PASSWORD = "graphql-local"
 PG_DATABASE = "graphql"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port BELOW the kernel's ephemeral range. A server that stops and starts again on the same
+    port (outage tests, a second `dev.sh up`) must find it free: a port from the ephemeral range can be taken
+    meanwhile by any client connection's local end."""
+    low, _high = _ephemeral_range()
+    for _ in range(200):
+        port = random.randint(max(1024, low - 12000), low - 1)
+        if port not in _HANDED_OUT and _port_free(port):
+            _HANDED_OUT.add(port)  # two calls in a row (broker + controller) never get the same port
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _port_free(port: int) -> bool:
