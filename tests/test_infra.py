@@ -542,3 +542,19 @@ def test_post_deploy_verification_runs_after_the_edge_hasura_and_flow_and_reruns
     # depends_on a component waits for all its children: the edge's, Hasura's and the flow's resources
     for parent in ("graphql:index:PublicEdge$", "graphql:index:Hasura$", "graphql:index:AsyncFlow$"):
         assert any(parent in urn for urn in component.dependencies), (parent, component.dependencies)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_committed_fresh_preview_covers_the_plan_and_shows_no_secret(stack):
+    """plans/<stack>.preview.txt (the real engine, `dev.sh preview-fresh`) creates every resource of the mock
+    plan, except what its offline stand-ins switch off (docker builds, the post-deploy command)."""
+    preview = (REPO / "plans" / f"{stack}.preview.txt").read_text()
+    assert re.search(r"\+ \d+ to create", preview) and "error:" not in preview
+    previewed = {(m[1], m[2]) for m in re.finditer(r"urn=urn:pulumi:[^:]+::[^:]+::(?:[^$\]]*\$)?([^:\]]+:[^:\]]*:[^:\]]+)"
+                                                    r"::([^\]]+)\]", preview)}
+    planned = {(r.type, r.name) for r in run_stack(stack).resources
+               if r.type not in ("docker:index/image:Image", "command:local:Command",
+                                 "graphql:index:DeploymentVerification")}
+    assert planned <= previewed, sorted(planned - previewed)[:5]
+    for placeholder in ("mock-db-password", "mock-kafka-admin-password", "preview-placeholder-"):
+        assert placeholder not in preview
