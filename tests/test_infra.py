@@ -550,8 +550,8 @@ def test_committed_fresh_preview_covers_the_plan_and_shows_no_secret(stack):
     plan, except what its offline stand-ins switch off (docker builds, the post-deploy command)."""
     preview = (REPO / "plans" / f"{stack}.preview.txt").read_text()
     assert re.search(r"\+ \d+ to create", preview) and "error:" not in preview
-    previewed = {(m[1], m[2]) for m in re.finditer(r"urn=urn:pulumi:[^:]+::[^:]+::(?:[^$\]]*\$)?([^:\]]+:[^:\]]*:[^:\]]+)"
-                                                    r"::([^\]]+)\]", preview)}
+    urn = re.compile(r"urn=urn:pulumi:[^:]+::[^:]+::(?:[^$\]]*\$)?([^:\]]+:[^:\]]*:[^:\]]+)::([^\]]+)\]")
+    previewed = {(m[1], m[2]) for m in urn.finditer(preview)}
     planned = {(r.type, r.name) for r in run_stack(stack).resources
                if r.type not in ("docker:index/image:Image", "command:local:Command",
                                  "graphql:index:DeploymentVerification")}
