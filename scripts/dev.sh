@@ -98,7 +98,7 @@ case "$cmd" in
     python_deps
     server_deps
     command -v wrk >/dev/null || apt_install wrk
-    for b in writer_throughput publisher_load cleanup_rate; do
+    for b in writer_throughput publisher_load cleanup_rate bounded_json_cost; do
       say "bench/$b.py"
       python3 -m "bench.$b" 2>/dev/null
     done
