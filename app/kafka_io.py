@@ -86,8 +86,14 @@ PERMANENT_PRODUCE_ERRORS = frozenset({
 })
 
 
+def kafka_error(exc: BaseException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries (its code, fatal/retriable/abortable flags), or None."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        return exc.args[0]
+    return None
+
+
 def is_permanent(exc: BaseException) -> bool:
     """True when the broker or client refuses this very message; a retry would fail the same way."""
-    if not isinstance(exc, KafkaException) or not exc.args or not isinstance(exc.args[0], KafkaError):
-        return False
-    return exc.args[0].code() in PERMANENT_PRODUCE_ERRORS
+    error = kafka_error(exc)
+    return error is not None and error.code() in PERMANENT_PRODUCE_ERRORS

@@ -25,13 +25,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from app import logs
 from app.db import is_database_unavailable, is_value_error, sync_pool
 from app.envelope import InvalidResponse, ResponseLimits, ResponseOutcome, parse_response
+from app.kafka_io import kafka_error
 from app.settings import SettingsError, WriterSettings
 
 log = logging.getLogger("app.writer")
@@ -207,10 +208,6 @@ def first_offsets(messages: list[Message]) -> list[TopicPartition]:
     return [TopicPartition(t, p, low) for (t, p), (low, _) in sorted(_offset_range(messages).items())]
 
 
-def _kafka_error(exc: KafkaException) -> KafkaError | None:
-    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
-
-
 @dataclass
 class WriterStats:
     written: int = 0
@@ -256,7 +253,7 @@ class ResponseWriter:
                 self.producer.init_transactions(10)
                 break
             except KafkaException as exc:
-                error = _kafka_error(exc)
+                error = kafka_error(exc)
                 if error is not None and error.fatal():
                     raise FatalWriterError(f"init_transactions: {error}") from exc
                 log.warning("kafka not ready for transactions; retrying", extra={"error": str(exc)})
@@ -345,7 +342,7 @@ class ResponseWriter:
             self._retrying(lambda: self.producer.send_offsets_to_transaction(next_offsets(messages), group, timeout))
             self._retrying(lambda: self.producer.commit_transaction(timeout))
         except KafkaException as exc:
-            error = _kafka_error(exc)
+            error = kafka_error(exc)
             if error is not None and error.fatal():
                 raise FatalWriterError(f"fatal producer error: {error}") from exc
             self._abort(exc)
@@ -366,7 +363,7 @@ class ResponseWriter:
             try:
                 return call()
             except KafkaException as exc:
-                error = _kafka_error(exc)
+                error = kafka_error(exc)
                 if (error is None or not error.retriable() or error.txn_requires_abort() or error.fatal()
                         or attempt == attempts or self.stop_event.is_set()):
                     raise
