@@ -130,8 +130,7 @@ def brief(value: Any) -> str:
 
 
 def parse_action_call(
-    body: Any, headers: dict[str, str], limits: PublishLimits, action_name: str,
-    reply_topic: str = "graphql.async.responses.v1",
+    body: Any, headers: dict[str, str], limits: PublishLimits, action_name: str, *, reply_topic: str,
 ) -> AsyncRequest:
     """Turn Hasura's action POST body into an AsyncRequest, or raise ActionRefusal."""
     if not isinstance(body, dict):
@@ -184,7 +183,7 @@ def parse_action_call(
         expires_in_seconds=expires,
         correlation=correlation_from_headers(headers),
     )
-    size = envelope_size(request, reply_topic)
+    size = envelope_size(request, reply_topic, payload_size)
     if size > limits.max_envelope_bytes:
         raise ActionRefusal(
             413, "payload-too-large",
@@ -269,14 +268,16 @@ def request_message(row: dict[str, Any], reply_topic: str) -> tuple[bytes, list[
 _SIZING_TIME = datetime(2000, 1, 1, tzinfo=UTC)  # every timestamp encodes to the same length
 
 
-def envelope_size(request: AsyncRequest, reply_topic: str) -> int:
-    """UTF-8 bytes the request will take on Kafka (value, key and headers), known before it is stored."""
+def envelope_size(request: AsyncRequest, reply_topic: str, payload_bytes: int) -> int:
+    """UTF-8 bytes the request will take on Kafka (value, key and headers), known before it is stored.
+    `payload_bytes` is the payload's compact UTF-8 size, already measured for the payload limit: the
+    envelope is encoded around a `null` payload instead of encoding the payload a second time."""
     value = encode(request_envelope(
         request_id=request.request_id, client_id=request.client_id, handler=request.handler,
-        operation=request.operation, payload=request.payload, metadata=request.metadata,
+        operation=request.operation, payload=None, metadata=request.metadata,
         priority=request.priority, reply_topic=reply_topic, expires_at=_SIZING_TIME, submitted_at=_SIZING_TIME))
     headers = sum(len(k) + len(v) for k, v in kafka_headers(request.correlation))
-    return len(value) + len(request.request_id.encode()) + headers
+    return len(value) - len(b"null") + payload_bytes + len(request.request_id.encode()) + headers
 
 
 # --------------------------------------------------------------------------- responses

@@ -51,7 +51,26 @@ def test_user_role_is_always_its_own_client():
 def test_session_variable_names_are_case_insensitive():
     body = {"action": {"name": "publish_async_request"}, "input": {"input": {"handler": "h", "operation": "o"}},
             "session_variables": {"X-Hasura-Role": "user", "X-Hasura-User-Id": "u7"}}
-    assert parse_action_call(body, {}, LIMITS, "publish_async_request").client_id == "u7"
+    assert parse_action_call(body, {}, LIMITS, "publish_async_request",
+                             reply_topic="graphql.async.responses.v1").client_id == "u7"
+
+
+def test_envelope_size_is_exactly_what_kafka_gets():
+    """The size checked at the door equals value + key + headers of the message the publisher sends."""
+    from datetime import UTC, datetime
+
+    from app import bounded_json
+    from app.envelope import AsyncRequest, envelope_size, request_message
+
+    request = AsyncRequest("req-1", "c-\u00e9", "h", "o", {"e": "\U0001F600" * 50, "n": [1.5, None, "\u00fc"]},
+                           {"t": "\u00e5"}, "normal", 3600, {"cf-ray": "r1"})
+    now = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+    row = {"request_id": request.request_id, "client_id": request.client_id, "handler": request.handler,
+           "operation": request.operation, "payload": request.payload, "metadata": request.metadata,
+           "priority": request.priority, "expires_at": now, "created_at": now, "correlation": request.correlation}
+    value, headers = request_message(row, "graphql.async.responses.v1")
+    sent = len(value) + len(b"req-1") + sum(len(k) + len(v) for k, v in headers)
+    assert envelope_size(request, "graphql.async.responses.v1", bounded_json.utf8_size(request.payload)) == sent
 
 
 def test_correlation_headers_are_picked_case_insensitively_and_bounded():
