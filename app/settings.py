@@ -164,7 +164,7 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     response_max_bytes: int = Field(1024 * 1024, ge=1024)
     response_max_depth: int = Field(64, ge=2, le=1000)
     # a DLQ copy (key + value + headers) never exceeds this; keep it under the DLQ topic's max.message.bytes
-    dlq_max_message_bytes: int = Field(1_000_000 - 1024, ge=16 * 1024)
+    dlq_max_message_bytes: int = Field(PRODUCER_MAX_MESSAGE_BYTES - 1024, ge=16 * 1024)
     health_port: int = Field(8081, ge=0, le=65535)
 
     @property
