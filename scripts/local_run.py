@@ -33,6 +33,7 @@ from app.cleanup import run_cleanup
 from app.db import apply_schema
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
+from scripts.local_service import service_env
 from scripts.servers import (
     KAFKA_ADMIN_PASSWORD,
     KAFKA_ADMIN_USER,
@@ -171,20 +172,22 @@ class LocalStack:
         done("ok (Hasura metadata is applied by the bootstrap Job in the cluster; Hasura does not run here)")
 
         step(f"publisher on http://127.0.0.1:{self.state['publisher_port']}")
-        publisher = self._spawn("publisher", "app.publisher", self._publisher_env())
+        publisher = self._spawn("publisher", "app.publisher",
+                                service_env(self.state, "publisher", port=self.state["publisher_port"]))
         wait_for(lambda: httpx.get(f"{self.publisher_url}/readyz", timeout=1).status_code == 200, 30,
                  "publisher", publisher, self.logs / "publisher.log")
         done()
         if self.with_writer:
             step("writer (consumer group on the responses topic)")
             health = self.state["writer_health_port"]
-            writer = self._spawn("writer", "app.writer", self._writer_env(health))
+            writer = self._spawn("writer", "app.writer",
+                                 service_env(self.state, "writer", port=health, instance_id="local"))
             wait_for(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=1).status_code == 200, 30,
                      "writer", writer, self.logs / "writer.log")
             done()
         if self.with_worker:
             step("demo worker (answers every request)")
-            self._spawn("demo-worker", "scripts.demo_worker", self._kafka_env(KAFKA_ADMIN_USER, KAFKA_ADMIN_PASSWORD))
+            self._spawn("demo-worker", "scripts.demo_worker", service_env(self.state, "worker"))
             done()
         step(f"cleanup every {self.cleanup_interval:.0f}s")
         self.cleanup_thread = threading.Thread(target=self._cleanup_loop, daemon=True)
@@ -201,19 +204,6 @@ class LocalStack:
         for user, password in self.state["passwords"].items():
             upsert_user(admin, user, password)
         apply_acls(admin, service_acls(TOPICS, PRINCIPALS))
-
-    def _kafka_env(self, user: str, password: str) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap, "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_USERNAME": user, "KAFKA_PASSWORD": password}
-
-    def _publisher_env(self) -> dict[str, str]:
-        return self._kafka_env(PRINCIPALS.publisher, self.state["passwords"][PRINCIPALS.publisher]) | {
-            "ASYNC_DATABASE_URL": self.pg.url, "ASYNC_ACTION_SECRET": self.state["action_secret"],
-            "PUBLISHER_HOST": "127.0.0.1", "PUBLISHER_PORT": str(self.state["publisher_port"])}
-
-    def _writer_env(self, health_port: int) -> dict[str, str]:
-        return self._kafka_env(PRINCIPALS.writer, self.state["passwords"][PRINCIPALS.writer]) | {
-            "ASYNC_DATABASE_URL": self.pg.url, "HEALTH_PORT": str(health_port), "WRITER_INSTANCE_ID": "local"}
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")

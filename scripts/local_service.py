@@ -24,15 +24,18 @@ SERVICES = {"writer": "app.writer", "publisher": "app.publisher", "worker": "scr
             "cleanup": "app.cleanup"}
 
 
-def service_env(state: dict, service: str, port: int | None) -> dict[str, str]:
-    """The environment `up` gives the service, with a fresh identity so it joins rather than replaces."""
+def service_env(state: dict, service: str, port: int | None = None,
+                instance_id: str | None = None) -> dict[str, str]:
+    """The environment of a local service, from local-state.json: `up` starts its services with it, and
+    `dev.sh service` starts one more (a fresh writer identity, so it joins the group rather than fences)."""
     principals = state["kafka_principals"]
     role = {"writer": "writer", "publisher": "publisher"}.get(service, "admin (super user)")
     env = {"KAFKA_BOOTSTRAP_SERVERS": state["kafka_bootstrap"], "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_USERNAME": principals[role]["username"],
            "KAFKA_PASSWORD": principals[role]["password"], "ASYNC_DATABASE_URL": state["database_url"]}
     if service == "writer":
-        env |= {"WRITER_INSTANCE_ID": f"local-extra-{uuid.uuid4().hex[:6]}", "HEALTH_PORT": str(port or free_port())}
+        env |= {"WRITER_INSTANCE_ID": instance_id or f"local-extra-{uuid.uuid4().hex[:6]}",
+                "HEALTH_PORT": str(port or free_port())}
     if service == "publisher":
         env |= {"ASYNC_ACTION_SECRET": state["action_secret"], "PUBLISHER_HOST": "127.0.0.1",
                 "PUBLISHER_PORT": str(port or free_port())}
