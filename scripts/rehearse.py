@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -54,24 +55,20 @@ def pulumi_env() -> dict[str, str]:
     return env | {"PULUMI_SKIP_UPDATE_CHECK": "true", "PULUMI_SKIP_CONFIRMATIONS": "true"}
 
 
-class OpenBao:
-    """`bao server -dev` (in memory) on a free loopback port, with the Kubernetes auth mount the roles need."""
+class LoopbackServer:
+    """A server process of the rehearsal on a free loopback port: started, polled until it answers, stopped."""
+
+    name = "server"
 
     def __init__(self, work: Path):
-        self.port, self.token = free_port(), secrets.token_urlsafe(18)
-        self.address = f"http://127.0.0.1:{self.port}"
-        self.log = work / "openbao.log"
+        self.port = free_port()
+        self.log = work / f"{self.name}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["bao", "server", "-dev", f"-dev-root-token-id={self.token}", f"-dev-listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: httpx.get(f"{self.address}/v1/sys/health").status_code == 200, 30, "openbao",
-                 self.process, self.log)
-        answer = httpx.post(f"{self.address}/v1/sys/auth/kubernetes", json={"type": "kubernetes"},
-                            headers={"X-Vault-Token": self.token})
-        answer.raise_for_status()
+    def _spawn(self, command: list[str], ready: Callable[[], bool]) -> None:
+        self.process = subprocess.Popen(command, stdout=self.log.open("ab"), stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_for(ready, 30, self.name, self.process, self.log)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -79,13 +76,28 @@ class OpenBao:
             self.process.wait(10)
 
 
-class MotoS3:
-    """moto's S3 server on loopback: the self-managed state backend (`pulumi login s3://...`)."""
+class OpenBao(LoopbackServer):
+    """`bao server -dev` (in memory), with the Kubernetes auth mount the roles need."""
+
+    name = "openbao"
 
     def __init__(self, work: Path):
-        self.port = free_port()
-        self.log = work / "moto.log"
-        self.process: subprocess.Popen | None = None
+        super().__init__(work)
+        self.token = secrets.token_urlsafe(18)
+        self.address = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self._spawn(["bao", "server", "-dev", f"-dev-root-token-id={self.token}",
+                     f"-dev-listen-address=127.0.0.1:{self.port}"],
+                    lambda: httpx.get(f"{self.address}/v1/sys/health").status_code == 200)
+        httpx.post(f"{self.address}/v1/sys/auth/kubernetes", json={"type": "kubernetes"},
+                   headers={"X-Vault-Token": self.token}).raise_for_status()
+
+
+class MotoS3(LoopbackServer):
+    """moto's S3 server: the self-managed state backend (`pulumi login s3://...`)."""
+
+    name = "moto"
 
     @property
     def backend_url(self) -> str:
@@ -93,16 +105,9 @@ class MotoS3:
                 "&region=us-east-1")
 
     def start(self) -> None:
-        self.process = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.port}/").status_code < 500, 30, "moto", self.process,
-                 self.log)
+        self._spawn(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                    lambda: httpx.get(f"http://127.0.0.1:{self.port}/").status_code < 500)
         httpx.put(f"http://127.0.0.1:{self.port}/{BUCKET}").raise_for_status()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(10)
 
 
 PROJECT_PARTS = ("Pulumi.yaml", "__main__.py", "components", "app", "config")
