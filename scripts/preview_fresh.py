@@ -28,6 +28,29 @@ PROJECT = "graphql-entrypoint"
 _NOISE = re.compile(r"^(Duration:|View in Browser|\s*@ previewing update|warning: A new version of Pulumi)")
 
 
+_BLOCK_HEADER = re.compile(r"^\s*[-+~<>]{1,3} \S+: \((create|update|delete|replace|same|read|create-replacement|"
+                           r"delete-replaced)\)$")
+_PROVIDER_ID = re.compile(r"(\[provider=urn:[^\]]*::)[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\]")
+
+
+def normalize(text: str) -> str:
+    """The engine registers resources as their inputs resolve, so its display order changes from run to run,
+    and provider references carry a fresh id: resource blocks are sorted by URN and those ids masked, so the
+    committed file changes only when the stack does."""
+    lines = _PROVIDER_ID.sub(r"\1<id>]", text).splitlines()
+    starts = [i for i, line in enumerate(lines) if _BLOCK_HEADER.match(line)]
+    if not starts:
+        return text
+    end = next((i for i, line in enumerate(lines) if line.strip() == "--outputs:--" or line == "Resources:"),
+               len(lines))
+    blocks = [lines[start:stop] for start, stop in zip(starts, [*starts[1:], end], strict=True)]
+    blocks.sort(key=lambda block: block[1] if len(block) > 1 else block[0])
+    trailer = lines[end:]
+    warnings = sorted(line for line in trailer if line.startswith("warning:"))
+    trailer = [line for line in trailer if not line.startswith("warning:")] + warnings
+    return "\n".join([*lines[:starts[0]], *(line for block in blocks for line in block), *trailer])
+
+
 def offline_stack_file(stack: str, project: Path) -> None:
     """The committed stack file, with the plan's image references instead of builds."""
     document = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
@@ -59,7 +82,7 @@ def preview(stack: str, work: Path) -> str:
                      if not _NOISE.match(line))
     if run.returncode != 0:
         raise SystemExit(f"fresh preview of {stack} failed:\n{text[-6000:]}")
-    return text
+    return normalize(text)
 
 
 HEADER = """# `pulumi preview --diff` of a FRESH `{stack}` stack (empty backend: no passwords yet, no cluster,

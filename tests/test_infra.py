@@ -558,3 +558,18 @@ def test_committed_fresh_preview_covers_the_plan_and_shows_no_secret(stack):
     assert planned <= previewed, sorted(planned - previewed)[:5]
     for placeholder in ("mock-db-password", "mock-kafka-admin-password", "preview-placeholder-"):
         assert placeholder not in preview
+
+
+def test_preview_text_is_normalized_to_a_stable_order():
+    """Two engine runs list resources in different orders with fresh provider ids; the committed text must not."""
+    from scripts.preview_fresh import normalize
+
+    head = "Previewing update (dev):"
+    a = ["    + t:a:A: (create)", "        [urn=urn:pulumi:dev::p::t:a:A::a]",
+         "        [provider=urn:pulumi:dev::p::pulumi:providers:t::default::0a1b2c3d-0000-4000-8000-000000000001]"]
+    b = ["    + t:b:B: (create)", "        [urn=urn:pulumi:dev::p::t:b:B::b]", "        x: 1"]
+    tail = ["Resources:", "    + 2 to create", "warning: z", "warning: a"]
+    one = normalize("\n".join([head, *a, *b, *tail]))
+    two = normalize("\n".join([head, *b, *a, *tail]).replace("0a1b2c3d-0000-4000-8000-000000000001",
+                                                                 "ffffffff-1111-4111-8111-111111111111"))
+    assert one == two and "::default::<id>]" in one and one.endswith("warning: a\nwarning: z")
