@@ -43,7 +43,7 @@ def known_at_preview(value: pulumi.Output[str]) -> pulumi.Output[str]:
         return True
 
     return pulumi.Output(value.resources(), asyncio.ensure_future(resolved()), asyncio.ensure_future(known()),
-                         asyncio.ensure_future(value.is_secret())).apply(lambda v: v)
+                         asyncio.ensure_future(value.is_secret()))
 
 
 class KafkaAccess(pulumi.ComponentResource):
