@@ -32,10 +32,11 @@ tunnel_token = edge.tunnel_token if edge else cfg.local_tunnel_token
 kafka = KafkaAccess("kafka", KafkaAccessArgs(config=cfg.kafka, admin_password=cfg.kafka_admin_password,
                                              principals=principals))
 
+hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, kv_mount=mount)
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, kv_mount=mount, kubernetes_auth_path=cfg.vault.kubernetes_auth_path,
     database_url=cfg.database_url, tunnel_token=tunnel_token, tunnel_token_key=cfg.vault.tunnel_token_key,
-    kafka_credentials=kafka.credentials, extra_reads={"hasura": sorted(cfg.hasura.secret_env_from_vault.values())}))
+    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads}))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     namespace=ns, vault_address=cfg.vault.address, kv_mount=mount,
@@ -43,11 +44,7 @@ TunnelConnector("tunnel-connector", TunnelConnectorArgs(
     token_key=cfg.vault.tunnel_token_key, image=cfg.cloudflare.cloudflared_image,
     replicas=cfg.cloudflare.cloudflared_replicas), opts=pulumi.ResourceOptions(depends_on=[vault]))
 
-hasura = Hasura("hasura", HasuraArgs(
-    namespace=ns, image=cfg.hasura.image, replicas=cfg.hasura.replicas, env_file=HASURA_ENV, vault_role="hasura",
-    kv_mount=mount, secret_env_from_vault=cfg.hasura.secret_env_from_vault,
-    container_env={"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": "8080"}),
-    opts=pulumi.ResourceOptions(depends_on=[vault]))
+hasura = Hasura("hasura", hasura_args, opts=pulumi.ResourceOptions(depends_on=[vault]))
 
 images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry, platform=cfg.images.platform,
                                                    context=ROOT / "app", project_root=ROOT,
@@ -55,13 +52,13 @@ images = ServiceImages("images", ServiceImagesArgs(registry=cfg.images.registry,
 
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
-    kv_mount=mount, hasura_url=hasura.url, hasura_source=cfg.hasura.source_name, app_dir=ROOT / "app",
+    kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app",
     writer_group=principals.writer_group, writer_transactional_id=principals.writer_transactional_id),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
 
 if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(
-        graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_env_file=HASURA_ENV,
+        graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_config=hasura.config_checksum,
         tunnel_rules=edge.tunnel_config.config, round_trip_seconds=cfg.verify.round_trip_seconds, kv_mount=mount,
         service_token_entry=cfg.verify.service_token_entry),
         opts=pulumi.ResourceOptions(depends_on=[edge, hasura, flow]))

@@ -15,8 +15,10 @@ import httpx
 import psycopg
 
 from app import logs
+from app.connection_template import Route
 from app.db import apply_schema, is_transient
 from app.hasura_metadata import DesiredMetadata, plan_metadata_commands
+from app.hasura_source import RoutingCase
 from app.settings import BootstrapSettings
 
 log = logging.getLogger("app.bootstrap")
@@ -24,6 +26,10 @@ log = logging.getLogger("app.bootstrap")
 
 class HasuraError(RuntimeError):
     pass
+
+
+class RoutingMismatch(HasuraError):
+    """Hasura routes a listed request shape somewhere other than the stack file says."""
 
 
 def _retry(what: str, attempt, deadline: float, transient) -> Any:
@@ -56,7 +62,11 @@ class MetadataClient:
     def call(self, body: dict[str, Any]) -> Any:
         response = self._http.post("/v1/metadata", json=body)
         if response.status_code >= 400:
-            raise HasuraError(f"{body['type']} failed with {response.status_code}: {response.text[:500]}")
+            hint = ""
+            if '"not-supported"' in response.text:
+                hint = (" (this Hasura is the Community Edition: read replicas, connection sets and templates "
+                        "need Enterprise; see hasura.edition)")
+            raise HasuraError(f"{body['type']} failed with {response.status_code}: {response.text[:500]}{hint}")
         return response.json()
 
     def close(self) -> None:
@@ -67,10 +77,30 @@ def _hasura_transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx.TransportError)
 
 
+def check_routing(client: MetadataClient, source: str, cases: list[RoutingCase]) -> list[str]:
+    """Ask Hasura where each case goes (`pg_test_connection_template`); raise RoutingMismatch listing every miss."""
+    misses, report = [], []
+    for case in cases:
+        answer = client.call({"type": "pg_test_connection_template",
+                              "args": {"source_name": source, "request_context": case.request.as_json()}})
+        result = (answer or {}).get("result") or {}
+        kind = result.get("routing_to")
+        got = Route(kind, result.get("value") if kind == "connection_set" else None)
+        verdict = case.verdict(got)
+        report.append(f"{case.name}: {got}")
+        if verdict:
+            misses.append(f"{case.name} {verdict}")
+    if misses:
+        raise RoutingMismatch(f"{len(misses)} of {len(cases)} routing cases fail: " + "; ".join(misses))
+    return report
+
+
 def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
     """Returns the commands it sent ([] when the metadata was already right)."""
     desired = DesiredMetadata(source=settings.hasura_source, handler_url=settings.action_handler_url,
-                              timeout_seconds=settings.action_timeout_seconds)
+                              timeout_seconds=settings.action_timeout_seconds,
+                              source_settings=settings.hasura_source_settings,
+                              user_row_limit=settings.hasura_user_row_limit)
     client = MetadataClient(settings.hasura_endpoint, settings.hasura_admin_secret.get_secret_value())
     try:
         deadline = time.monotonic() + settings.hasura_retry_seconds
@@ -82,6 +112,10 @@ def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
             log.info("hasura metadata updated", extra={"commands": [c["type"] for c in commands]})
         else:
             log.info("hasura metadata already up to date")
+        cases = desired.source_settings.routing_cases()
+        if cases:
+            routed = check_routing(client, desired.source, cases)
+            log.info("connection template routes every case as listed", extra={"cases": routed})
         return commands
     finally:
         client.close()

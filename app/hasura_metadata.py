@@ -6,9 +6,10 @@ returns only what differs, so a second bootstrap sends nothing and changes nothi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from app.hasura_source import SourceSettings, plan_source_command
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER
 
 TABLE = {"schema": "graphql", "name": "client_async_messages"}
@@ -28,13 +29,17 @@ class DesiredMetadata:
     timeout_seconds: int = 30
     secret_env: str = "ASYNC_ACTION_SECRET"
     action_roles: tuple[str, ...] = ("user", "service")
+    # pool, read replicas, connection set and template of the source
+    source_settings: SourceSettings = field(default_factory=SourceSettings)
+    # rows a `user` sees per query; Hasura also caps a streaming subscription's batch_size with it
+    user_row_limit: int = 100
 
     def select_permissions(self) -> dict[str, dict[str, Any]]:
         return {
             "user": {
                 "columns": USER_COLUMNS,
                 "filter": {"client_id": {"_eq": "X-Hasura-User-Id"}},
-                "limit": 100,
+                "limit": self.user_row_limit,
                 "allow_aggregations": False,
                 "query_root_fields": ["select", "select_by_pk"],
                 "subscription_root_fields": ["select", "select_by_pk", "select_stream"],
@@ -109,6 +114,9 @@ def plan_metadata_commands(exported: dict[str, Any], desired: DesiredMetadata) -
         raise MetadataError(f"Hasura has no source {desired.source!r}: configure HASURA_GRAPHQL_DATABASE_URL "
                             "or add the source before the bootstrap runs")
     commands: list[dict[str, Any]] = []
+    source_command = plan_source_command(source, desired.source_settings)
+    if source_command is not None:  # first: the tables below are tracked on the source as configured
+        commands.append(source_command)
     table = next((t for t in source.get("tables", []) if t.get("table") == TABLE), None)
     if table is None:
         commands.append({"type": "pg_track_table", "args": {"source": desired.source, "table": TABLE}})

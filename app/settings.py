@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import logs
+from app.hasura_source import SourceSettings
 
 VAULT_SECRETS_DIR = os.environ.get("ASYNC_SECRETS_DIR", "/vault/secrets")
 
@@ -186,3 +187,15 @@ class BootstrapSettings(DatabaseSettings):
     )
     action_timeout_seconds: int = Field(30, ge=1, le=600)
     hasura_retry_seconds: float = Field(120.0, ge=0)
+    # the source's pool, read replicas and routing as the program wrote them (app/hasura_source.py); empty: defaults
+    hasura_source_settings: SourceSettings = Field(default_factory=SourceSettings)
+    hasura_user_row_limit: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("hasura_source_settings", mode="before")
+    @classmethod
+    def _source_settings(cls, value: object) -> object:
+        if isinstance(value, str):
+            return SourceSettings.from_json(value) if value.strip() else SourceSettings()
+        if isinstance(value, dict):  # pydantic-settings decodes JSON-looking env values itself
+            return SourceSettings.from_dict(value)
+        return value

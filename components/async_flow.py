@@ -10,7 +10,7 @@ from pathlib import Path
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.config import AsyncFlowConfig, KafkaConfig
+from components.config import AsyncFlowConfig, HasuraConfig, KafkaConfig
 from components.k8s import (
     Resources,
     VaultFile,
@@ -34,10 +34,12 @@ WRITER_HEALTH_PORT = 8081
 DEFAULT_RESOURCES = Resources()
 
 
-def bootstrap_fingerprint(app_dir: Path, handler_url: str) -> str:
-    """The Job re-runs when the table SQL, the Hasura metadata it applies or the handler URL change."""
+def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str = "") -> str:
+    """The Job re-runs when the table SQL, the Hasura metadata it applies, the handler URL or the source's
+    configuration (pool, replicas, routing) change."""
     digest = hashlib.sha256(handler_url.encode())
-    for name in ("schema.sql", "hasura_metadata.py", "bootstrap.py"):
+    digest.update(source_settings.encode())
+    for name in ("schema.sql", "hasura_metadata.py", "hasura_source.py", "connection_template.py", "bootstrap.py"):
         digest.update((app_dir / name).read_bytes())
     return digest.hexdigest()[:10]
 
@@ -67,7 +69,7 @@ class AsyncFlowArgs:
     images: dict[str, pulumi.Input[str]]  # target -> pinned image (repo digest)
     kv_mount: str
     hasura_url: str
-    hasura_source: str
+    hasura: HasuraConfig  # its source's pool, replicas and routing, and the row limit: applied by the bootstrap
     app_dir: Path
     writer_group: str
     writer_transactional_id: str
@@ -127,15 +129,19 @@ class AsyncFlow(pulumi.ComponentResource):
                                                            run_to_completion=run_to_completion)}
 
         # -- bootstrap: table + Hasura metadata; a new name (fingerprint) re-runs it when its content changes
-        fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url)
+        source_settings = args.hasura.source_settings().to_json()
+        row_limit = str(args.hasura.subscriptions.user_row_limit)
+        fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url, source_settings + row_limit)
         self.bootstrap = k8s.batch.v1.Job(
             "bootstrap",
             metadata={"name": f"{BOOTSTRAP}-{fingerprint}", "namespace": ns, "labels": labels(BOOTSTRAP, "async")},
             spec={"backoffLimit": 6, "activeDeadlineSeconds": 900,
                   "template": {"metadata": pod_metadata(BOOTSTRAP, run_to_completion=True),
                                "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], {
-                                   "HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura_source,
+                                   "HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
                                    "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
+                                   "HASURA_SOURCE_SETTINGS": source_settings,
+                                   "HASURA_USER_ROW_LIMIT": row_limit,
                                }, command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
             opts=child(self, depends_on=[self.service_accounts[BOOTSTRAP]]))
 

@@ -14,12 +14,26 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from app.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
+from app.hasura_source import (
+    ISOLATION_LEVELS,
+    PoolSettings,
+    RoutingCase,
+    SourceSettings,
+    connection_set_url_env,
+    mutation_probes,
+    replica_url_env,
+)
+
 PROJECT = "graphql-entrypoint"
 PINNED_IMAGE = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
 DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 # the settings the program itself does not own: the admin secret and database URL are injected already
 VAULT_ENV = re.compile(r"^HASURA_GRAPHQL_(JWT_SECRETS?|AUTH_HOOK|[A-Z0-9_]*REDIS[A-Z0-9_]*)$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+KV_ENTRY = r"^[a-z0-9][a-z0-9-]{0,126}$"
+# Cloudflare closes a proxied WebSocket that has been idle for 100 s, whatever the tunnel says
+CLOUDFLARE_WEBSOCKET_IDLE_SECONDS = 100
 
 
 class ConfigError(Exception):
@@ -49,6 +63,11 @@ class CloudflareConfig(_Model):
         "cloudflare/cloudflared:2025.8.1@sha256:b77d84e8704db38db22c22661cf7e56468c526e3a6a5fe9c8b7c151452fa1472"
     )
     cloudflared_replicas: int = Field(2, ge=1, le=10)
+    # how long cloudflared keeps an idle connection to Hasura, and its TCP keep-alive probes: subscriptions
+    # stay open only if Hasura's WebSocket keep-alive (hasura.subscriptions) beats the idle timeout
+    origin_keep_alive_timeout_seconds: int = Field(90, ge=10, le=3600)
+    origin_tcp_keep_alive_seconds: int = Field(30, ge=5, le=600)
+    origin_connect_timeout_seconds: int = Field(10, ge=1, le=120)
 
     _image = field_validator("cloudflared_image")(_pinned)
 
@@ -96,10 +115,126 @@ class VaultConfig(_Model):
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
 
 
+class PoolConfig(_Model):
+    """Hasura's pool per source and per instance. Defaults for many short-lived (serverless) clients: they
+    share these few connections instead of opening their own; idle ones are given back within a minute; a
+    burst that finds the pool busy fails after 10 s instead of queueing past the action timeout."""
+
+    max_connections: int = Field(20, ge=1, le=1000)
+    idle_timeout_seconds: int = Field(60, ge=1, le=86_400)
+    pool_timeout_seconds: int = Field(10, ge=1, le=3600)
+    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load
+    retries: int = Field(1, ge=0, le=10)
+    isolation_level: Literal[ISOLATION_LEVELS] = "read-committed"  # type: ignore[valid-type]
+
+    def settings(self) -> PoolSettings:
+        return PoolSettings(max_connections=self.max_connections, idle_timeout=self.idle_timeout_seconds,
+                            pool_timeout=self.pool_timeout_seconds,
+                            connection_lifetime=self.connection_lifetime_seconds, retries=self.retries)
+
+
+class RoutingCaseConfig(_Model):
+    """One request shape and the connection it must reach; checked offline and by the bootstrap."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    operation_type: Literal["query", "mutation", "subscription"]
+    operation_name: str | None = Field(None, max_length=256)
+    headers: dict[str, str] = Field(default_factory=dict)
+    session: dict[str, str] = Field(default_factory=dict)
+    expect: str  # primary | read_replicas | default | connection_set.<member>
+
+    @field_validator("expect")
+    @classmethod
+    def _route(cls, value: str) -> str:
+        try:
+            Route.parse(value)
+        except TemplateError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    def case(self) -> RoutingCase:
+        return RoutingCase(name=self.name, expect=Route.parse(self.expect), request=RequestContext(
+            headers={k.lower(): v for k, v in self.headers.items()},
+            session={k.lower(): v for k, v in self.session.items()},
+            operation_type=self.operation_type, operation_name=self.operation_name))
+
+
+class RoutingConfig(_Model):
+    """Dynamic routing (Hasura Enterprise): named connections and the Kriti template that picks one."""
+
+    # member name -> KV entry holding its database URL (rendered into Hasura's pod, never in config)
+    connection_set: dict[str, str] = Field(default_factory=dict)
+    template: str = Field(min_length=1, max_length=16_384)
+    cases: list[RoutingCaseConfig] = Field(min_length=1)
+
+    @field_validator("connection_set")
+    @classmethod
+    def _members(cls, value: dict[str, str]) -> dict[str, str]:
+        for member, entry in value.items():
+            if not re.match(r"^[a-z][a-z0-9_]{0,31}$", member):
+                raise ValueError(f"member {member!r}: lower-case letters, digits and _, at most 32")
+            if not re.match(KV_ENTRY, entry):
+                raise ValueError(f"{entry!r} is not a KV entry name")
+        return value
+
+    @model_validator(mode="after")
+    def _template(self) -> RoutingConfig:
+        members = set(self.connection_set)
+        try:
+            template = parse(self.template)
+            check_names(template, members)
+        except TemplateError as exc:
+            raise ValueError(f"template: {exc}") from None
+        names = [c.name for c in self.cases]
+        if len(set(names)) != len(names):
+            raise ValueError("cases: names must be unique")
+        for case in [*(c.case() for c in self.cases), *mutation_probes()]:
+            try:
+                verdict = case.verdict(evaluate(template, case.request, members))
+            except TemplateError as exc:
+                verdict = str(exc)
+            if verdict:
+                raise ValueError(f"case {case.name!r}: the template {verdict}")
+        return self
+
+
+class SubscriptionsConfig(_Model):
+    """Hasura's WebSocket and subscription settings (defaults are Hasura's own)."""
+
+    websocket_keep_alive_seconds: int = Field(5, ge=1, le=600)
+    websocket_connection_init_timeout_seconds: int = Field(3, ge=1, le=60)
+    live_queries_batch_size: int = Field(100, ge=1, le=10_000)
+    live_queries_refetch_interval_ms: int = Field(1000, ge=100, le=60_000)
+    streaming_batch_size: int = Field(100, ge=1, le=10_000)
+    streaming_refetch_interval_ms: int = Field(1000, ge=100, le=60_000)
+    close_websockets_on_metadata_change: bool = True
+    # the `user` role's row limit, which also caps the batch_size a client asks of the status stream
+    user_row_limit: int = Field(100, ge=1, le=10_000)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "HASURA_GRAPHQL_WEBSOCKET_KEEPALIVE": str(self.websocket_keep_alive_seconds),
+            "HASURA_GRAPHQL_WEBSOCKET_CONNECTION_INIT_TIMEOUT": str(self.websocket_connection_init_timeout_seconds),
+            "HASURA_GRAPHQL_LIVE_QUERIES_MULTIPLEXED_BATCH_SIZE": str(self.live_queries_batch_size),
+            "HASURA_GRAPHQL_LIVE_QUERIES_MULTIPLEXED_REFETCH_INTERVAL": str(self.live_queries_refetch_interval_ms),
+            "HASURA_GRAPHQL_STREAMING_QUERIES_MULTIPLEXED_BATCH_SIZE": str(self.streaming_batch_size),
+            "HASURA_GRAPHQL_STREAMING_QUERIES_MULTIPLEXED_REFETCH_INTERVAL": str(self.streaming_refetch_interval_ms),
+            "HASURA_GRAPHQL_CLOSE_WEBSOCKETS_ON_METADATA_CHANGE": str(self.close_websockets_on_metadata_change).lower(),
+        }
+
+
 class HasuraConfig(_Model):
     image: str
     replicas: int = Field(2, ge=1, le=20)
     source_name: str = "default"
+    # ee: Hasura Enterprise (same image, activated by the license key in this KV entry)
+    edition: Literal["ce", "ee"] = "ce"
+    ee_license_key_entry: str | None = Field(None, pattern=KV_ENTRY)
+    pool: PoolConfig = PoolConfig()
+    # KV entries holding read replica URLs (Enterprise): queries and subscriptions may use them, mutations never
+    read_replicas: list[str] = Field(default_factory=list, max_length=16)
+    routing: RoutingConfig | None = None
+    subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     # secret settings managed outside this program (how users authenticate, Enterprise Redis URLs):
     # env var -> KV entry, exported by the Vault agent, never in a ConfigMap
     secret_env_from_vault: dict[str, str] = Field(default_factory=dict)
@@ -114,9 +249,54 @@ class HasuraConfig(_Model):
                 raise ValueError(f"{variable!r} is not one of HASURA_GRAPHQL_JWT_SECRET(S), _AUTH_HOOK, *REDIS*")
             if len(f"agent-inject-template-{variable.lower()}.env") > 63:  # Kubernetes annotation name limit
                 raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
-            if not re.match(r"^[a-z0-9][a-z0-9-]{0,126}$", entry):
+            if not re.match(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")
         return value
+
+    @field_validator("read_replicas")
+    @classmethod
+    def _replicas(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if not re.match(KV_ENTRY, entry):
+                raise ValueError(f"{entry!r} is not a KV entry name")
+        if len(set(value)) != len(value):
+            raise ValueError("an entry is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _edition(self) -> HasuraConfig:
+        enterprise = [key for key, used in (("readReplicas", self.read_replicas), ("routing", self.routing)) if used]
+        if self.edition == "ce" and enterprise:
+            raise ValueError(f"hasura.{' and hasura.'.join(enterprise)} need Hasura Enterprise: set hasura.edition "
+                             "to ee (with hasura.eeLicenseKeyEntry) or remove them")
+        if self.edition == "ee" and self.ee_license_key_entry is None:
+            raise ValueError("hasura.edition ee needs hasura.eeLicenseKeyEntry (the KV entry with the license key)")
+        if self.edition == "ce" and self.ee_license_key_entry is not None:
+            raise ValueError("hasura.eeLicenseKeyEntry is only for hasura.edition ee")
+        if self.routing and not self.read_replicas and ("$.read_replicas" in self.routing.template.replace(" ", "")
+                                                        or any(c.expect == "read_replicas"
+                                                               for c in self.routing.cases)):
+            raise ValueError("hasura.routing routes to read_replicas, but hasura.readReplicas is empty")
+        return self
+
+    def replica_env(self) -> dict[str, str]:
+        """Read replica URL env var -> KV entry."""
+        return {replica_url_env(i): entry for i, entry in enumerate(self.read_replicas, start=1)}
+
+    def connection_set_env(self) -> dict[str, str]:
+        return {connection_set_url_env(m): e for m, e in sorted((self.routing.connection_set if self.routing
+                                                                  else {}).items())}
+
+    def source_settings(self) -> SourceSettings:
+        """What the bootstrap applies to the source (no URLs: env var names only)."""
+        routing = self.routing
+        return SourceSettings(
+            edition=self.edition, pool=self.pool.settings(), isolation_level=self.pool.isolation_level,
+            read_replica_envs=tuple(self.replica_env()),
+            connection_set=tuple((m, connection_set_url_env(m)) for m in sorted(routing.connection_set))
+            if routing else (),
+            template=routing.template if routing else None,
+            cases=tuple(c.case() for c in routing.cases) if routing else ())
 
 
 IMAGE_TARGETS = ("publisher", "writer", "cleanup")
@@ -202,6 +382,17 @@ class StackConfig(_Model):
             raise ValueError("localTunnelToken is only for stacks with cloudflare.enabled: false")
         return self
 
+    @model_validator(mode="after")
+    def _websockets_outlive_idle_timeouts(self) -> StackConfig:
+        keep_alive = self.hasura.subscriptions.websocket_keep_alive_seconds
+        idle = min(self.cloudflare.origin_keep_alive_timeout_seconds, CLOUDFLARE_WEBSOCKET_IDLE_SECONDS)
+        if keep_alive >= idle:
+            raise ValueError(
+                f"hasura.subscriptions.websocketKeepAliveSeconds ({keep_alive}) must be shorter than the tunnel's "
+                f"idle timeout ({idle} s: cloudflare.originKeepAliveTimeoutSeconds, at most Cloudflare's "
+                f"{CLOUDFLARE_WEBSOCKET_IDLE_SECONDS} s), or idle subscriptions are cut")
+        return self
+
     @property
     def graphql_url(self) -> str:
         return f"https://{self.public_hostname}/v1/graphql"
@@ -246,6 +437,6 @@ def load_stack_config() -> StackConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{PROJECT}:{key}: {err['msg']}")
+            key = ".".join(to_camel(str(p)) if isinstance(p, str) else str(p) for p in err["loc"])
+            problems.append(f"{PROJECT}:{key}: {err['msg']}" if key else err["msg"].removeprefix("Value error, "))
         raise ConfigError(f"stack {stack!r}: invalid configuration: " + "; ".join(problems)) from None

@@ -8,11 +8,14 @@ container env and Vault secrets always win over the file's defaults.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from app.hasura_source import connection_set_url_env
+from components.config import HasuraConfig
 from components.k8s import (
     Resources,
     VaultFile,
@@ -37,35 +40,71 @@ START_COMMAND = (
 )
 
 
-def hasura_vault_files(kv_mount: str, secret_env_from_vault: dict[str, str]) -> list[VaultFile]:
+# Hasura's pinned settings: they win over the env file
+PINNED_ENV = {"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_SERVER_PORT": str(PORT)}
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """A setting Hasura reads from a KV entry managed outside this program (file name: an annotation suffix)."""
+
+    variable: str
+    entry: str
+    file_name: str
+
+
+def hasura_secret_env(config: HasuraConfig) -> list[SecretEnv]:
+    """JWT/auth hook/Redis settings, read replica and connection-set URLs, the Enterprise license key."""
+    routing = config.routing.connection_set if config.routing else {}
+    return [
+        *(SecretEnv(variable, entry, f"{variable.lower()}.env")
+          for variable, entry in sorted(config.secret_env_from_vault.items())),
+        *(SecretEnv(variable, entry, f"replica-{i}.env")
+          for i, (variable, entry) in enumerate(config.replica_env().items(), start=1)),
+        *(SecretEnv(connection_set_url_env(member), entry, f"db-{member}.env")
+          for member, entry in sorted(routing.items())),
+        *([SecretEnv("HASURA_GRAPHQL_EE_LICENSE_KEY", config.ee_license_key_entry, "ee-license-key.env")]
+          if config.ee_license_key_entry else []),
+    ]
+
+
+def hasura_vault_files(kv_mount: str, secret_env: list[SecretEnv]) -> list[VaultFile]:
     """What the Vault agent renders for Hasura: each as `export VAR="…"`, sourced before the env file."""
     return [
         vault_file(kv_mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
         vault_file(kv_mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
         # the action sends it to the publisher (value_from_env)
         vault_file(kv_mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
-        *(vault_file(kv_mount, entry, f"{variable.lower()}.env", export_as=variable)
-          for variable, entry in sorted(secret_env_from_vault.items())),
+        *(vault_file(kv_mount, s.entry, s.file_name, export_as=s.variable) for s in secret_env),
     ]
 
 
 @dataclass
 class HasuraArgs:
     namespace: str
-    image: str
-    replicas: int
+    config: HasuraConfig
     env_file: str  # contents of config/hasura/hasura.env
-    vault_role: str
     kv_mount: str
-    # secret settings owned elsewhere (JWT, auth hook, Redis): variable -> KV entry
-    secret_env_from_vault: dict[str, str] = field(default_factory=dict)
-    # non-secret settings pinned on the container; they win over the env file
-    container_env: dict[str, str] = field(default_factory=dict)
+    vault_role: str = "hasura"
     name: str = "hasura"
 
     @property
+    def secret_env(self) -> list[SecretEnv]:
+        return hasura_secret_env(self.config)
+
+    @property
+    def vault_reads(self) -> list[str]:
+        """KV entries Hasura reads beyond its own (its Vault policy grants exactly these too)."""
+        return sorted({s.entry for s in self.secret_env})
+
+    @property
     def vault_files(self) -> list[VaultFile]:
-        return hasura_vault_files(self.kv_mount, self.secret_env_from_vault)
+        return hasura_vault_files(self.kv_mount, self.secret_env)
+
+    @property
+    def container_env(self) -> dict[str, str]:
+        """Non-secret settings pinned on the container (subscriptions, WebSockets); they win over the env file."""
+        return {**self.config.subscriptions.env(), **PINNED_ENV}
 
 
 class Hasura(pulumi.ComponentResource):
@@ -79,6 +118,9 @@ class Hasura(pulumi.ComponentResource):
             data={ENV_FILE_KEY: args.env_file}, opts=child(self))
         # a new env file rolls the pods: the checksum is part of the pod template
         env_checksum = hashlib.sha256(args.env_file.encode()).hexdigest()
+        # what the post-deploy verification re-runs on: the env file and the pinned settings
+        self.config_checksum = hashlib.sha256(
+            (args.env_file + json.dumps(args.container_env, sort_keys=True)).encode()).hexdigest()
         annotations = {"checksum/hasura-env": env_checksum,
                        **vault_agent_annotations(args.vault_role, args.vault_files)}
         probe = {"httpGet": {"path": "/healthz", "port": PORT}}
@@ -86,7 +128,7 @@ class Hasura(pulumi.ComponentResource):
             "hasura",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
             spec={
-                "replicas": args.replicas,
+                "replicas": args.config.replicas,
                 "selector": {"matchLabels": selector(app)},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "template": {
@@ -97,7 +139,7 @@ class Hasura(pulumi.ComponentResource):
                         "terminationGracePeriodSeconds": 75,
                         "containers": [{
                             "name": "graphql-engine",
-                            "image": args.image,
+                            "image": args.config.image,
                             "command": ["/bin/sh", "-c", START_COMMAND],
                             "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
                             "ports": [{"name": "http", "containerPort": PORT}],

@@ -17,11 +17,16 @@ from components.config import CloudflareConfig
 from components.k8s import Resources, child, container_security, labels, pod_security, selector
 
 
-def tunnel_ingress(hostname: str, path_regex: str, origin: str) -> list[dict]:
-    """The tunnel's rules: GraphQL (HTTP + WebSocket) to Hasura, everything else answered 404 at the edge."""
+def tunnel_ingress(hostname: str, cf: CloudflareConfig, origin: str) -> list[dict]:
+    """The tunnel's rules: GraphQL (HTTP + WebSocket) to Hasura, everything else answered 404 at the edge.
+
+    The origin timeouts keep subscriptions open: the config check makes Hasura's WebSocket keep-alive
+    shorter than keep_alive_timeout, so an idle subscription is never taken for an idle connection."""
     return [
-        {"hostname": hostname, "path": path_regex, "service": origin,
-         "origin_request": {"connect_timeout": 10, "keep_alive_timeout": 90, "http_host_header": hostname}},
+        {"hostname": hostname, "path": cf.public_path_regex, "service": origin,
+         "origin_request": {"connect_timeout": cf.origin_connect_timeout_seconds,
+                            "keep_alive_timeout": cf.origin_keep_alive_timeout_seconds,
+                            "tcp_keep_alive": cf.origin_tcp_keep_alive_seconds, "http_host_header": hostname}},
         {"service": "http_status:404"},
     ]
 
@@ -45,7 +50,7 @@ class PublicEdge(pulumi.ComponentResource):
             "tunnel", account_id=cf.account_id, name=cf.tunnel_name, config_src="cloudflare", opts=child(self))
         self.tunnel_config = cloudflare.ZeroTrustTunnelCloudflaredConfig(
             "tunnel-ingress", account_id=cf.account_id, tunnel_id=self.tunnel.id,
-            config={"ingresses": tunnel_ingress(args.hostname, cf.public_path_regex, args.origin)},
+            config={"ingresses": tunnel_ingress(args.hostname, cf, args.origin)},
             opts=child(self))
         self.dns = cloudflare.DnsRecord(
             "graphql-cname", zone_id=cf.zone_id, name=args.hostname, type="CNAME",

@@ -2,13 +2,12 @@
 
 One `pulumi_command.local.Command` runs `python -m scripts.verify_deployment` on the machine running the
 `up` (HTTP, both WebSocket subprotocols, 404 elsewhere, not cached, optionally one async round trip); a
-failure fails the `up`. It runs again whenever what it verifies changes: the image digests, the Hasura
-env file, or the tunnel's ingress rules.
+failure fails the `up`. It runs again whenever what it verifies changes: the image digests, Hasura's
+settings (env file and pinned env), or the tunnel's ingress rules.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pulumi
@@ -22,7 +21,7 @@ from components.k8s import child
 class DeploymentVerificationArgs:
     graphql_url: str
     image_digests: dict[str, pulumi.Input[str]]
-    hasura_env_file: str
+    hasura_config: str  # checksum of Hasura's env file and pinned settings
     tunnel_rules: pulumi.Input[object]
     round_trip_seconds: int
     kv_mount: str = "secret"
@@ -42,6 +41,6 @@ class DeploymentVerification(pulumi.ComponentResource):
         self.command = command.local.Command(
             "verify-deployment", create=run, environment=environment or None,
             triggers=[*(args.image_digests[t] for t in sorted(args.image_digests)),
-                      hashlib.sha256(args.hasura_env_file.encode()).hexdigest(), args.tunnel_rules],
+                      args.hasura_config, args.tunnel_rules],
             opts=child(self))
         self.register_outputs({"report": self.command.stdout})

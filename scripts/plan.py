@@ -75,8 +75,19 @@ def plan_document(run: StackRun) -> dict[str, Any]:
             "outputs": outputs, "resources": resources}
 
 
+class _PlanDumper(yaml.SafeDumper):
+    """Multi-line values (policies, the env file, the bootstrap's source settings) as `|` blocks: line diffs."""
+
+
+def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_PlanDumper.add_representer(str, _text)
+
+
 def render(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=True, width=110, allow_unicode=True)
+    return yaml.dump(document, Dumper=_PlanDumper, sort_keys=True, width=110, allow_unicode=True)
 
 
 def plan_path(stack: str) -> Path:

@@ -83,12 +83,13 @@ def test_metadata_applied_once_then_nothing_changes(hasura):
     standin, endpoint, url = hasura
     sent = bootstrap_metadata(settings_for(endpoint, url))
     assert [c["type"] for c in sent] == [
-        "pg_track_table", "pg_create_select_permission", "pg_create_select_permission", "set_custom_types",
-        "create_action", "create_action_permission", "create_action_permission"]
+        "pg_add_source", "pg_track_table", "pg_create_select_permission", "pg_create_select_permission",
+        "set_custom_types", "create_action", "create_action_permission", "create_action_permission"]
     md = standin.metadata
     [table] = md["sources"][0]["tables"]
     perms = {p["role"]: p["permission"] for p in table["select_permissions"]}
     assert perms["user"]["filter"] == {"client_id": {"_eq": "X-Hasura-User-Id"}}
+    assert perms["user"]["limit"] == 100  # also caps the status stream's batch_size
     assert "correlation" not in perms["user"]["columns"] and set(perms["user"]["columns"]) == set(USER_COLUMNS)
     assert "select_stream" in perms["user"]["subscription_root_fields"]
     assert perms["service"]["filter"] == {} and perms["service"]["allow_aggregations"] is True

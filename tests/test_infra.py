@@ -116,8 +116,14 @@ def test_vault_entries_policies_and_roles(run):
     policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
     assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read", "list"],
                                                f"{mount}/metadata/cloudflare-tunnel-token": ["read", "list"]}
+    # Hasura also reads the entries the stack names for it (replicas, connection set, license, JWT ...)
+    hasura = cfg(run, "hasura")
+    hasura_reads = {*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),
+                    *([hasura["eeLicenseKeyEntry"]] if "eeLicenseKeyEntry" in hasura else []),
+                    *hasura.get("secretEnvFromVault", {}).values()}
     for consumer, wanted in CONSUMER_ENTRIES.items():
-        assert policies[consumer] == {f"{mount}/data/{e}": ["read"] for e in wanted}
+        extra = hasura_reads if consumer == "hasura" else set()
+        assert policies[consumer] == {f"{mount}/data/{e}": ["read"] for e in (*wanted, *extra)}
     roles = {r.name: r.inputs for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")}
     assert set(roles) == set(policies)
     for name, role in roles.items():
@@ -536,7 +542,8 @@ def test_post_deploy_verification_runs_after_the_edge_hasura_and_flow_and_reruns
     assert [t for t in triggers if isinstance(t, str) and "@sha256:" in t] == \
         [run.outputs["image_digests"][t] for t in sorted(run.outputs["image_digests"])]
     hasura_env = (REPO / "config" / "hasura" / "hasura.env").read_text()
-    assert hashlib.sha256(hasura_env.encode()).hexdigest() in triggers
+    pinned = env_of(k8s(run, "Deployment", "hasura")["spec"]["template"]["spec"]["containers"][0])
+    assert hashlib.sha256((hasura_env + json.dumps(pinned, sort_keys=True)).encode()).hexdigest() in triggers
     assert any(isinstance(t, dict) and t.get("ingresses") for t in triggers)  # the tunnel's ingress rules
     component = next(r for r in run.resources if r.type == "graphql:index:DeploymentVerification")
     # depends_on a component waits for all its children: the edge's, Hasura's and the flow's resources

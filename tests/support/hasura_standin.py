@@ -5,6 +5,14 @@ memory and enforces the request shapes the bootstrap uses (see shared/notes/hasu
 secret, known command types, required and unknown argument keys, tracked-table and
 custom-type references, `already-tracked` / `already-exists` errors, `resource_version`
 conflicts, and `bulk` that stops at the first failure without applying anything.
+
+Source configuration: `pg_add_source` with `replace_configuration` checks the PGConfiguration shape
+(connection_info, pool_settings, isolation_level, read_replicas, connection_set, connection_template);
+as Community Edition (`edition="ce"`) it answers 400 `not-supported` for the Enterprise parts and for
+`pg_test_connection_template`, as Hasura CE does. As Enterprise it routes a test request with the
+project's own Kriti subset (app/connection_template.py) — not Hasura's Kriti engine, so it proves the
+bootstrap's calls and comparisons, not Kriti semantics; `route_overrides` makes it answer differently,
+the way a real Hasura could disagree with the offline check.
 """
 
 from __future__ import annotations
@@ -16,10 +24,16 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from app.connection_template import RequestContext, TemplateError, evaluate, parse
+
 GRAPHQL_TYPE = re.compile(r"^\[?[A-Za-z_][A-Za-z0-9_]*!?\]?!?$")
 ROOT_FIELDS_QUERY = {"select", "select_by_pk", "select_aggregate"}
 ROOT_FIELDS_SUBSCRIPTION = ROOT_FIELDS_QUERY | {"select_stream"}
 BUILTIN_SCALARS = {"String", "Int", "Float", "Boolean", "ID", "json", "jsonb", "uuid", "timestamptz"}
+POOL_KEYS = {"max_connections", "total_max_connections", "idle_timeout", "retries", "pool_timeout",
+             "connection_lifetime"}
+ISOLATION = {"read-committed", "repeatable-read", "serializable"}
+ENTERPRISE = ("read_replicas", "connection_set", "connection_template")
 
 
 class MetadataError(Exception):
@@ -39,12 +53,17 @@ def _keys(args: Any, required: set[str], optional: set[str] = frozenset(), where
 
 
 class HasuraStandIn:
-    def __init__(self, admin_secret: str, table_columns: dict[tuple[str, str], set[str]], source: str = "default"):
+    def __init__(self, admin_secret: str, table_columns: dict[tuple[str, str], set[str]], source: str = "default",
+                 edition: str = "ce"):
         self.admin_secret = admin_secret
+        self.edition = edition
+        self.route_overrides: dict[str, dict] = {}  # case (operation name) -> the answer to give instead
         self.table_columns = table_columns
         self.resource_version = 1
         self.metadata: dict[str, Any] = {"version": 3, "sources": [{"name": source, "kind": "postgres",
-                                                                    "tables": [], "configuration": {}}]}
+                                                                    "tables": [], "configuration": {
+            "connection_info": {"database_url": {"from_env": "HASURA_GRAPHQL_DATABASE_URL"},
+                                "isolation_level": "read-committed", "use_prepared_statements": False}}}]}
         self.calls: list[dict] = []
         self._lock = threading.Lock()
 
@@ -60,6 +79,8 @@ class HasuraStandIn:
                     raise MetadataError("conflict", "resource_version mismatch", 409)
                 if body["type"] == "export_metadata":
                     return 200, {"resource_version": self.resource_version, "metadata": copy.deepcopy(self.metadata)}
+                if body["type"] == "pg_test_connection_template":  # reads only: no new resource_version
+                    return 200, self._pg_test_connection_template(self.metadata, body["args"])
                 staged = copy.deepcopy(self.metadata)
                 result = self._apply(staged, body["type"], body["args"])
                 self.metadata = staged
@@ -97,6 +118,72 @@ class HasuraStandIn:
             if entry["table"] == table:
                 return entry
         raise MetadataError("not-exists", f"table {table} is not tracked")
+
+    # --------------------------------------------------------------- source configuration
+    def _connection_info(self, info: Any, where: str) -> None:
+        _keys(info, {"database_url"}, {"pool_settings", "isolation_level", "use_prepared_statements",
+                                       "ssl_configuration", "extensions_schema"}, where)
+        url = info["database_url"]
+        if not (isinstance(url, str) or (isinstance(url, dict) and set(url) == {"from_env"})):
+            raise MetadataError("parse-failed", f"{where}.database_url: a URL or {{from_env}}")
+        pool = _keys(info.get("pool_settings", {}), set(), POOL_KEYS, f"{where}.pool_settings")
+        for key, value in pool.items():
+            if not (isinstance(value, int) and value >= 0):
+                raise MetadataError("parse-failed", f"{where}.pool_settings.{key}: a non-negative integer")
+        if info.get("isolation_level", "read-committed") not in ISOLATION:
+            raise MetadataError("parse-failed", f"{where}.isolation_level: one of {sorted(ISOLATION)}")
+
+    def _pg_add_source(self, md: dict, args: Any) -> None:
+        _keys(args, {"name", "configuration"}, {"replace_configuration", "customization"})
+        config = _keys(args["configuration"], {"connection_info"},
+                       {*ENTERPRISE, "extensions_schema"}, "configuration")
+        if self.edition == "ce" and any(key in config for key in ENTERPRISE):
+            raise MetadataError("not-supported", "read replicas, connection sets and connection templates are "
+                                "available in Hasura Cloud and Enterprise")
+        self._connection_info(config["connection_info"], "connection_info")
+        for i, replica in enumerate(config.get("read_replicas", [])):
+            self._connection_info(replica, f"read_replicas[{i}]")
+        members = set()
+        for i, member in enumerate(config.get("connection_set", [])):
+            _keys(member, {"name", "connection_info"}, set(), f"connection_set[{i}]")
+            self._connection_info(member["connection_info"], f"connection_set[{i}].connection_info")
+            members.add(member["name"])
+        if "connection_template" in config:
+            _keys(config["connection_template"], {"template"}, set(), "connection_template")
+            try:
+                parse(config["connection_template"]["template"])
+            except TemplateError as exc:
+                raise MetadataError("parse-failed", f"connection_template: {exc}") from None
+        existing = next((s for s in md["sources"] if s["name"] == args["name"]), None)
+        if existing is not None and not args.get("replace_configuration"):
+            raise MetadataError("already-exists", f"source with name {args['name']!r} already exists")
+        if existing is None:
+            md["sources"].append({"name": args["name"], "kind": "postgres", "tables": [],
+                                  "configuration": copy.deepcopy(config)})
+        else:
+            existing["configuration"] = copy.deepcopy(config)
+
+    def _pg_test_connection_template(self, md: dict, args: Any) -> dict:
+        if self.edition == "ce":
+            raise MetadataError("not-supported", "connection templates are available in Hasura Cloud and Enterprise")
+        _keys(args, {"source_name", "request_context"}, {"connection_template"})
+        context = _keys(args["request_context"], set(), {"headers", "session", "query"}, "request_context")
+        query = _keys(context.get("query", {}), {"operation_type"}, {"operation_name"}, "request_context.query")
+        config = self._source(md, args["source_name"])["configuration"]
+        template = (args.get("connection_template") or config.get("connection_template") or {}).get("template")
+        if template is None:
+            raise MetadataError("not-exists", "the source has no connection template")
+        override = self.route_overrides.get(query.get("operation_name") or "")
+        if override is not None:
+            return {"result": override}
+        members = {m["name"] for m in config.get("connection_set", [])}
+        request = RequestContext(headers=context.get("headers", {}), session=context.get("session", {}),
+                                 operation_type=query["operation_type"], operation_name=query.get("operation_name"))
+        try:
+            route = evaluate(parse(template), request, members)
+        except TemplateError as exc:
+            raise MetadataError("template-resolution-failed", str(exc)) from None
+        return {"result": {"routing_to": route.routing_to, "value": route.value}}
 
     # --------------------------------------------------------------- commands
     def _pg_track_table(self, md: dict, args: Any) -> None:
