@@ -83,137 +83,155 @@ class AsyncFlowArgs:
         return f"http://{PUBLISHER}.{self.namespace}.svc.cluster.local:{PUBLISHER_PORT}/action/publish_async_request"
 
 
+def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command: list[str] | None = None,
+             ports: list[dict] | None = None, probes: dict | None = None,
+             resources: Resources = DEFAULT_RESOURCES, restart: str | None = None) -> dict:
+    """A hardened single-container pod running as the app's own service account."""
+    container = {
+        "name": app.removeprefix("graphql-async-"),
+        "image": image,
+        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
+        "resources": resources.spec(),
+        "securityContext": container_security(),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        **({"command": command} if command else {}),
+        **({"ports": ports} if ports else {}),
+        **(probes or {}),
+    }
+    spec = {"serviceAccountName": app, "securityContext": pod_security(APP_UID),
+            "terminationGracePeriodSeconds": 45, "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}]}
+    if restart:
+        spec["restartPolicy"] = restart
+    return spec
+
+
 class AsyncFlow(pulumi.ComponentResource):
+    """Service accounts, then one builder per workload: bootstrap, publisher, writer, cleanup."""
+
     def __init__(self, name: str, args: AsyncFlowArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:AsyncFlow", name, None, opts)
-        ns, cfg = args.namespace, args.config
-        kafka_env = {
-            "KAFKA_BOOTSTRAP_SERVERS": ",".join(args.kafka.bootstrap_servers),
-            "KAFKA_SECURITY_PROTOCOL": args.kafka.security_protocol,
-            "KAFKA_SASL_MECHANISM": args.kafka.sasl_mechanism,
-            "ASYNC_REQUESTS_TOPIC": args.topics.requests,
-            "ASYNC_RESPONSES_TOPIC": args.topics.responses,
-            "ASYNC_DLQ_TOPIC": args.topics.dlq,
-        }
-
+        self.args = args
         self.service_accounts = {
-            sa: k8s.core.v1.ServiceAccount(sa, metadata={"name": sa, "namespace": ns, "labels": labels(sa, "async")},
-                                           opts=child(self))
+            sa: k8s.core.v1.ServiceAccount(sa, metadata=self._metadata(sa), opts=child(self))
             for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP)
         }
+        self.bootstrap = self._bootstrap()
+        self._publisher()
+        self._writer()
+        self._cleanup()
+        self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": self.bootstrap_job})
 
-        def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command: list[str] | None = None,
-                     ports: list[dict] | None = None, probes: dict | None = None,
-                     resources: Resources = DEFAULT_RESOURCES, restart: str | None = None) -> dict:
-            container = {
-                "name": app.removeprefix("graphql-async-"),
-                "image": image,
-                "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-                "resources": resources.spec(),
-                "securityContext": container_security(),
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                **({"command": command} if command else {}),
-                **({"ports": ports} if ports else {}),
-                **(probes or {}),
-            }
-            spec = {"serviceAccountName": app, "securityContext": pod_security(APP_UID),
-                    "terminationGracePeriodSeconds": 45, "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}]}
-            if restart:
-                spec["restartPolicy"] = restart
-            return spec
+    # ------------------------------------------------------------ shared pieces
+    def _metadata(self, app: str, name: str | None = None) -> dict:
+        return {"name": name or app, "namespace": self.args.namespace, "labels": labels(app, "async")}
 
-        def pod_metadata(app: str, *, run_to_completion: bool = False) -> dict:
-            return {"labels": labels(app, "async"),
-                    "annotations": vault_agent_annotations(app, args.vault_files[app],
-                                                           run_to_completion=run_to_completion)}
+    def _pod_metadata(self, app: str, *, run_to_completion: bool = False) -> dict:
+        return {"labels": labels(app, "async"),
+                "annotations": vault_agent_annotations(app, self.args.vault_files[app],
+                                                       run_to_completion=run_to_completion)}
 
-        # -- bootstrap: table + Hasura metadata; a new name (fingerprint) re-runs it when its content changes
+    @property
+    def _kafka_env(self) -> dict[str, str]:
+        kafka, topics = self.args.kafka, self.args.topics
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": ",".join(kafka.bootstrap_servers),
+            "KAFKA_SECURITY_PROTOCOL": kafka.security_protocol,
+            "KAFKA_SASL_MECHANISM": kafka.sasl_mechanism,
+            "ASYNC_REQUESTS_TOPIC": topics.requests,
+            "ASYNC_RESPONSES_TOPIC": topics.responses,
+            "ASYNC_DLQ_TOPIC": topics.dlq,
+        }
+
+    def _after(self, app: str, *others: pulumi.Resource) -> pulumi.ResourceOptions:
+        return child(self, depends_on=[self.service_accounts[app], *others])
+
+    # ------------------------------------------------------------ workloads
+    def _bootstrap(self) -> k8s.batch.v1.Job:
+        """Table + Hasura metadata + the source's pool/replicas/routing; a new name re-runs it on any change."""
+        args = self.args
         source_settings = args.hasura.source_settings().to_json()
         row_limit = str(args.hasura.subscriptions.user_row_limit)
         fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url, source_settings + row_limit)
-        self.bootstrap = k8s.batch.v1.Job(
-            "bootstrap",
-            metadata={"name": f"{BOOTSTRAP}-{fingerprint}", "namespace": ns, "labels": labels(BOOTSTRAP, "async")},
+        self.bootstrap_job = f"{BOOTSTRAP}-{fingerprint}"
+        env = {"HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
+               "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
+               "HASURA_SOURCE_SETTINGS": source_settings, "HASURA_USER_ROW_LIMIT": row_limit}
+        return k8s.batch.v1.Job(
+            "bootstrap", metadata=self._metadata(BOOTSTRAP, self.bootstrap_job),
             spec={"backoffLimit": 6, "activeDeadlineSeconds": 900,
-                  "template": {"metadata": pod_metadata(BOOTSTRAP, run_to_completion=True),
-                               "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], {
-                                   "HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
-                                   "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
-                                   "HASURA_SOURCE_SETTINGS": source_settings,
-                                   "HASURA_USER_ROW_LIMIT": row_limit,
-                               }, command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
-            opts=child(self, depends_on=[self.service_accounts[BOOTSTRAP]]))
+                  "template": {"metadata": self._pod_metadata(BOOTSTRAP, run_to_completion=True),
+                               "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], env,
+                                                command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
+            opts=self._after(BOOTSTRAP))
 
-        # -- publisher: the action handler, reachable only from Hasura
+    def _publisher(self) -> None:
+        """The action handler, reachable only from Hasura."""
+        args = self.args
         health = {"readinessProbe": {"httpGet": {"path": "/readyz", "port": PUBLISHER_PORT}, "periodSeconds": 5},
                   "livenessProbe": {"httpGet": {"path": "/healthz", "port": PUBLISHER_PORT}, "periodSeconds": 10,
                                     "initialDelaySeconds": 5}}
         self.publisher = k8s.apps.v1.Deployment(
-            "publisher",
-            metadata={"name": PUBLISHER, "namespace": ns, "labels": labels(PUBLISHER, "async")},
-            spec={"replicas": cfg.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
-                  "template": {"metadata": pod_metadata(PUBLISHER),
+            "publisher", metadata=self._metadata(PUBLISHER),
+            spec={"replicas": args.config.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
+                  "template": {"metadata": self._pod_metadata(PUBLISHER),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
-                                                kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
+                                                self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
                                                 ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
                                                 probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
-            opts=child(self, depends_on=[self.service_accounts[PUBLISHER], self.bootstrap]))
+            opts=self._after(PUBLISHER, self.bootstrap))
         self.publisher_service = k8s.core.v1.Service(
-            "publisher-svc",
-            metadata={"name": PUBLISHER, "namespace": ns, "labels": labels(PUBLISHER, "async")},
+            "publisher-svc", metadata=self._metadata(PUBLISHER),
             spec={"selector": selector(PUBLISHER),
                   "ports": [{"name": "http", "port": PUBLISHER_PORT, "targetPort": "http"}]},
             opts=child(self))
         self.publisher_policy = k8s.networking.v1.NetworkPolicy(
-            "publisher-from-hasura-only",
-            metadata={"name": f"{PUBLISHER}-from-hasura", "namespace": ns, "labels": labels(PUBLISHER, "async")},
+            "publisher-from-hasura-only", metadata=self._metadata(PUBLISHER, f"{PUBLISHER}-from-hasura"),
             spec={"podSelector": {"matchLabels": selector(PUBLISHER)}, "policyTypes": ["Ingress"],
                   "ingress": [{"from": [{"podSelector": {"matchLabels": selector("hasura")}}],
                                "ports": [{"protocol": "TCP", "port": PUBLISHER_PORT}]}]},
             opts=child(self))
 
-        # -- writer: consumer group on the responses topic. A StatefulSet gives each replica a stable name
-        # (…-writer-0, -1); it is the instance part of the transactional.id, so a replacement pod fences its
-        # predecessor's open transaction, and Kubernetes never runs two pods of one identity at once.
-        writer_health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
-                                           "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
-        writer_pod = pod_spec(WRITER, args.images["writer"], kafka_env | {
+    def _writer(self) -> None:
+        """Consumer group on the responses topic. A StatefulSet gives each replica a stable name (…-writer-0, -1);
+        it is the instance part of the transactional.id, so a replacement pod fences its predecessor's open
+        transaction, and Kubernetes never runs two pods of one identity at once."""
+        args = self.args
+        health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
+                                    "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
+        pod = pod_spec(WRITER, args.images["writer"], self._kafka_env | {
             "WRITER_GROUP_ID": args.writer_group,
             "WRITER_TRANSACTIONAL_ID_PREFIX": args.writer_transactional_id,
-            "WRITER_BATCH_SIZE": str(cfg.writer_batch_size),
+            "WRITER_BATCH_SIZE": str(args.config.writer_batch_size),
             "HEALTH_PORT": str(WRITER_HEALTH_PORT)},
             ports=[{"name": "health", "containerPort": WRITER_HEALTH_PORT}],
-            probes=writer_health, resources=Resources("100m", "128Mi", "1", "512Mi"))
-        writer_pod["containers"][0]["env"].append(
+            probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))
+        pod["containers"][0]["env"].append(
             {"name": "WRITER_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
         self.writer_service = k8s.core.v1.Service(
-            "writer-headless",
-            metadata={"name": WRITER, "namespace": ns, "labels": labels(WRITER, "async")},
+            "writer-headless", metadata=self._metadata(WRITER),
             spec={"clusterIP": "None", "selector": selector(WRITER),
                   "ports": [{"name": "health", "port": WRITER_HEALTH_PORT, "targetPort": "health"}]},
             opts=child(self))
         self.writer = k8s.apps.v1.StatefulSet(
-            "writer",
-            metadata={"name": WRITER, "namespace": ns, "labels": labels(WRITER, "async")},
-            spec={"replicas": cfg.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
+            "writer", metadata=self._metadata(WRITER),
+            spec={"replicas": args.config.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
                   "selector": {"matchLabels": selector(WRITER)},
-                  "template": {"metadata": pod_metadata(WRITER), "spec": writer_pod}},
-            opts=child(self, depends_on=[self.service_accounts[WRITER], self.bootstrap, self.writer_service]))
+                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod}},
+            opts=self._after(WRITER, self.bootstrap, self.writer_service))
 
-        # -- cleanup: batched delete of expired rows; never two at once
+    def _cleanup(self) -> None:
+        """Batched delete of expired rows; never two at once."""
+        args, cfg = self.args, self.args.config
+        job_pod = {"metadata": self._pod_metadata(CLEANUP, run_to_completion=True),
+                   "spec": pod_spec(CLEANUP, args.images["cleanup"], {
+                       "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
+                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)}, restart="Never")}
         self.cleanup = k8s.batch.v1.CronJob(
-            "cleanup",
-            metadata={"name": CLEANUP, "namespace": ns, "labels": labels(CLEANUP, "async")},
+            "cleanup", metadata=self._metadata(CLEANUP),
             spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,
                   "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
-                  "jobTemplate": {"spec": {
-                      "backoffLimit": 2, "activeDeadlineSeconds": cfg.cleanup_time_budget_seconds + 120,
-                      "template": {"metadata": pod_metadata(CLEANUP, run_to_completion=True),
-                                   "spec": pod_spec(CLEANUP, args.images["cleanup"], {
-                                       "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
-                                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)},
-                                       restart="Never")}}}},
-            opts=child(self, depends_on=[self.service_accounts[CLEANUP], self.bootstrap]))
-
-        self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": f"{BOOTSTRAP}-{fingerprint}"})
+                  "jobTemplate": {"spec": {"backoffLimit": 2,
+                                           "activeDeadlineSeconds": cfg.cleanup_time_budget_seconds + 120,
+                                           "template": job_pod}}},
+            opts=self._after(CLEANUP, self.bootstrap))
