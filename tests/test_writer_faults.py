@@ -160,8 +160,11 @@ def test_a_dlq_the_broker_refuses_aborts_turns_health_red_and_never_wedges(kafka
     _set_topic_config(kafka, topics.dlq, "max.message.bytes", "20000")
     good = ids(2)
     insert_rows(db, good)
-    produce(kafka, topics.responses, [("poison", json.dumps({"junk": "q" * 50_000}).encode())]
-            + [(r, response(r)) for r in good])
+    # one partition, poison first: nothing behind it may commit, however the consumer splits the fetches
+    producer = Producer(kafka.client_config())
+    for key, value in [("poison", json.dumps({"junk": "q" * 50_000}).encode()), *((r, response(r)) for r in good)]:
+        producer.produce(topics.responses, key=key, value=value, partition=0)
+    assert producer.flush(10) == 0
     settings = writer_settings.model_copy(update={"writer_stall_seconds": 3, "writer_retry_max_seconds": 0.5})
     port = free_port()
     with running_writer(settings) as (writer, failure):
