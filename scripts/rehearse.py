@@ -93,6 +93,19 @@ class OpenBao(LoopbackServer):
         httpx.post(f"{self.address}/v1/sys/auth/kubernetes", json={"type": "kubernetes"},
                    headers={"X-Vault-Token": self.token}).raise_for_status()
 
+    def write_external_entries(self, stack_file: Path) -> dict[str, str]:
+        """The entries the stack file names for Hasura but another team owns (replica and connection-set URLs,
+        the license key): written here as that team would, before `up`. Returns entry -> value."""
+        hasura = yaml.safe_load(stack_file.read_text())["config"]["graphql-entrypoint:hasura"]
+        names = [*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),
+                 *([hasura["eeLicenseKeyEntry"]] if hasura.get("eeLicenseKeyEntry") else [])]
+        values = {name: (f"postgresql://reader:{secrets.token_urlsafe(12)}@127.0.0.1:5433/{name}"
+                         if name.endswith("-url") else secrets.token_urlsafe(24)) for name in names}
+        for name, value in values.items():
+            httpx.post(f"{self.address}/v1/secret/data/{name}", json={"data": {"value": value}},
+                       headers={"X-Vault-Token": self.token}).raise_for_status()
+        return values
+
 
 class MotoS3(LoopbackServer):
     """moto's S3 server: the self-managed state backend (`pulumi login s3://...`)."""
@@ -186,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                 "PULUMI_CONFIG_PASSPHRASE": secrets.token_urlsafe(18),
                 "VAULT_ADDR": bao.address, "VAULT_TOKEN": bao.token}
         stack_config_file(work, project, broker, bao)
+        external = bao.write_external_entries(REPO / "Pulumi.local.yaml")
         pulumi = Pulumi(env, project)
         pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
         for key, value in {"databaseUrl": "postgresql://hasura:rehearsal-db-pw@127.0.0.1:5432/hasura",
@@ -217,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         state = work / "state.json"
         state.write_text(json.dumps({
             "kafka": broker.client_config(), "openbao": {"address": bao.address, "token": bao.token},
+            "external_entries": external,
             "manifests": str(work / "manifests"), "outputs": outputs, "consumer_outputs": consumer_outputs,
             "work": str(work)}, indent=2))
         state.chmod(0o600)

@@ -6,6 +6,7 @@ entries, policies and roles on OpenBao, the manifests the Kubernetes provider re
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import uuid
@@ -54,7 +55,9 @@ def test_each_policy_reads_exactly_the_entries_its_pods_name():
     pods = pod_templates()
     assert set(pods) == {"hasura", "graphql-async-request-publisher", "graphql-async-response-writer",
                          "graphql-async-cleanup", "graphql-async-bootstrap"}
-    entries = set(state()["outputs"]["vault_paths"])
+    # the program's own entries, and those another team owns that the stack file names for Hasura
+    entries = set(state()["outputs"]["vault_paths"]) | set(state()["external_entries"])
+    assert state()["external_entries"] and set(state()["external_entries"]) <= annotated_entries(pods["hasura"])
     for role, pod_annotations in pods.items():
         token = bao_token([role])
         allowed = annotated_entries(pod_annotations)
@@ -181,3 +184,24 @@ def test_no_secret_in_outputs_or_rendered_manifests():
     for value in secrets:
         if not value.startswith("graphql-async-"):  # the usernames are not secret
             assert value not in text
+
+
+def test_the_bootstrap_configures_hasura_with_exactly_the_urls_its_vault_agent_exports():
+    """The rendered bootstrap Job names replica and connection-set URLs by env var; Hasura's rendered Vault
+    templates must export exactly those variables, from the entries the stack file lists."""
+    [job] = [o for o in rendered_objects() if o["kind"] == "Job"]
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    settings = json.loads(env["HASURA_SOURCE_SETTINGS"])
+    wanted = {*settings["read_replica_envs"], *settings["connection_set"].values()}
+    assert wanted and settings["edition"] == "ee" and settings["cases"]
+    hasura = pod_templates()["hasura"]
+    exported = {}
+    for key, template in hasura.items():
+        if key.startswith("vault.hashicorp.com/agent-inject-template-"):
+            match = re.search(r'export ([A-Z0-9_]+)="', template)
+            if match:
+                exported[match.group(1)] = hasura[key.replace("-template-", "-secret-")].removeprefix("secret/data/")
+    assert wanted <= set(exported)
+    assert {exported[v] for v in wanted} | {exported["HASURA_GRAPHQL_EE_LICENSE_KEY"]} == set(
+        state()["external_entries"])
+    assert not any(value in json.dumps(rendered_objects()) for value in state()["external_entries"].values())
