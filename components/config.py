@@ -143,6 +143,14 @@ class RoutingCaseConfig(_Model):
     session: dict[str, str] = Field(default_factory=dict)
     expect: str  # primary | read_replicas | default | connection_set.<member>
 
+    @field_validator("session")
+    @classmethod
+    def _session(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key.lower().startswith("x-hasura-"):
+                raise ValueError(f"session variable {key!r}: Hasura's session variables start with x-hasura-")
+        return value
+
     @field_validator("expect")
     @classmethod
     def _route(cls, value: str) -> str:

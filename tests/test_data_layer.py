@@ -146,6 +146,7 @@ CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "use
     (hasura_with(routing=routing(cases=[CASE, CASE])), r"cases: names must be unique"),
     (hasura_with(routing=routing(cases=[{**CASE, "expect": "replicas"}])), r"'replicas' is not a route"),
     (hasura_with(routing=routing(connectionSet={"Bad-Name": "x"})), r"member 'Bad-Name'"),
+    (hasura_with(routing=routing(cases=[{**CASE, "session": {"role": "user"}}])), r"start with x-hasura-"),
     (hasura_with(readReplicas=["postgres://u:p@db/x"]), r"is not a KV entry name"),
     (hasura_with(pool={"maxConnections": 0}), r"hasura\.pool\.maxConnections: Input should be greater than"),
     (hasura_with(pool={"isolationLevel": "chaos"}), r"hasura\.pool\.isolationLevel"),
