@@ -41,6 +41,12 @@ class PoolSettings:
     connection_lifetime: int = 600
     retries: int = 1
 
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "max_connections" else 0):
+                raise ValueError(f"pool {name} must be a {'positive' if name == 'max_connections' else 'whole'} "
+                                 f"number, not {value!r}")
+
     def as_metadata(self) -> dict[str, int]:
         return asdict(self)
 

@@ -157,3 +157,10 @@ def test_source_settings_survive_the_jobs_env_unchanged():
         SourceSettings(edition="ce", template="{{ $.default }}")
     with pytest.raises(ValueError, match="not a source settings document"):
         SourceSettings.from_json('{"cases": [{"name": "x"}], "template": "{{ $.default }}", "edition": "ee"}')
+
+
+@pytest.mark.parametrize("pool", [{"max_connections": 0}, {"idle_timeout": -1}, {"retries": "1"},
+                                  {"pool_timeout": True}, {"bogus": 1}])
+def test_a_malformed_pool_in_the_jobs_env_is_refused(pool):
+    with pytest.raises(ValueError, match="pool|not a source settings document"):
+        SourceSettings.from_dict({"pool": pool})
