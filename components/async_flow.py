@@ -21,7 +21,7 @@ from components.k8s import (
     selector,
     vault_agent_annotations,
 )
-from components.kafka_access import AsyncTopics
+from components.kafka_access import AsyncTopics, ServicePrincipals
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
@@ -71,8 +71,7 @@ class AsyncFlowArgs:
     hasura_url: str
     hasura: HasuraConfig  # its source's pool, replicas and routing, and the row limit: applied by the bootstrap
     app_dir: Path
-    writer_group: str
-    writer_transactional_id: str
+    principals: ServicePrincipals  # the writer's consumer group and transactional id prefix
 
     @property
     def vault_files(self) -> dict[str, list[VaultFile]]:
@@ -200,8 +199,8 @@ class AsyncFlow(pulumi.ComponentResource):
         health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
                                     "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
         pod = pod_spec(WRITER, args.images["writer"], self._kafka_env | {
-            "WRITER_GROUP_ID": args.writer_group,
-            "WRITER_TRANSACTIONAL_ID_PREFIX": args.writer_transactional_id,
+            "WRITER_GROUP_ID": args.principals.writer_group,
+            "WRITER_TRANSACTIONAL_ID_PREFIX": args.principals.writer_transactional_id,
             "WRITER_BATCH_SIZE": str(args.config.writer_batch_size),
             "HEALTH_PORT": str(WRITER_HEALTH_PORT)},
             ports=[{"name": "health", "containerPort": WRITER_HEALTH_PORT}],

@@ -89,6 +89,11 @@ class HasuraArgs:
     name: str = "hasura"
 
     @property
+    def url(self) -> str:
+        """In-cluster address (the tunnel's origin and the bootstrap's metadata endpoint)."""
+        return f"http://{self.name}.{self.namespace}.svc.cluster.local:{PORT}"
+
+    @property
     def secret_env(self) -> list[SecretEnv]:
         return hasura_secret_env(self.config)
 
@@ -167,5 +172,5 @@ class Hasura(pulumi.ComponentResource):
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
             spec={"selector": selector(app), "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
             opts=child(self))
-        self.url = f"http://{app}.{ns}.svc.cluster.local:{PORT}"
+        self.url = args.url
         self.register_outputs({"url": self.url})

@@ -9,6 +9,7 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from components.config import ImagesConfig
 from components.k8s import child
 
 TARGETS = ("publisher", "writer", "cleanup")
@@ -25,11 +26,9 @@ def source_digest(context: Path) -> str:
 
 @dataclass
 class ServiceImagesArgs:
-    registry: str
-    platform: str
+    config: ImagesConfig  # registry, platform, or prebuilt references
     context: Path  # absolute path of app/, hashed for the tag
     project_root: Path  # docker paths are relative to it, so plans do not depend on the checkout's location
-    prebuilt: dict[str, str] | None = None  # target -> pinned reference: use these, build nothing
 
 
 class ServiceImages(pulumi.ComponentResource):
@@ -37,18 +36,18 @@ class ServiceImages(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ServiceImagesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:ServiceImages", name, None, opts)
-        if args.prebuilt is not None:  # no docker provider at all: it cannot configure without a daemon
+        if args.config.prebuilt is not None:  # no docker provider at all: it cannot configure without a daemon
             self.images = {}
-            self.digests = {t: pulumi.Output.from_input(args.prebuilt[t]) for t in TARGETS}
+            self.digests = {t: pulumi.Output.from_input(args.config.prebuilt[t]) for t in TARGETS}
             self.register_outputs({"digests": self.digests})
             return
         tag = source_digest(args.context)
         context = args.context.relative_to(args.project_root).as_posix()
         self.images = {
             target: docker.Image(
-                f"image-{target}", image_name=f"{args.registry}/graphql-async-{target}:{tag}",
+                f"image-{target}", image_name=f"{args.config.registry}/graphql-async-{target}:{tag}",
                 build=docker.DockerBuildArgs(context=context, dockerfile=f"{context}/Dockerfile",
-                                             target=target, platform=args.platform),
+                                             target=target, platform=args.config.platform),
                 opts=child(self))
             for target in TARGETS
         }

@@ -13,8 +13,9 @@ import pulumi
 import pulumi_cloudflare as cloudflare
 import pulumi_kubernetes as k8s
 
-from components.config import CloudflareConfig
+from components.config import CloudflareConfig, VaultConfig
 from components.k8s import Resources, child, container_security, labels, pod_security, selector
+from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
 
 def tunnel_ingress(hostname: str, cf: CloudflareConfig, origin: str) -> list[dict]:
@@ -77,14 +78,10 @@ class PublicEdge(pulumi.ComponentResource):
 @dataclass
 class TunnelConnectorArgs:
     namespace: str
-    vault_address: str
-    kv_mount: str
-    kubernetes_auth_path: str
-    vault_role: str
-    token_entry: str
-    token_key: str
-    image: str
-    replicas: int
+    vault: VaultConfig  # address, KV mount, Kubernetes auth mount, the token entry's key
+    cloudflare: CloudflareConfig  # cloudflared image and replicas
+    vault_role: str = EXTERNAL_SECRETS_ROLE
+    token_entry: str = TUNNEL_TOKEN
     service_account: str = "cloudflare-tunnel-secretstore"
     token_secret: str = "cloudflare-tunnel-token"
 
@@ -101,8 +98,8 @@ class TunnelConnector(pulumi.ComponentResource):
             "secretstore", api_version="external-secrets.io/v1", kind="SecretStore",
             metadata={"name": "vault-graphql", "namespace": ns, "labels": labels("vault-graphql", "ingress")},
             spec={"provider": {"vault": {
-                "server": args.vault_address, "path": args.kv_mount, "version": "v2",
-                "auth": {"kubernetes": {"mountPath": args.kubernetes_auth_path, "role": args.vault_role,
+                "server": args.vault.address, "path": args.vault.kv_mount, "version": "v2",
+                "auth": {"kubernetes": {"mountPath": args.vault.kubernetes_auth_path, "role": args.vault_role,
                                         "serviceAccountRef": {"name": args.service_account}}}}}},
             opts=child(self, depends_on=[self.service_account]))
         self.external_secret = k8s.apiextensions.CustomResource(
@@ -112,14 +109,14 @@ class TunnelConnector(pulumi.ComponentResource):
                   "secretStoreRef": {"name": "vault-graphql", "kind": "SecretStore"},
                   "target": {"name": args.token_secret, "creationPolicy": "Owner"},
                   "data": [{"secretKey": "token",
-                            "remoteRef": {"key": args.token_entry, "property": args.token_key}}]},
+                            "remoteRef": {"key": args.token_entry, "property": args.vault.tunnel_token_key}}]},
             opts=child(self, depends_on=[self.secret_store]))
         app = "cloudflared"
         self.deployment = k8s.apps.v1.Deployment(
             "cloudflared",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "ingress")},
             spec={
-                "replicas": args.replicas,
+                "replicas": args.cloudflare.cloudflared_replicas,
                 "selector": {"matchLabels": selector(app)},
                 "template": {
                     "metadata": {"labels": labels(app, "ingress")},
@@ -128,7 +125,7 @@ class TunnelConnector(pulumi.ComponentResource):
                         "automountServiceAccountToken": False,
                         "containers": [{
                             "name": "cloudflared",
-                            "image": args.image,
+                            "image": args.cloudflare.cloudflared_image,
                             "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
                             # a reference to the ExternalSecret's Secret, never the token itself
                             "env": [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {

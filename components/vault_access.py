@@ -9,6 +9,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_vault as vault
 
+from components.config import VaultConfig
 from components.k8s import VaultFile, child
 
 # KV entry names (the seed's naming); each holds its value under the key `value`
@@ -70,11 +71,9 @@ class KafkaCredential:
 @dataclass
 class VaultAccessArgs:
     namespace: str
-    kv_mount: str
-    kubernetes_auth_path: str
+    vault: VaultConfig  # KV mount, Kubernetes auth mount, the tunnel token entry's key
     database_url: pulumi.Input[str]
     tunnel_token: pulumi.Input[str]
-    tunnel_token_key: str
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
@@ -89,7 +88,7 @@ class VaultAccess(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: VaultAccessArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:VaultAccess", name, None, opts)
-        mount = args.kv_mount
+        mount = args.vault.kv_mount
 
         # generated here so no person ever sees them; rotated by replacing the RandomPassword
         self.hasura_admin_secret = random.RandomPassword(
@@ -101,7 +100,7 @@ class VaultAccess(pulumi.ComponentResource):
             DATABASE_URL: (args.database_url, "value"),
             HASURA_ADMIN_SECRET: (self.hasura_admin_secret, "value"),
             ACTION_SECRET: (self.action_secret, "value"),
-            TUNNEL_TOKEN: (args.tunnel_token, args.tunnel_token_key),
+            TUNNEL_TOKEN: (args.tunnel_token, args.vault.tunnel_token_key),
         }
         for service, credential in sorted(args.kafka_credentials.items()):
             values[kafka_entry(service, "username")] = (credential.username, "value")
@@ -120,7 +119,7 @@ class VaultAccess(pulumi.ComponentResource):
             self.policies[consumer] = vault.Policy(consumer, name=consumer, policy=policy_hcl(grants),
                                                    opts=child(self))
             self.roles[consumer] = vault.kubernetes.AuthBackendRole(
-                consumer, backend=args.kubernetes_auth_path, role_name=consumer,
+                consumer, backend=args.vault.kubernetes_auth_path, role_name=consumer,
                 bound_service_account_names=[args.service_accounts[consumer]],
                 bound_service_account_namespaces=[args.namespace],
                 token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,

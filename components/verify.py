@@ -14,6 +14,7 @@ import pulumi
 import pulumi_command as command
 import pulumi_vault.kv as vault_kv
 
+from components.config import VerifyConfig
 from components.k8s import child
 
 
@@ -23,19 +24,19 @@ class DeploymentVerificationArgs:
     image_digests: dict[str, pulumi.Input[str]]
     hasura_config: str  # checksum of Hasura's env file and pinned settings
     tunnel_rules: pulumi.Input[object]
-    round_trip_seconds: int
+    config: VerifyConfig  # round-trip time, and the KV entry of a `service` token that enables the round trip
     kv_mount: str = "secret"
-    service_token_entry: str | None = None  # KV entry with a token of role `service`: enables the round trip
 
 
 class DeploymentVerification(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeploymentVerificationArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:DeploymentVerification", name, None, opts)
         run = (f"python3 -m scripts.verify_deployment --url {args.graphql_url} "
-               f"--round-trip-seconds {args.round_trip_seconds}")
+               f"--round-trip-seconds {args.config.round_trip_seconds}")
         environment = {}
-        if args.service_token_entry:
-            token = vault_kv.get_secret_v2_output(mount=args.kv_mount, name=args.service_token_entry).data["value"]
+        entry = args.config.service_token_entry
+        if entry:
+            token = vault_kv.get_secret_v2_output(mount=args.kv_mount, name=entry).data["value"]
             run += " --token-env VERIFY_SERVICE_TOKEN"
             environment["VERIFY_SERVICE_TOKEN"] = pulumi.Output.secret(token)
         self.command = command.local.Command(
