@@ -177,3 +177,20 @@ def test_the_plan_shows_every_setting_a_reviewer_would_look_for():
         for entry in hasura.get("readReplicas", []):
             assert f"secret/data/{entry}" in plan
     assert json.dumps("x-route-to") in plans["prod"][1].replace('\\"', '"')
+
+
+def test_the_readme_documents_every_data_layer_setting():
+    from pydantic.alias_generators import to_camel
+
+    from components.config import CloudflareConfig, HasuraConfig, PoolConfig, RoutingConfig, SubscriptionsConfig
+    from scripts.pulumi_harness import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Hasura as a data layer"):readme.index("## Stack outputs")]
+    for model, prefix in ((PoolConfig, "pool."), (SubscriptionsConfig, "subscriptions."), (RoutingConfig, "routing.")):
+        for field in model.model_fields:
+            assert f"`{prefix}{to_camel(field)}`" in section or f"/ `.{to_camel(field)}`" in section, (prefix, field)
+    for field in ("edition", "ee_license_key_entry", "read_replicas"):
+        assert to_camel(field) in readme and field in HasuraConfig.model_fields
+    for field in [f for f in CloudflareConfig.model_fields if f.startswith("origin_")]:
+        assert to_camel(field) in readme, field
