@@ -103,12 +103,16 @@ class SourceSettings:
         return {"database_url": {"from_env": env}, "isolation_level": self.isolation_level,
                 "pool_settings": self.pool.as_metadata(), "use_prepared_statements": False}
 
-    def configuration(self, primary_url: Any = None) -> dict[str, Any]:
-        """Hasura's PGConfiguration; `primary_url` keeps the exported source's own database_url."""
-        connection = self._connection(PRIMARY_URL_ENV)
-        if primary_url is not None:
-            connection["database_url"] = primary_url
-        config: dict[str, Any] = {"connection_info": connection}
+    def configuration(self, exported: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Hasura's PGConfiguration. From an `exported` one it keeps what this program does not own: the primary's
+        database_url, its other connection settings (e.g. ssl_configuration) and other top-level keys."""
+        exported = exported or {}
+        primary = exported.get("connection_info") or {}
+        connection = {**primary, **self._connection(PRIMARY_URL_ENV)}
+        if primary.get("database_url") is not None:
+            connection["database_url"] = primary["database_url"]
+        config: dict[str, Any] = {k: v for k, v in exported.items() if k not in ("connection_info", *ENTERPRISE_KEYS)}
+        config["connection_info"] = connection
         if self.read_replica_envs:
             config["read_replicas"] = [self._connection(env) for env in self.read_replica_envs]
         if self.connection_set:
@@ -182,7 +186,8 @@ def _normal_connection(info: dict[str, Any]) -> dict[str, Any]:
 
 
 def normalize(config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {"connection_info": _normal_connection(config.get("connection_info") or {})}
+    out: dict[str, Any] = {k: v for k, v in config.items() if k not in ("connection_info", *ENTERPRISE_KEYS)}
+    out["connection_info"] = _normal_connection(config.get("connection_info") or {})
     replicas = config.get("read_replicas") or []
     if replicas:
         out["read_replicas"] = [_normal_connection(r) for r in replicas]
@@ -199,8 +204,7 @@ def normalize(config: dict[str, Any]) -> dict[str, Any]:
 def plan_source_command(source: dict[str, Any], desired: SourceSettings) -> dict[str, Any] | None:
     """One `pg_add_source` (replace_configuration) when the exported `source` differs from `desired`, else None."""
     exported = source.get("configuration") or {}
-    primary_url = (exported.get("connection_info") or {}).get("database_url")
-    want = desired.configuration(primary_url)
+    want = desired.configuration(exported)
     if normalize(exported) == normalize(want):
         return None
     return {"type": "pg_add_source",

@@ -281,9 +281,9 @@ class HasuraConfig(_Model):
             raise ValueError("hasura.edition ee needs hasura.eeLicenseKeyEntry (the KV entry with the license key)")
         if self.edition == "ce" and self.ee_license_key_entry is not None:
             raise ValueError("hasura.eeLicenseKeyEntry is only for hasura.edition ee")
-        if self.routing and not self.read_replicas and ("$.read_replicas" in self.routing.template.replace(" ", "")
-                                                        or any(c.expect == "read_replicas"
-                                                               for c in self.routing.cases)):
+        if self.routing and not self.read_replicas and (
+                any(names[:1] == ("read_replicas",) for names, _ in parse(self.routing.template).paths())
+                or any(c.expect == "read_replicas" for c in self.routing.cases)):
             raise ValueError("hasura.routing routes to read_replicas, but hasura.readReplicas is empty")
         return self
 

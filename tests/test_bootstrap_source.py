@@ -96,6 +96,19 @@ def test_a_changed_pool_or_a_dropped_replica_is_applied_as_one_replacement(stand
     assert json.dumps(hasura.metadata["sources"][0]["tables"]) == tables  # tracking and permissions untouched
 
 
+def test_connection_settings_owned_elsewhere_survive_and_stay_idempotent(standin):
+    start, url = standin
+    hasura, endpoint = start("ee")
+    source = hasura.metadata["sources"][0]
+    source["configuration"]["connection_info"]["ssl_configuration"] = {"sslmode": "verify-full"}
+    source["configuration"]["extensions_schema"] = "extensions"
+    bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=ENTERPRISE))
+    config = hasura.metadata["sources"][0]["configuration"]
+    assert config["connection_info"]["ssl_configuration"] == {"sslmode": "verify-full"}
+    assert config["extensions_schema"] == "extensions"
+    assert bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=ENTERPRISE)) == []
+
+
 def test_a_routing_mismatch_fails_the_job_naming_every_miss(standin):
     start, url = standin
     hasura, endpoint = start("ee")
