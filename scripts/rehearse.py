@@ -96,11 +96,15 @@ class OpenBao(LoopbackServer):
     def write_external_entries(self, stack_file: Path) -> dict[str, str]:
         """The entries the stack file names for Hasura but another team owns (replica and connection-set URLs,
         the license key): written here as that team would, before `up`. Returns entry -> value."""
-        hasura = yaml.safe_load(stack_file.read_text())["config"]["graphql-entrypoint:hasura"]
-        names = [*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),
-                 *([hasura["eeLicenseKeyEntry"]] if hasura.get("eeLicenseKeyEntry") else [])]
-        values = {name: (f"postgresql://reader:{secrets.token_urlsafe(12)}@127.0.0.1:5433/{name}"
-                         if name.endswith("-url") else secrets.token_urlsafe(24)) for name in names}
+        from components.config import HasuraConfig
+        from components.hasura import hasura_secret_env
+
+        # the program's own list of what Hasura reads from entries it does not write
+        config = yaml.safe_load(stack_file.read_text())["config"]
+        hasura = HasuraConfig.model_validate(config["graphql-entrypoint:hasura"])
+        values = {s.entry: (f"postgresql://reader:{secrets.token_urlsafe(12)}@127.0.0.1:5433/{s.entry}"
+                            if s.variable.endswith("_URL") else secrets.token_urlsafe(24))
+                  for s in hasura_secret_env(hasura)}
         for name, value in values.items():
             httpx.post(f"{self.address}/v1/secret/data/{name}", json={"data": {"value": value}},
                        headers={"X-Vault-Token": self.token}).raise_for_status()
