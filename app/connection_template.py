@@ -173,8 +173,7 @@ class _Expr:
 # ------------------------------------------------------------------ template structure
 @dataclass(frozen=True)
 class Template:
-    body: tuple  # ("seq", [nodes]); node = ("out", expr) | ("if", [(cond, seq)], else_seq | None)
-    source: str
+    body: tuple  # nodes: ("out", expr) | ("if", ((cond, nodes), ...), else_nodes | None)
 
     def paths(self) -> list[tuple[tuple[str, ...], int]]:
         """Every path the template reads, as field names (the bracket keys included)."""
@@ -214,7 +213,7 @@ def parse(source: str) -> Template:
     if len(source) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"the template is over {MAX_TEMPLATE_CHARS} characters")
     root: list = []
-    # stack of (branches, else_seq or None, current seq, position of the if)
+    # open if blocks: [the if node, the sequence it sits in, its position]
     stack: list[list] = []
     current = root
     pos = 0
@@ -266,7 +265,7 @@ def parse(source: str) -> Template:
         raise TemplateError(f"text outside {{{{ }}}} at character {pos}: {tail.strip()[:40]!r}")
     if stack:
         raise TemplateError(f"{{{{ if }}}} at character {stack[-1][2]} is never closed with {{{{ end }}}}")
-    return Template(body=_freeze(root), source=source)
+    return Template(body=_freeze(root))
 
 
 def _expression(text: str, at: int) -> tuple:

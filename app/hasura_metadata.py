@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.hasura_source import SourceSettings, plan_source_command
+from app.hasura_source import FLOW_ROLES, SourceSettings, plan_source_command
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER
 
 TABLE = {"schema": "graphql", "name": "client_async_messages"}
@@ -28,7 +28,7 @@ class DesiredMetadata:
     handler_url: str
     timeout_seconds: int = 30
     secret_env: str = "ASYNC_ACTION_SECRET"
-    action_roles: tuple[str, ...] = ("user", "service")
+    action_roles: tuple[str, ...] = FLOW_ROLES
     # pool, read replicas, connection set and template of the source
     source_settings: SourceSettings = field(default_factory=SourceSettings)
     # rows a `user` sees per query; Hasura also caps a streaming subscription's batch_size with it

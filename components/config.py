@@ -11,10 +11,18 @@ import re
 from typing import Literal
 
 import pulumi
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
+from app.connection_template import (
+    OPERATION_TYPES,
+    RequestContext,
+    Route,
+    TemplateError,
+    check_names,
+    evaluate,
+    parse,
+)
 from app.hasura_source import (
     ISOLATION_LEVELS,
     PoolSettings,
@@ -137,7 +145,7 @@ class RoutingCaseConfig(_Model):
     """One request shape and the connection it must reach; checked offline and by the bootstrap."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
-    operation_type: Literal["query", "mutation", "subscription"]
+    operation_type: Literal[OPERATION_TYPES]  # type: ignore[valid-type]
     operation_name: str | None = Field(None, max_length=256)
     headers: dict[str, str] = Field(default_factory=dict)
     session: dict[str, str] = Field(default_factory=dict)
@@ -174,6 +182,7 @@ class RoutingConfig(_Model):
     connection_set: dict[str, str] = Field(default_factory=dict)
     template: str = Field(min_length=1, max_length=16_384)
     cases: list[RoutingCaseConfig] = Field(min_length=1)
+    _routes_to_replicas: bool = PrivateAttr(False)  # set by the template check, which parses it once
 
     @field_validator("connection_set")
     @classmethod
@@ -203,7 +212,13 @@ class RoutingConfig(_Model):
                 verdict = str(exc)
             if verdict:
                 raise ValueError(f"case {case.name!r}: the template {verdict}")
+        self._routes_to_replicas = (any(names[:1] == ("read_replicas",) for names, _ in template.paths())
+                                    or any(c.expect == "read_replicas" for c in self.cases))
         return self
+
+    @property
+    def routes_to_replicas(self) -> bool:
+        return self._routes_to_replicas
 
 
 class SubscriptionsConfig(_Model):
@@ -281,19 +296,13 @@ class HasuraConfig(_Model):
             raise ValueError("hasura.edition ee needs hasura.eeLicenseKeyEntry (the KV entry with the license key)")
         if self.edition == "ce" and self.ee_license_key_entry is not None:
             raise ValueError("hasura.eeLicenseKeyEntry is only for hasura.edition ee")
-        if self.routing and not self.read_replicas and (
-                any(names[:1] == ("read_replicas",) for names, _ in parse(self.routing.template).paths())
-                or any(c.expect == "read_replicas" for c in self.routing.cases)):
+        if self.routing and not self.read_replicas and self.routing.routes_to_replicas:
             raise ValueError("hasura.routing routes to read_replicas, but hasura.readReplicas is empty")
         return self
 
     def replica_env(self) -> dict[str, str]:
         """Read replica URL env var -> KV entry."""
         return {replica_url_env(i): entry for i, entry in enumerate(self.read_replicas, start=1)}
-
-    def connection_set_env(self) -> dict[str, str]:
-        return {connection_set_url_env(m): e for m, e in sorted((self.routing.connection_set if self.routing
-                                                                  else {}).items())}
 
     def source_settings(self) -> SourceSettings:
         """What the bootstrap applies to the source (no URLs: env var names only)."""
@@ -445,6 +454,6 @@ def load_stack_config() -> StackConfig:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(to_camel(str(p)) if isinstance(p, str) else str(p) for p in err["loc"])
+            key = ".".join(str(p) for p in err["loc"])
             problems.append(f"{PROJECT}:{key}: {err['msg']}" if key else err["msg"].removeprefix("Value error, "))
         raise ConfigError(f"stack {stack!r}: invalid configuration: " + "; ".join(problems)) from None
