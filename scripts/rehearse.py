@@ -141,8 +141,11 @@ def project_copy(work: Path) -> Path:
             shutil.copytree(source, project / part, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy2(source, project / part)
-    # Pulumi.yaml names ./venv; one that sees the installed packages is made in a second
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(project / "venv")], check=True)
+    # Pulumi.yaml names ./venv: the copy uses the environment this run has (the project's venv under dev.sh)
+    if sys.prefix != sys.base_prefix:
+        (project / "venv").symlink_to(sys.prefix, target_is_directory=True)
+    else:
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(project / "venv")], check=True)
     return project
 
 
