@@ -228,7 +228,8 @@ class ResponseWriter:
         self.stats = WriterStats()
         self._own_pool = pool is None
         self.pool = pool or sync_pool(settings)
-        client = settings.client_config()
+        # a named client (broker logs, quotas, `kafka-consumer-groups --describe`) instead of librdkafka's `rdkafka`
+        client = settings.client_config() | {"client.id": f"graphql-async-writer-{settings.writer_instance_id}"}
         self.consumer = Consumer(client | {
             "group.id": settings.writer_group_id,
             "enable.auto.commit": False,

