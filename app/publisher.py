@@ -30,6 +30,7 @@ from app.envelope import (
     parse_action_call,
     request_message,
 )
+from app.group_commit import PendingInserter
 from app.kafka_io import AsyncProducer, producer_config
 from app.outbox import OutboxRelay
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, PublisherSettings
@@ -97,6 +98,9 @@ class Publisher:
         self.producer: AsyncProducer | None = None
         self.relay: OutboxRelay | None = None
         self.marker = PublishedMarker(self.pool)
+        self.inserter = PendingInserter(self.pool, max_rows=settings.group_commit_max_rows,
+                                        window_seconds=settings.group_commit_window_ms / 1000,
+                                        max_in_flight=settings.group_commit_max_in_flight)
         self._background: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -110,14 +114,15 @@ class Publisher:
             grace_seconds=self.settings.relay_grace_seconds, batch_size=self.settings.relay_batch_size,
             interval_seconds=self.settings.relay_interval_seconds)
         self._background = [asyncio.create_task(self.relay.run_forever(), name="outbox-relay"),
-                            asyncio.create_task(self.marker.run_forever(), name="published-marker")]
+                            asyncio.create_task(self.marker.run_forever(), name="published-marker"),
+                            asyncio.create_task(self.inserter.run_forever(), name="group-commit")]
         log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
 
     async def stop(self) -> None:
         """Graceful shutdown: let the relay finish its pass (sends settled, claims marked), let in-flight
         publishes settle, flush, close the pool. Cancelling a pass mid-way would roll its claim back after
         the producer had sent the rows: the next pass would publish them twice."""
-        relay, marker = self._background or (None, None)
+        relay, marker, inserter = self._background or (None, None, None)
         if relay:
             self.relay.stop()
             try:
@@ -128,10 +133,11 @@ class Publisher:
                     await relay
         if self._tasks:  # in-flight publishes still get marked before the marker stops
             await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
-        if marker:
-            marker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await marker
+        for task in (inserter, marker):  # batches under way finish first (the inserter drains on cancel)
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.producer:
             await asyncio.to_thread(self.producer.close)
         await self.pool.close()
@@ -143,26 +149,28 @@ class Publisher:
         """The action's answer, or ActionRefusal; a replay returns the stored record and publishes nothing."""
         request = parse_action_call(body, headers, self.limits, ACTION_NAME,
                                     reply_topic=self.settings.async_responses_topic)
-        async with self.pool.connection() as conn:
-            for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
-                row = await store.insert_pending(conn, request)
-                if row is not None:
-                    break
+        for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
+            row = await self.inserter.insert(request)  # group commit: one INSERT and commit for concurrent calls
+            if row is not None:
+                break
+            async with self.pool.connection() as conn:
                 existing = await store.select_row(conn, request.request_id)
-                if existing is None:
-                    continue
-                if existing["client_id"] != request.client_id:
-                    raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
-                log.info("replayed request", extra=self._log_fields(request, existing))
-                return action_output(existing, duplicate=True)
-            else:
-                raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
+            if existing is None:
+                continue
+            if existing["client_id"] != request.client_id:
+                raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
+            log.info("replayed request", extra=self._log_fields(request, existing))
+            return action_output(existing, duplicate=True)
+        else:
+            raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
         row["status"] = "published" if await self._publish(request, row) else "pending"
         log.info("accepted request", extra=self._log_fields(request, row))
         return action_output(row, duplicate=False)
 
     async def _publish(self, request: AsyncRequest, row: dict[str, Any]) -> bool:
-        """Hand the envelope to Kafka; True when acked and marked within publish_wait_seconds."""
+        """Hand the envelope to Kafka; True when acked within publish_wait_seconds. The row is marked
+        `published` after the answer (batched): the answer does not wait for a second database round trip,
+        and a mark that fails leaves the row to the relay, as before."""
         request_id = request.request_id
         self.in_flight.add(request_id)
         delivery = self.producer.send(self.settings.async_requests_topic, request_id,
@@ -170,8 +178,11 @@ class Publisher:
         task = asyncio.create_task(self._settle(request_id, delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        done, _ = await asyncio.wait({task}, timeout=self.settings.publish_wait_seconds)
-        return task in done and task.result()
+        try:
+            await asyncio.wait_for(asyncio.shield(delivery), self.settings.publish_wait_seconds)
+        except Exception:  # noqa: BLE001 - not acked in time, or refused: _settle logs it, the relay retries
+            return False
+        return True
 
     async def _settle(self, request_id: str, delivery: asyncio.Future) -> bool:
         try:
@@ -283,12 +294,22 @@ def create_app(settings: PublisherSettings) -> Starlette:
     return app
 
 
+def app_from_env() -> Starlette:
+    """The app of one worker process (uvicorn's factory when PUBLISHER_PROCESSES > 1)."""
+    logs.setup()
+    return create_app(PublisherSettings.load_or_exit())
+
+
 def main() -> None:
     import uvicorn
 
     logs.setup()
     settings = PublisherSettings.load_or_exit()
     # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
+    if settings.publisher_processes > 1:  # each process: its own loop, pool, producer and relay on one socket
+        uvicorn.run("app.publisher:app_from_env", factory=True, workers=settings.publisher_processes,
+                    host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False)
+        return
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
                 log_config=None, access_log=False)
 

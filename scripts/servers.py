@@ -199,6 +199,10 @@ class PostgresServer:
     port: int = 0
     # folders at or below this one were made for this server and may be opened up for `postgres` (default: data_dir)
     owned_root: Path | None = None
+    # benchmarks: fsync, synchronous_commit, full_page_writes on, as production runs (the test suite trades them off)
+    durable: bool = False
+    # microseconds a commit waits (PostgreSQL's commit_delay): stands in for a replicated commit's round trip
+    commit_delay_us: int = 0
 
     @property
     def url(self) -> str:
@@ -246,8 +250,12 @@ class PostgresServer:
         log.touch()
         if os.geteuid() == 0:
             shutil.chown(log, "postgres", "postgres")
+        durability = ("-c fsync=on -c synchronous_commit=on -c full_page_writes=on" if self.durable
+                      else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        if self.commit_delay_us:
+            durability += f" -c commit_delay={self.commit_delay_us} -c commit_siblings=0"
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                f"{durability} -c max_connections=200")
         subprocess.run(
             [*self._as_owner(), str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
              "-o", opts, "-w", "-t", str(int(timeout)), "start"],
