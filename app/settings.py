@@ -162,6 +162,8 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     writer_batch_wait_seconds: float = Field(0.5, gt=0)
+    # after a batch's first message, how long to gather more (latency at low rates vs. batch size)
+    writer_batch_linger_ms: float = Field(5.0, ge=0, le=1000)
     writer_retry_max_seconds: float = Field(30.0, gt=0)
     # each transactional call (send offsets, commit, abort) waits this long, retried writer_kafka_retries times
     writer_kafka_timeout_seconds: float = Field(30.0, gt=0)

@@ -267,8 +267,7 @@ class ResponseWriter:
             self.start()
             while not self.stop_event.is_set():
                 self.stats.last_loop = time.monotonic()
-                messages = self.consumer.consume(self.settings.writer_batch_size,
-                                                 self.settings.writer_batch_wait_seconds)
+                messages = self._next_batch()
                 good = []
                 for msg in messages:
                     if msg.error():
@@ -283,6 +282,18 @@ class ResponseWriter:
                     self.stop_event.wait(self._backoff)
         finally:
             self.close()
+
+    def _next_batch(self) -> list:
+        """Up to writer_batch_size messages: wait (up to writer_batch_wait_seconds) for the first one only, then
+        linger a few milliseconds for company. A backlog fills the batch at once; at low rates an answer no longer
+        waits for a batch that never fills."""
+        first = self.consumer.poll(self.settings.writer_batch_wait_seconds)
+        if first is None:
+            return []
+        if self.settings.writer_batch_size == 1:
+            return [first]
+        return [first, *self.consumer.consume(self.settings.writer_batch_size - 1,
+                                              self.settings.writer_batch_linger_ms / 1000)]
 
     def stalled(self) -> bool:
         """The loop stopped turning, or batches keep failing while messages wait."""

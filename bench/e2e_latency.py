@@ -29,8 +29,10 @@ from pathlib import Path
 
 import psycopg
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 
 from bench.common import ACTION_SECRET, emit, publisher, servers, service_env
+from scripts.kafka_admin import create_topics
 from scripts.servers import REPO, free_port
 
 VEGETA = Path(os.environ.get("VEGETA_BIN", REPO / ".cache" / "bin" / "vegeta"))
@@ -113,6 +115,7 @@ def bare_round_trip(kafka, rate: int, seconds: int) -> dict:
     """The broker's own bound: produce at `rate`, consume, time each message from send to receipt."""
     topic = f"bench-roundtrip-{uuid.uuid4().hex[:8]}"
     client = kafka.client_config()
+    create_topics(AdminClient(client), {topic: 3})
     consumer = Consumer(client | {"group.id": topic, "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
     producer = Producer(client | {"linger.ms": 1, "enable.idempotence": True})
