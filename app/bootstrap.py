@@ -15,10 +15,10 @@ import httpx
 import psycopg
 
 from app import logs
-from app.connection_template import Route
 from app.db import apply_schema, is_transient
-from app.hasura_metadata import DesiredMetadata, plan_metadata_commands
-from app.hasura_source import RoutingCase
+from app.hasura.connection_template import Route
+from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
+from app.hasura.source import RoutingCase
 from app.settings import BootstrapSettings
 
 log = logging.getLogger("app.bootstrap")

@@ -14,7 +14,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.connection_template import (
+from app.hasura.connection_template import (
     OPERATION_TYPES,
     RequestContext,
     Route,
@@ -23,7 +23,7 @@ from app.connection_template import (
     evaluate,
     parse,
 )
-from app.hasura_source import (
+from app.hasura.source import (
     ISOLATION_LEVELS,
     PoolSettings,
     RoutingCase,

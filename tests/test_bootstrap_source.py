@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from app.bootstrap import HasuraError, RoutingMismatch, bootstrap_database, bootstrap_metadata
-from app.connection_template import RequestContext, Route
-from app.hasura_source import PoolSettings, RoutingCase, SourceSettings
+from app.hasura.connection_template import RequestContext, Route
+from app.hasura.source import PoolSettings, RoutingCase, SourceSettings
 from app.settings import BootstrapSettings
 from tests.conftest import REPO
 from tests.support.hasura_standin import HasuraStandIn, serve

@@ -1,11 +1,11 @@
-"""The offline connection-template check (app/connection_template.py): the seed's templates, refusals, hostile input."""
+"""The offline connection-template check (app/hasura/connection_template.py): seeds, refusals, hostile input."""
 
 from __future__ import annotations
 
 import pytest
 
-from app.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
-from app.hasura_source import RoutingCase, SourceSettings, mutation_probes
+from app.hasura.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
+from app.hasura.source import RoutingCase, SourceSettings, mutation_probes
 
 # the seed's (shared/seeds/hasura-dynamic-routing.txt) last example, keys quoted as Kriti needs
 SEED = """

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.hasura_source import SourceSettings
+from app.hasura.source import SourceSettings
 from components.async_flow import BOOTSTRAP
 from components.config import ConfigError
 from scripts.pulumi_harness import load_stack_file, run_stack

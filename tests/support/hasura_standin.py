@@ -10,7 +10,7 @@ Source configuration: `pg_add_source` with `replace_configuration` checks the PG
 (connection_info, pool_settings, isolation_level, read_replicas, connection_set, connection_template);
 as Community Edition (`edition="ce"`) it answers 400 `not-supported` for the Enterprise parts and for
 `pg_test_connection_template`, as Hasura CE does. As Enterprise it routes a test request with the
-project's own Kriti subset (app/connection_template.py) — not Hasura's Kriti engine, so it proves the
+project's own Kriti subset (app/hasura/connection_template.py) — not Hasura's Kriti engine, so it proves the
 bootstrap's calls and comparisons, not Kriti semantics; `route_overrides` makes it answer differently,
 the way a real Hasura could disagree with the offline check.
 """
@@ -24,7 +24,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from app.connection_template import RequestContext, TemplateError, evaluate, parse
+from app.hasura.connection_template import RequestContext, TemplateError, evaluate, parse
 
 GRAPHQL_TYPE = re.compile(r"^\[?[A-Za-z_][A-Za-z0-9_]*!?\]?!?$")
 ROOT_FIELDS_QUERY = {"select", "select_by_pk", "select_aggregate"}

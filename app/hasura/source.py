@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.connection_template import RequestContext, Route, TemplateError
+from app.hasura.connection_template import RequestContext, Route, TemplateError
 
 PRIMARY_URL_ENV = "HASURA_GRAPHQL_DATABASE_URL"
 ISOLATION_LEVELS = ("read-committed", "repeatable-read", "serializable")
