@@ -146,7 +146,7 @@ class RoutingCaseConfig(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     operation_type: Literal[OPERATION_TYPES]  # type: ignore[valid-type]
-    operation_name: str | None = Field(None, max_length=256)
+    operation_name: str | None = Field(None, max_length=256)  # a GraphQL name, as Hasura's QueryContext reads it
     headers: dict[str, str] = Field(default_factory=dict)
     session: dict[str, str] = Field(default_factory=dict)
     expect: str  # primary | read_replicas | default | connection_set.<member>
@@ -167,6 +167,14 @@ class RoutingCaseConfig(_Model):
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _hasura_accepts(self) -> RoutingCaseConfig:
+        """The bootstrap sends this case to pg_test_connection_template: refuse what Hasura answers 400 for."""
+        problems = self.case().request.problems()
+        if problems:
+            raise ValueError(f"case {self.name!r}: " + "; ".join(problems))
+        return self
 
     def case(self) -> RoutingCase:
         return RoutingCase(name=self.name, expect=Route.parse(self.expect), request=RequestContext(

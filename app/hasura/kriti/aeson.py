@@ -29,8 +29,9 @@ def from_python(value: Any) -> Any:
 
 def to_python(value: Any) -> Any:
     """Back to plain JSON: integral numbers as int, others as float."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, Decimal):  # a huge exponent stays a float: int() of 1e99999999 would take forever
+        integral = value.adjusted() < 64 and value == value.to_integral_value()
+        return int(value) if integral else float(value)
     if isinstance(value, dict):
         return {k: to_python(v) for k, v in value.items()}
     if isinstance(value, list):
