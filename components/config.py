@@ -130,8 +130,8 @@ class PoolConfig(_Model):
 
     max_connections: int = Field(20, ge=1, le=1000)
     idle_timeout_seconds: int = Field(60, ge=1, le=86_400)
-    pool_timeout_seconds: int = Field(10, ge=1, le=3600)
-    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load
+    pool_timeout_seconds: int | None = Field(10, ge=1, le=3600)  # null: wait as long as it takes (Hasura's default)
+    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load; 0: never
     retries: int = Field(1, ge=0, le=10)
     isolation_level: Literal[ISOLATION_LEVELS] = "read-committed"  # type: ignore[valid-type]
 

@@ -206,3 +206,12 @@ def test_the_readme_documents_every_data_layer_setting():
         assert to_camel(field) in readme and field in HasuraConfig.model_fields
     for field in [f for f in CloudflareConfig.model_fields if f.startswith("origin_")]:
         assert to_camel(field) in readme, field
+
+
+def test_no_pool_timeout_and_no_lifetime_reach_the_bootstrap_as_such():
+    from components.config import HasuraConfig
+
+    raw = {**PROD[P + "hasura"], "pool": {"poolTimeoutSeconds": None, "connectionLifetimeSeconds": 0}}
+    settings = SourceSettings.from_json(HasuraConfig.model_validate(raw).source_settings().to_json())
+    assert settings.pool.pool_timeout is None and settings.pool.connection_lifetime == 0
+    assert "pool_timeout" not in settings.configuration()["connection_info"]["pool_settings"]
