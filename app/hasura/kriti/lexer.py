@@ -110,6 +110,8 @@ RULES: tuple[Rule, ...] = (
     _rule("0,expr", r"\)", _tok("RPAREN")),
 )
 
+BY_CODE = {code: [r for r in RULES if code in r.codes] for code in (S0, EXPR, STRING, LITERAL)}  # in rule order
+
 # Grammar.y's %token list: these identifiers are keywords, matched before `ident`
 KEYWORDS = {"if": "IF", "elif": "ELIF", "else": "ELSE", "end": "END", "null": "NULL", "range": "RANGE",
             "in": "IN", "not": "NOT"}
@@ -123,9 +125,7 @@ def tokens(source: str) -> Iterator[Token]:
     pos = depth = 0
     while pos < len(source):
         best: tuple[int, Rule] | None = None
-        for rule in RULES:
-            if codes[-1] not in rule.codes:
-                continue
+        for rule in BY_CODE[codes[-1]]:
             match = rule.pattern.match(source, pos)
             if match and match.end() > pos and (best is None or match.end() > best[0]):
                 best = (match.end(), rule)
@@ -144,14 +144,13 @@ def tokens(source: str) -> Iterator[Token]:
             depth += (kind in OPENERS) - (kind in CLOSERS)
             if depth > MAX_NESTING:
                 raise KritiParseError("ParseErrorCode", f"nested over {MAX_NESTING} deep", Span(pos, end), source)
-            yield _token(kind, value, pos, end, source)
+            yield _token(kind, value, pos, end)
         pos = end
 
 
-def _token(kind: str, value: str, start: int, end: int, source: str) -> Token:
-    line = source.count("\n", 0, start)
-    column = start - (source.rfind("\n", 0, start) + 1) + 1
-    return Token(kind, value, start_pos=start, line=line + 1, column=column, end_pos=end)
+def _token(kind: str, value: str, start: int, end: int) -> Token:
+    # positions are character offsets; KritiError turns them into a line and column when it reports one
+    return Token(kind, value, start_pos=start, end_pos=end)
 
 
 class KritiLexer(Lexer):
