@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import logs
-from app.hasura_source import SourceSettings
+from app.hasura.source import SourceSettings
 
 VAULT_SECRETS_DIR = os.environ.get("ASYNC_SECRETS_DIR", "/vault/secrets")
 
@@ -195,7 +195,7 @@ class BootstrapSettings(DatabaseSettings):
     )
     action_timeout_seconds: int = Field(30, ge=1, le=600)
     hasura_retry_seconds: float = Field(120.0, ge=0)
-    # the source's pool, read replicas and routing as the program wrote them (app/hasura_source.py); empty: defaults
+    # the source's pool, read replicas and routing as the program wrote them (app/hasura/source.py); empty: defaults
     hasura_source_settings: SourceSettings = Field(default_factory=SourceSettings)
     hasura_user_row_limit: int = Field(100, ge=1, le=10_000)
 

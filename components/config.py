@@ -14,7 +14,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.connection_template import (
+from app.hasura.connection_template import (
     OPERATION_TYPES,
     RequestContext,
     Route,
@@ -23,7 +23,7 @@ from app.connection_template import (
     evaluate,
     parse,
 )
-from app.hasura_source import (
+from app.hasura.source import (
     ISOLATION_LEVELS,
     PoolSettings,
     RoutingCase,
@@ -130,8 +130,8 @@ class PoolConfig(_Model):
 
     max_connections: int = Field(20, ge=1, le=1000)
     idle_timeout_seconds: int = Field(60, ge=1, le=86_400)
-    pool_timeout_seconds: int = Field(10, ge=1, le=3600)
-    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load
+    pool_timeout_seconds: int | None = Field(10, ge=1, le=3600)  # null: wait as long as it takes (Hasura's default)
+    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load; 0: never
     retries: int = Field(1, ge=0, le=10)
     isolation_level: Literal[ISOLATION_LEVELS] = "read-committed"  # type: ignore[valid-type]
 
@@ -146,7 +146,7 @@ class RoutingCaseConfig(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     operation_type: Literal[OPERATION_TYPES]  # type: ignore[valid-type]
-    operation_name: str | None = Field(None, max_length=256)
+    operation_name: str | None = Field(None, max_length=256)  # a GraphQL name, as Hasura's QueryContext reads it
     headers: dict[str, str] = Field(default_factory=dict)
     session: dict[str, str] = Field(default_factory=dict)
     expect: str  # primary | read_replicas | default | connection_set.<member>
@@ -167,6 +167,14 @@ class RoutingCaseConfig(_Model):
         except TemplateError as exc:
             raise ValueError(str(exc)) from None
         return value
+
+    @model_validator(mode="after")
+    def _hasura_accepts(self) -> RoutingCaseConfig:
+        """The bootstrap sends this case to pg_test_connection_template: refuse what Hasura answers 400 for."""
+        problems = self.case().request.problems()
+        if problems:
+            raise ValueError(f"case {self.name!r}: " + "; ".join(problems))
+        return self
 
     def case(self) -> RoutingCase:
         return RoutingCase(name=self.name, expect=Route.parse(self.expect), request=RequestContext(

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.hasura_source import SourceSettings
+from app.hasura.source import SourceSettings
 from components.async_flow import BOOTSTRAP
 from components.config import ConfigError
 from scripts.pulumi_harness import load_stack_file, run_stack
@@ -122,6 +122,9 @@ def routing(**changes) -> dict:
 
 QUERIES_ON_REPLICAS = ('{{ if $.request.query.operation_type == "query" }}{{ $.read_replicas }}'
                        '{{ else }}{{ $.primary }}{{ end }}')
+UNPARENTHESISED = ('{{ if $.request.query.operation_type == "mutation" }}{{ $.primary }}'
+                   '{{ elif $.request.session?["x-hasura-role"] == "service" && $.request.headers?["x-route-to"] == '
+                   '"reporting" }}{{ $.connection_set.reporting }}{{ else }}{{ $.default }}{{ end }}')
 CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "user"}, "expect": "primary"}
 
 
@@ -132,7 +135,16 @@ CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "use
     (hasura_with(edition="ce", eeLicenseKeyEntry=None, readReplicas=[]), r"hasura\.routing need Hasura Enterprise"),
     (hasura_with(eeLicenseKeyEntry=None), r"hasura\.edition ee needs hasura\.eeLicenseKeyEntry"),
     # a template that does not parse, names an unknown member, or disagrees with its cases
-    (hasura_with(routing=routing(template="{{ if true }}{{ $.primary }}")), r"hasura\.routing: .*never closed"),
+    (hasura_with(routing=routing(template="{{ if true }}{{ $.primary }}")), r"hasura\.routing: .*not Kriti"),
+    # the prod template as it was: an unparenthesised && chain is not Kriti, so pg_add_source would fail
+    (hasura_with(routing=routing(template=UNPARENTHESISED)), r"hasura\.routing: .*Unexpected token '&&'"),
+    (hasura_with(routing=routing(template='{{ if not ($.request.headers?["a"] == "b") }}{{ $.primary }}'
+                                          "{{ else }}{{ $.default }}{{ end }}")), r"without functions"),
+    # cases pg_test_connection_template answers 400 for
+    (hasura_with(routing=routing(cases=[{**CASE, "session": {}}])), r"case 'c': the session has no x-hasura-role"),
+    (hasura_with(routing=routing(cases=[{**CASE, "session": {"x-hasura-role": "admin"}}])),
+     r"case 'c': x-hasura-role is admin"),
+    (hasura_with(routing=routing(cases=[{**CASE, "operationName": "my-query"}])), r"not a GraphQL name"),
     (hasura_with(routing=routing(template="{{ $.connection_set.archive }}")),
      r"hasura\.routing: .*connection_set\.archive .* is not in the connection set \(reporting\)"),
     (hasura_with(routing=routing(cases=[{**CASE, "expect": "connection_set.reporting"}])),
@@ -194,3 +206,12 @@ def test_the_readme_documents_every_data_layer_setting():
         assert to_camel(field) in readme and field in HasuraConfig.model_fields
     for field in [f for f in CloudflareConfig.model_fields if f.startswith("origin_")]:
         assert to_camel(field) in readme, field
+
+
+def test_no_pool_timeout_and_no_lifetime_reach_the_bootstrap_as_such():
+    from components.config import HasuraConfig
+
+    raw = {**PROD[P + "hasura"], "pool": {"poolTimeoutSeconds": None, "connectionLifetimeSeconds": 0}}
+    settings = SourceSettings.from_json(HasuraConfig.model_validate(raw).source_settings().to_json())
+    assert settings.pool.pool_timeout is None and settings.pool.connection_lifetime == 0
+    assert "pool_timeout" not in settings.configuration()["connection_info"]["pool_settings"]
