@@ -41,7 +41,9 @@ class CleanupReport:
 
 
 def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
-                stop: threading.Event | None = None) -> CleanupReport:
+                stop: threading.Event | None = None, max_rows_per_second: float = 0) -> CleanupReport:
+    """Delete expired rows until none are left, the time budget is spent or `stop` is set. `max_rows_per_second`
+    (0 = unpaced) spaces the batches so the database keeps room for the publisher's inserts."""
     stop = stop or threading.Event()
     report = CleanupReport()
     started = time.monotonic()
@@ -78,6 +80,8 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
             if deleted < batch_size:
                 report.elapsed_seconds = round(time.monotonic() - started, 3)
                 break
+            if max_rows_per_second:  # ahead of the pace: wait until the rows deleted so far were due
+                stop.wait(max(0.0, started + report.deleted / max_rows_per_second - time.monotonic()))
     finally:
         if conn is not None:
             conn.close()
@@ -90,7 +94,7 @@ def main() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
-                         settings.cleanup_time_budget_seconds, stop)
+                         settings.cleanup_time_budget_seconds, stop, settings.cleanup_max_rows_per_second)
     log.info("cleanup finished", extra=asdict(report))
 
 

@@ -240,7 +240,8 @@ class AsyncFlow(pulumi.ComponentResource):
         job_pod = {"metadata": self._pod_metadata(CLEANUP, run_to_completion=True),
                    "spec": pod_spec(CLEANUP, args.images["cleanup"], {
                        "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
-                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)}, restart="Never")}
+                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds),
+                       "CLEANUP_MAX_ROWS_PER_SECOND": str(cfg.cleanup_max_rows_per_second)}, restart="Never")}
         self.cleanup = k8s.batch.v1.CronJob(
             "cleanup", metadata=self._metadata(CLEANUP),
             spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,

@@ -356,6 +356,7 @@ class AsyncFlowConfig(_Model):
     cleanup_schedule: str = "*/10 * * * *"
     cleanup_batch_size: int = Field(1000, ge=1, le=100_000)
     cleanup_time_budget_seconds: int = Field(240, ge=10)
+    cleanup_max_rows_per_second: int = Field(25_000, ge=0)  # 0 = unpaced
 
 
 class VerifyConfig(_Model):
