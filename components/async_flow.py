@@ -22,6 +22,7 @@ from components.k8s import (
     vault_agent_annotations,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
+from components.monitoring import FlowMonitoringArgs, ScrapeTarget, declare_monitoring
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
@@ -30,7 +31,8 @@ WRITER = "graphql-async-response-writer"
 CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
 PUBLISHER_PORT = 8080
-WRITER_HEALTH_PORT = 8081
+WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
+PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
 DEFAULT_RESOURCES = Resources()
 
 
@@ -119,6 +121,9 @@ class AsyncFlow(pulumi.ComponentResource):
         self._publisher()
         self._writer()
         self._cleanup()
+        self.monitoring = declare_monitoring(self, FlowMonitoringArgs(args.namespace, args.config.metrics, [
+            ScrapeTarget(PUBLISHER, "metrics", PUBLISHER_METRICS_PORT),
+            ScrapeTarget(WRITER, "health", WRITER_HEALTH_PORT)]))
         self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": self.bootstrap_job})
 
     # ------------------------------------------------------------ shared pieces
@@ -175,8 +180,10 @@ class AsyncFlow(pulumi.ComponentResource):
             spec={"replicas": args.config.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
                   "template": {"metadata": self._pod_metadata(PUBLISHER),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
-                                                self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
-                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
+                                                self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT),
+                                                                   "METRICS_PORT": str(PUBLISHER_METRICS_PORT)},
+                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT},
+                                                       {"name": "metrics", "containerPort": PUBLISHER_METRICS_PORT}],
                                                 probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
             opts=self._after(PUBLISHER, self.bootstrap))
         self.publisher_service = k8s.core.v1.Service(
@@ -225,7 +232,9 @@ class AsyncFlow(pulumi.ComponentResource):
         job_pod = {"metadata": self._pod_metadata(CLEANUP, run_to_completion=True),
                    "spec": pod_spec(CLEANUP, args.images["cleanup"], {
                        "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
-                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)}, restart="Never")}
+                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds),
+                       **({"CLEANUP_PUSHGATEWAY_URL": cfg.metrics.pushgateway_url}
+                          if cfg.metrics.pushgateway_url else {})}, restart="Never")}
         self.cleanup = k8s.batch.v1.CronJob(
             "cleanup", metadata=self._metadata(CLEANUP),
             spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,
