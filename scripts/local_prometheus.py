@@ -9,7 +9,9 @@ its PrometheusRule, loaded here unchanged.
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +35,16 @@ def binary(name: str) -> str:
         raise FileNotFoundError(f"{name} not found: apt-get install prometheus prometheus-pushgateway "
                                 "(bash scripts/dev.sh test installs them)")
     return found
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the process that started it dies, even by SIGKILL (no orphaned servers)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+PARENT_DEATH = _die_with_parent if sys.platform == "linux" else None
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -76,7 +88,7 @@ class PrometheusServer:
         self.process = subprocess.Popen(
             [binary("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={self.data / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1d"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=PARENT_DEATH)
         wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, timeout, "prometheus",
                  self.process, log)
 
@@ -116,7 +128,7 @@ class Pushgateway:
         log = self.data / "pushgateway.log"
         self.process = subprocess.Popen(
             [binary("prometheus-pushgateway"), f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=PARENT_DEATH)
         wait_for(lambda: httpx.get(f"{self.url}/-/ready", timeout=1).status_code == 200, timeout, "pushgateway",
                  self.process, log)
 
@@ -144,3 +156,39 @@ def wait_for_value(prometheus: PrometheusServer, promql: str, accept, timeout: f
             return result
         time.sleep(0.5)
     raise TimeoutError(f"{what}: {promql} gave {result} for {timeout:.0f}s")
+
+
+class LocalMonitoring:
+    """The local run's metrics: a fixed metrics port for the publisher (kept in local-state.json), where to read
+    them, and with `--prometheus` a Prometheus server scraping both services with the stack's rules loaded."""
+
+    def __init__(self, data: Path, state: dict, with_prometheus: bool):
+        state.setdefault("publisher_metrics_port", free_port())
+        self.state = state
+        self.prometheus = PrometheusServer(data / "prometheus", [
+            ScrapeTarget(PUBLISHER_JOB, f"127.0.0.1:{state['publisher_metrics_port']}"),
+            ScrapeTarget(WRITER_JOB, f"127.0.0.1:{state['writer_health_port']}")],
+            scrape_interval="5s", port=state.setdefault("prometheus_port", free_port())) if with_prometheus else None
+
+    def publisher_env(self) -> dict[str, str]:
+        return {"METRICS_PORT": str(self.state["publisher_metrics_port"])}
+
+    def start(self, step, done) -> None:
+        if self.prometheus is None:
+            return
+        step(f"Prometheus on {self.prometheus.url} (scrapes every 5s; rules: {RULES.relative_to(REPO)})")
+        self.prometheus.start()
+        done()
+
+    def describe(self) -> list[str]:
+        lines = [f"metrics: publisher http://127.0.0.1:{self.state['publisher_metrics_port']}/metrics, "
+                 f"writer http://127.0.0.1:{self.state['writer_health_port']}/metrics"]
+        if self.prometheus:
+            lines.append(f"Prometheus: {self.prometheus.url}/graph  alerts: {self.prometheus.url}/alerts")
+        else:
+            lines.append("(--prometheus starts a Prometheus server scraping them, with the stack's alert rules)")
+        return lines
+
+    def stop(self) -> None:
+        if self.prometheus:
+            self.prometheus.stop()

@@ -33,6 +33,7 @@ from app.cleanup import run_cleanup
 from app.db import apply_schema
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
+from scripts.local_prometheus import LocalMonitoring
 from scripts.local_service import service_env
 from scripts.servers import (
     KAFKA_ADMIN_PASSWORD,
@@ -98,13 +99,14 @@ def _die_with_parent() -> None:
 
 class LocalStack:
     def __init__(self, data: Path, publisher_port: int, cleanup_interval: float, *, writer: bool = True,
-                 worker: bool = True):
+                 worker: bool = True, prometheus: bool = False):
         self.lock = lock_data_dir(data)
         self.data = data
         self.logs = data / "logs"
         self.cleanup_interval = cleanup_interval
         self.with_writer, self.with_worker = writer, worker
         self.state = self._load_state(publisher_port)
+        self.monitoring = LocalMonitoring(data, self.state, prometheus)
         self.pg = PostgresServer(data / "pg", port=self.state["pg_port"])
         self.kafka = KafkaBroker(data / "kafka", port=self.state["kafka_port"],
                                  controller_port=self.state["controller_port"])
@@ -173,7 +175,8 @@ class LocalStack:
 
         step(f"publisher on http://127.0.0.1:{self.state['publisher_port']}")
         publisher = self._spawn("publisher", "app.publisher",
-                                service_env(self.state, "publisher", port=self.state["publisher_port"]))
+                                service_env(self.state, "publisher", port=self.state["publisher_port"])
+                                | self.monitoring.publisher_env())
         wait_for(lambda: httpx.get(f"{self.publisher_url}/readyz", timeout=1).status_code == 200, 30,
                  "publisher", publisher, self.logs / "publisher.log")
         done()
@@ -193,6 +196,7 @@ class LocalStack:
         self.cleanup_thread = threading.Thread(target=self._cleanup_loop, daemon=True)
         self.cleanup_thread.start()
         done()
+        self.monitoring.start(step, done)
 
     @property
     def publisher_url(self) -> str:
@@ -279,6 +283,7 @@ class LocalStack:
                 process.kill()
                 process.wait()
             say(f"    {name} stopped")
+        self.monitoring.stop()
         for name, server in (("kafka", self.kafka), ("postgresql", self.pg)):
             try:
                 server.stop()
@@ -301,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                              "writer`)")
     parser.add_argument("--no-worker", action="store_true", help="start without the demo worker")
     parser.add_argument("--once", action="store_true", help="bring up, run the demo, stop (for checks)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="also start a Prometheus server scraping the services, with the alert rules loaded")
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -312,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a closed pipe is a BrokenPipeError that say() absorbs
     try:
         stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval,
-                           writer=not args.no_writer, worker=not args.no_worker)
+                           writer=not args.no_writer, worker=not args.no_worker, prometheus=args.prometheus)
     except DataDirBusy as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -325,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         say("rows (the table Hasura would serve as a subscription):\n")
         say(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
             f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n")
+        for line in stack.monitoring.describe():
+            say(line)
         say(f"one more service in the foreground: bash scripts/dev.sh service writer|publisher|worker|cleanup "
             f"--data {stack.data}\n")
         if stack.with_writer and stack.with_worker:
