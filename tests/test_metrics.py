@@ -23,6 +23,7 @@ from tests.conftest import ACTION_SECRET
 from tests.support.kafka_admin import wait_until
 from tests.support.services import action_body, call_action, running_publisher, running_writer
 from tests.test_writer import insert_rows, produce, response
+from tests.test_writer_faults import _set_topic_config
 
 VALID = {"handler": "billing-worker", "operation": "invoice.create", "payload": {"n": 1}}
 
@@ -227,6 +228,28 @@ def test_writer_without_its_database_rewinds_goes_unhealthy_and_its_lag_stays(ka
             server.shutdown()
             server.server_close()
     assert value(samples, rewinds, cause="database_unavailable") >= 2
+    assert sum(v for (n, _), v in samples.items() if n == "graphql_async_writer_responses_total") == 0
+
+
+def test_writer_counts_aborted_transactions(kafka, db, writer_settings, topics):
+    """A DLQ copy the broker refuses (the topic takes 20 KB, the writer allows more) fails each transaction:
+    each is aborted and the batch rewound, and both are counted."""
+    _set_topic_config(kafka, topics.dlq, "max.message.bytes", "20000")
+    produce(kafka, topics.responses, [("poison", b'{"junk": "' + b"q" * 50_000 + b'"}')])
+    settings = writer_settings.model_copy(update={"writer_retry_max_seconds": 0.5})
+    with running_writer(settings) as (writer, _failure):
+        port = free_port()
+        server = serve_health(writer, port)
+        try:
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
+            wait_until(lambda: value(scrape(metrics_url), "graphql_async_writer_transaction_aborts_total") >= 2,
+                       timeout=60, what="aborted transactions counted")
+            samples = scrape(metrics_url)
+        finally:
+            server.shutdown()
+            server.server_close()
+    assert value(samples, "graphql_async_writer_batch_rewinds_total", cause="kafka_transaction") >= 2
+    # nothing committed, so nothing is counted as dead-lettered: the counts follow commits, not attempts
     assert sum(v for (n, _), v in samples.items() if n == "graphql_async_writer_responses_total") == 0
 
 
