@@ -156,6 +156,9 @@ def test_prometheus_sees_lag_grow_and_the_backlog_age(pg, db, kafka, topics, wri
                                    lambda r: total(r) >= 8, 90, "the oldest unpublished row ages")
                     wait_for_value(prometheus, "max(graphql_async_outbox_backlog_rows)", lambda r: total(r) >= 5, 60,
                                    "the backlog grows")
+                    wait_for_value(prometheus, 'sum(graphql_async_publisher_kafka_delivery_failures_total'
+                                               '{path="action", error="_MSG_TIMED_OUT"})',
+                                   lambda r: total(r) >= 1, 60, "the action's publishes time out")
                 finally:
                     os.kill(kafka.pid, signal.SIGCONT)
                 # the relay publishes the backlog once Kafka is back: the age falls to 0
