@@ -128,6 +128,8 @@ class Publisher:
         relay, marker, scan = self._background or (None, None, None)
         if scan:
             scan.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scan
         if relay:
             self.relay.stop()
             try:
