@@ -16,6 +16,7 @@ import psycopg
 
 from app import logs
 from app.db import is_transient
+from app.metrics import CleanupMetrics
 from app.settings import CleanupSettings
 
 log = logging.getLogger("app.cleanup")
@@ -88,14 +89,46 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
     return report
 
 
+PUSH_JOB = "graphql-async-cleanup"  # the Pushgateway group: one per deployment, each run replaces the last
+
+
+def push_metrics(url: str, report: CleanupReport | None, metrics: CleanupMetrics | None = None) -> None:
+    """The run's figures to the Pushgateway (POST: a failed run's push leaves the last success in place).
+    A failing push is logged, never fatal: the rows were deleted all the same."""
+    from prometheus_client import pushadd_to_gateway
+
+    metrics = metrics or CleanupMetrics()
+    if report is None:
+        metrics.last_failure.set_to_current_time()
+        registry = metrics.failure_registry
+    else:
+        metrics.deleted.set(report.deleted)
+        metrics.batches.set(report.batches)
+        metrics.duration.set(report.elapsed_seconds)
+        metrics.incomplete.set(int(report.stopped_by != "done"))
+        metrics.last_success.set_to_current_time()
+        registry = metrics.registry
+    try:
+        pushadd_to_gateway(url, job=PUSH_JOB, registry=registry, timeout=10)
+    except OSError as exc:
+        log.warning("cleanup metrics not pushed", extra={"error": type(exc).__name__, "detail": str(exc)[:200]})
+
+
 def main() -> None:
     logs.setup()
     settings = CleanupSettings.load_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
-                         settings.cleanup_time_budget_seconds, stop, settings.cleanup_max_rows_per_second)
+    try:
+        report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
+                             settings.cleanup_time_budget_seconds, stop, settings.cleanup_max_rows_per_second)
+    except Exception:
+        if settings.cleanup_pushgateway_url:
+            push_metrics(settings.cleanup_pushgateway_url, None)
+        raise
     log.info("cleanup finished", extra=asdict(report))
+    if settings.cleanup_pushgateway_url:  # a run that never reached the database (no batch) is no success
+        push_metrics(settings.cleanup_pushgateway_url, report if report.batches else None)
 
 
 if __name__ == "__main__":

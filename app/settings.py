@@ -140,6 +140,10 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     group_commit_max_in_flight: int = Field(4, ge=1, le=64)
     # uvicorn worker processes: one event loop per core the pod has (each with its own pool and relay)
     publisher_processes: int = Field(1, ge=1, le=64)
+    # GET /metrics on its own port (0: none), away from the action port only Hasura may reach
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    # the outbox backlog gauges come from one cheap query this often, never per request
+    outbox_scan_interval_seconds: float = Field(15.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> PublisherSettings:
@@ -174,7 +178,9 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     response_max_depth: int = Field(64, ge=2, le=1000)
     # a DLQ copy (key + value + headers) never exceeds this; keep it under the DLQ topic's max.message.bytes
     dlq_max_message_bytes: int = Field(PRODUCER_MAX_MESSAGE_BYTES - 1024, ge=16 * 1024)
-    health_port: int = Field(8081, ge=0, le=65535)
+    health_port: int = Field(8081, ge=0, le=65535)  # serves /healthz and /metrics
+    # the group's committed offsets and the high watermarks are read this often, apart from the consume loop
+    writer_lag_interval_seconds: float = Field(15.0, gt=0)
 
     @property
     def transactional_id(self) -> str:
@@ -186,6 +192,8 @@ class CleanupSettings(DatabaseSettings):
     cleanup_time_budget_seconds: float = Field(240.0, gt=0)
     # pace: 1M expired rows in 40 s, leaving the database room for the publisher's inserts (0 = unpaced)
     cleanup_max_rows_per_second: float = Field(25_000, ge=0)
+    # a CronJob pod is gone before Prometheus could scrape it: each run pushes its figures here (empty: log only)
+    cleanup_pushgateway_url: str | None = Field(None, pattern=r"^https?://[^\s@]+$")
 
 
 class BootstrapSettings(DatabaseSettings):

@@ -65,6 +65,13 @@ SELECT {ROW_COLUMNS} FROM graphql.client_async_messages
  FOR UPDATE SKIP LOCKED
 """
 
+# the outbox backlog gauges: rows the relay still owes Kafka (the partial index on pending rows serves it)
+OUTBOX_BACKLOG = """
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+  FROM graphql.client_async_messages
+ WHERE status = 'pending' AND expires_at > now()
+"""
+
 
 async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[str, Any] | None:
     """The stored row, or None when the request_id exists already."""
@@ -108,3 +115,10 @@ async def claim_unpublished(conn: AsyncConnection, grace_seconds: float, limit: 
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(CLAIM_UNPUBLISHED, (grace_seconds, limit))
     return await cur.fetchall()
+
+
+async def outbox_backlog(conn: AsyncConnection) -> tuple[int, float]:
+    """(unexpired pending rows, age in seconds of the oldest of them; 0 when there is none)."""
+    cur = await conn.execute(OUTBOX_BACKLOG)
+    rows, age = await cur.fetchone()
+    return rows, age

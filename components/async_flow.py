@@ -22,6 +22,7 @@ from components.k8s import (
     vault_agent_annotations,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
+from components.monitoring import FlowMonitoringArgs, ScrapeTarget, declare_monitoring
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
@@ -30,7 +31,8 @@ WRITER = "graphql-async-response-writer"
 CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
 PUBLISHER_PORT = 8080
-WRITER_HEALTH_PORT = 8081
+WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
+PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
 DEFAULT_RESOURCES = Resources()
 
 
@@ -122,6 +124,9 @@ class AsyncFlow(pulumi.ComponentResource):
         self._publisher()
         self._writer()
         self._cleanup()
+        self.monitoring = declare_monitoring(self, FlowMonitoringArgs(args.namespace, args.config.metrics, [
+            ScrapeTarget(PUBLISHER, self._publisher_metrics_ports),
+            ScrapeTarget(WRITER, (("health", WRITER_HEALTH_PORT),))]))
         self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": self.bootstrap_job})
 
     # ------------------------------------------------------------ shared pieces
@@ -170,9 +175,16 @@ class AsyncFlow(pulumi.ComponentResource):
     @property
     def _publisher_env(self) -> dict[str, str]:
         flow = self.args.config
-        return {"PUBLISHER_PORT": str(PUBLISHER_PORT), "PUBLISHER_PROCESSES": str(flow.publisher_processes),
+        return {"PUBLISHER_PORT": str(PUBLISHER_PORT), "METRICS_PORT": str(PUBLISHER_METRICS_PORT),
+                "PUBLISHER_PROCESSES": str(flow.publisher_processes),
                 "GROUP_COMMIT_MAX_ROWS": str(flow.group_commit_max_rows),
                 "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms)}
+
+    @property
+    def _publisher_metrics_ports(self) -> tuple[tuple[str, int], ...]:
+        """Each publisher process serves /metrics on its own port: METRICS_PORT, METRICS_PORT + 1, ..."""
+        processes = self.args.config.publisher_processes
+        return tuple((f"metrics-{i}" if i else "metrics", PUBLISHER_METRICS_PORT + i) for i in range(processes))
 
     @property
     def _publisher_resources(self) -> Resources:
@@ -191,7 +203,9 @@ class AsyncFlow(pulumi.ComponentResource):
                   "template": {"metadata": self._pod_metadata(PUBLISHER),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
                                                 self._kafka_env | self._publisher_env,
-                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
+                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT},
+                                                       *({"name": name, "containerPort": port}
+                                                         for name, port in self._publisher_metrics_ports)],
                                                 probes=health, resources=self._publisher_resources)}},
             opts=self._after(PUBLISHER, self.bootstrap))
         self.publisher_service = k8s.core.v1.Service(
@@ -241,7 +255,9 @@ class AsyncFlow(pulumi.ComponentResource):
                    "spec": pod_spec(CLEANUP, args.images["cleanup"], {
                        "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
                        "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds),
-                       "CLEANUP_MAX_ROWS_PER_SECOND": str(cfg.cleanup_max_rows_per_second)}, restart="Never")}
+                       "CLEANUP_MAX_ROWS_PER_SECOND": str(cfg.cleanup_max_rows_per_second),
+                       **({"CLEANUP_PUSHGATEWAY_URL": cfg.metrics.pushgateway_url}
+                          if cfg.metrics.pushgateway_url else {})}, restart="Never")}
         self.cleanup = k8s.batch.v1.CronJob(
             "cleanup", metadata=self._metadata(CLEANUP),
             spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,

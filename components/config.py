@@ -344,6 +344,22 @@ class ImagesConfig(_Model):
         return value
 
 
+class MetricsConfig(_Model):
+    """Scraping and alerting the way clusters with the Prometheus Operator expect (components/monitoring.py)."""
+
+    pod_monitor: bool = False  # PodMonitors for the publisher and the writer, and a NetworkPolicy letting them in
+    prometheus_rule: bool = False  # the alerts of config/prometheus/rules.yaml
+    # labels the cluster's Prometheus selects PodMonitors and PrometheusRules by (e.g. release: kube-prometheus-stack)
+    selector_labels: dict[str, str] = Field(default_factory=dict)
+    prometheus_namespace: str = Field("monitoring", pattern=K8S_NAME.pattern)  # where the scrapes come from
+    scrape_interval: str = Field("30s", pattern=r"^[1-9][0-9]*(s|m)$")
+    # each cleanup run pushes its figures here (a CronJob pod is gone before any scrape); unset: AsyncCleanupNotRun
+    # is left out of the PrometheusRule, which could only ever fire
+    pushgateway_url: str | None = Field(None, pattern=r"^https?://[^\s@]+$")
+    # the alerts' runbook_url is docs/runbook.md#<alert>; with this set, an absolute link under it
+    runbook_base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+
+
 class AsyncFlowConfig(_Model):
     publisher_replicas: int = Field(2, ge=1, le=50)
     # worker processes per publisher pod (one per core the pod gets; its CPU limit follows)
@@ -357,6 +373,7 @@ class AsyncFlowConfig(_Model):
     cleanup_batch_size: int = Field(1000, ge=1, le=100_000)
     cleanup_time_budget_seconds: int = Field(240, ge=10)
     cleanup_max_rows_per_second: int = Field(25_000, ge=0)  # 0 = unpaced
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class VerifyConfig(_Model):

@@ -97,6 +97,13 @@ EOF
 
 wants_help() { local a; for a in "$@"; do case "$a" in -h|--help) return 0 ;; esac; done; return 1; }
 
+prometheus_deps() {
+  # a real Prometheus 2.42 + promtool (alert rule tests, the scrape test) and a Pushgateway (the cleanup's metrics);
+  # the tests start their own servers on loopback ports: no system service is relied on
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null \
+    || apt_install prometheus prometheus-pushgateway
+}
+
 ACTIONLINT_VERSION=v1.7.12
 VEGETA_VERSION=v12.13.0
 lint_tools() {
@@ -113,6 +120,7 @@ case "$cmd" in
   up)
     python_deps
     wants_help "$@" || server_deps
+    for a in "$@"; do [ "$a" != --prometheus ] || prometheus_deps; done
     exec "$PY" -m scripts.local_run "$@"
     ;;
   service)
@@ -150,6 +158,7 @@ case "$cmd" in
   test)
     python_deps
     server_deps
+    prometheus_deps
     lint_tools
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
     "$PY" -m pytest "$@"

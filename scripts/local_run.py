@@ -33,6 +33,7 @@ from app.cleanup import run_cleanup
 from app.db import apply_schema
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
+from scripts.local_prometheus import LocalMonitoring
 from scripts.local_service import service_env
 from scripts.servers import (
     KAFKA_ADMIN_PASSWORD,
@@ -134,7 +135,7 @@ def _die_with_parent() -> None:
 
 class LocalStack:
     def __init__(self, data: Path, publisher_port: int | None, cleanup_interval: float, *, writer: bool = True,
-                 worker: bool = True):
+                 worker: bool = True, prometheus: bool = False):
         created = make_dirs(data)
         if os.geteuid() == 0:  # PostgreSQL runs as `postgres`: refuse now, before anything starts, if it can't enter
             make_reachable_for_postgres(data, created)
@@ -147,6 +148,7 @@ class LocalStack:
         self.publisher_port, self.publisher_port_reason = choose_publisher_port(
             publisher_port, self.state.get("publisher_port"))
         self.log_offsets: dict[str, int] = {}
+        self.monitoring = LocalMonitoring(data, self.state, prometheus)
         self.pg = PostgresServer(data / "pg", port=self.state["pg_port"], owned_root=created)
         self.kafka = KafkaBroker(data / "kafka", port=self.state["kafka_port"],
                                  controller_port=self.state["controller_port"])
@@ -214,7 +216,8 @@ class LocalStack:
 
         step(f"publisher on {self.publisher_url} ({self.publisher_port_reason})")
         publisher = self._spawn("publisher", "app.publisher",
-                                service_env(self.state, "publisher", port=self.publisher_port))
+                                service_env(self.state, "publisher", port=self.publisher_port)
+                                | self.monitoring.publisher_env())
         wait_for(lambda: httpx.get(f"{self.publisher_url}/readyz", timeout=1).status_code == 200, 30,
                  "publisher", publisher, self.logs / "publisher.log", self.log_offsets["publisher"])
         if publisher.poll() is not None:  # the answer came from someone else on that port, and ours died
@@ -239,6 +242,7 @@ class LocalStack:
         self.cleanup_thread = threading.Thread(target=self._cleanup_loop, daemon=True)
         self.cleanup_thread.start()
         done()
+        self.monitoring.start(step, done)
 
     @property
     def publisher_url(self) -> str:
@@ -328,6 +332,7 @@ class LocalStack:
                 process.kill()
                 process.wait()
             say(f"    {name} stopped")
+        self.monitoring.stop()
         for name, server in (("kafka", self.kafka), ("postgresql", self.pg)):
             try:
                 server.stop()
@@ -351,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                              "writer`)")
     parser.add_argument("--no-worker", action="store_true", help="start without the demo worker")
     parser.add_argument("--once", action="store_true", help="bring up, run the demo, stop (for checks)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="also start a Prometheus server scraping the services, with the alert rules loaded")
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -362,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a closed pipe is a BrokenPipeError that say() absorbs
     try:
         stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval,
-                           writer=not args.no_writer, worker=not args.no_worker)
+                           writer=not args.no_writer, worker=not args.no_worker, prometheus=args.prometheus)
     except (DataDirBusy, DataDirUnreachable, PortTaken) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
@@ -375,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         say("rows (the table Hasura would serve as a subscription):\n")
         say(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
             f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n")
+        for line in stack.monitoring.describe():
+            say(line)
         say(f"one more service in the foreground: bash scripts/dev.sh service writer|publisher|worker|cleanup "
             f"--data {stack.data}\n")
         if stack.with_writer and stack.with_worker:

@@ -40,9 +40,9 @@ def service_env(state: dict, service: str, port: int | None = None,
     if service == "writer":
         env |= {"WRITER_INSTANCE_ID": instance_id or f"local-extra-{uuid.uuid4().hex[:6]}",
                 "HEALTH_PORT": str(port or free_port())}
-    if service == "publisher":
+    if service == "publisher":  # its own metrics port too: a second publisher must not collide on 9102
         env |= {"ASYNC_ACTION_SECRET": state["action_secret"], "PUBLISHER_HOST": "127.0.0.1",
-                "PUBLISHER_PORT": str(port or free_port())}
+                "PUBLISHER_PORT": str(port or free_port()), "METRICS_PORT": str(free_port())}
     return env
 
 
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     env |= service_env(state, args.service, args.port, args.instance_id) | {
         "ASYNC_SECRETS_DIR": str(args.data / "no-vault")}
     print(f"running {SERVICES[args.service]} against {state['kafka_bootstrap']} (Ctrl-C stops it)", file=sys.stderr)
+    if "METRICS_PORT" in env:
+        print(f"its metrics: http://127.0.0.1:{env['METRICS_PORT']}/metrics", file=sys.stderr)
     os.chdir(REPO)
     os.execvpe(sys.executable, [sys.executable, "-m", SERVICES[args.service]], env)
 

@@ -77,7 +77,7 @@ def _kafka_env(kafka, topics: AsyncTopics) -> dict:
 def publisher_settings(pg, kafka, topics) -> PublisherSettings:
     return PublisherSettings(async_database_url=pg.url, async_action_secret=ACTION_SECRET,
                              relay_grace_seconds=3, relay_interval_seconds=0.2, publish_timeout_seconds=2,
-                             publish_wait_seconds=2, **_kafka_env(kafka, topics))
+                             publish_wait_seconds=2, metrics_port=0, **_kafka_env(kafka, topics))
 
 
 @pytest.fixture
