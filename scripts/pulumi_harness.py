@@ -8,6 +8,7 @@ deterministic placeholders from the mocks below.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import runpy
@@ -94,6 +95,8 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
     from pulumi.runtime.sync_await import _sync_await
 
     run = StackRun(stack)
+    # the SDK schedules on the thread's current loop; an earlier asyncio.run() (a test, a tool) leaves none
+    asyncio.set_event_loop(asyncio.new_event_loop())
 
     class Mocks(pulumi.runtime.Mocks):
         def new_resource(self, args: pulumi.runtime.MockResourceArgs):
