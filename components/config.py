@@ -131,7 +131,9 @@ class PoolConfig(_Model):
     max_connections: int = Field(20, ge=1, le=1000)
     idle_timeout_seconds: int = Field(60, ge=1, le=86_400)
     pool_timeout_seconds: int | None = Field(10, ge=1, le=3600)  # null: wait as long as it takes (Hasura's default)
-    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load; 0: never
+    # recycled so new tservers get load. No 0 ("never"): Hasura stores it as an absent key, which its next
+    # metadata load reads back as 600 (Connection/Settings.hs parseConnLifeTime), so it never converges
+    connection_lifetime_seconds: int = Field(600, ge=1, le=86_400)
     retries: int = Field(1, ge=0, le=10)
     isolation_level: Literal[ISOLATION_LEVELS] = "read-committed"  # type: ignore[valid-type]
 
@@ -178,7 +180,9 @@ class RoutingCaseConfig(_Model):
 
     def case(self) -> RoutingCase:
         return RoutingCase(name=self.name, expect=Route.parse(self.expect), request=RequestContext(
-            headers={k.lower(): v for k, v in self.headers.items()},
+            # names as written: Hasura passes the client's own spelling (ConnectionTemplate.hs makeRequestContext,
+            # CI.original), so "X-Consistency" and "x-consistency" are different keys to a template
+            headers=dict(self.headers),
             session={k.lower(): v for k, v in self.session.items()},
             operation_type=self.operation_type, operation_name=self.operation_name))
 

@@ -161,6 +161,16 @@ CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "use
     (hasura_with(routing=routing(cases=[{**CASE, "session": {"role": "user"}}])), r"start with x-hasura-"),
     (hasura_with(readReplicas=["postgres://u:p@db/x"]), r"is not a KV entry name"),
     (hasura_with(pool={"maxConnections": 0}), r"hasura\.pool\.maxConnections: Input should be greater than"),
+    # Hasura keeps 0 as an absent key, read back as 600 after its next metadata load: it could never converge
+    (hasura_with(pool={"connectionLifetimeSeconds": 0}),
+     r"hasura\.pool\.connectionLifetimeSeconds: Input should be greater than or equal to 1"),
+    # header names reach the template as spelled (makeRequestContext: CI.original): a template reading only the
+    # lower-case name does not see a client's canonical "X-Consistency"
+    (hasura_with(routing=routing(
+        template='{{ if $.request.headers?["x-consistency"] == "strong" }}{{ $.primary }}{{ else }}{{ $.default }}'
+                 '{{ end }}',
+        cases=[{**CASE, "headers": {"X-Consistency": "strong"}}])),
+     r"case 'c': the template routes to default, expected primary"),
     (hasura_with(pool={"isolationLevel": "chaos"}), r"hasura\.pool\.isolationLevel"),
     (hasura_with(pool={"maxConnection": 5}), r"hasura\.pool\.maxConnection: Extra inputs are not permitted"),
     # keep-alive longer than the tunnel keeps an idle connection, or than Cloudflare keeps a WebSocket
@@ -211,7 +221,7 @@ def test_the_readme_documents_every_data_layer_setting():
 def test_no_pool_timeout_and_no_lifetime_reach_the_bootstrap_as_such():
     from components.config import HasuraConfig
 
-    raw = {**PROD[P + "hasura"], "pool": {"poolTimeoutSeconds": None, "connectionLifetimeSeconds": 0}}
+    raw = {**PROD[P + "hasura"], "pool": {"poolTimeoutSeconds": None}}
     settings = SourceSettings.from_json(HasuraConfig.model_validate(raw).source_settings().to_json())
-    assert settings.pool.pool_timeout is None and settings.pool.connection_lifetime == 0
+    assert settings.pool.pool_timeout is None and settings.pool.connection_lifetime == 600
     assert "pool_timeout" not in settings.configuration()["connection_info"]["pool_settings"]
