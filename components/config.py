@@ -86,6 +86,14 @@ class TopicsConfig(_Model):
     dlq: str = "graphql.async.responses.dlq.v1"
 
 
+class WorkerConfig(_Model):
+    """Another team's worker service: its own SCRAM user, exactly the ACLs a worker needs (read requests, write
+    responses, its own consumer group) and its credentials in Vault, readable by its policy alone."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")  # principal graphql-async-worker-<name>
+    consumer_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")  # default: the principal's name
+
+
 class KafkaConfig(_Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
@@ -99,6 +107,15 @@ class KafkaConfig(_Model):
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=60_000)
     dlq_retention_ms: int = Field(28 * 24 * 3600 * 1000, ge=60_000)
     min_insync_replicas: int = Field(2, ge=1)
+    workers: list[WorkerConfig] = Field(default_factory=list)
+
+    @field_validator("workers")
+    @classmethod
+    def _unique_workers(cls, workers: list[WorkerConfig]) -> list[WorkerConfig]:
+        names = [w.name for w in workers]
+        if len(names) != len(set(names)):
+            raise ValueError("worker names must be unique")
+        return workers
 
     @field_validator("bootstrap_servers")
     @classmethod

@@ -31,7 +31,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.cleanup import run_cleanup
 from app.db import apply_schema
-from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.kafka_access import AsyncTopics, ServicePrincipals, WorkerPrincipal, service_acls, worker_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
 from scripts.local_prometheus import LocalMonitoring
 from scripts.local_service import service_env
@@ -55,6 +55,8 @@ BOLD, DIM, GREEN, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[0m") if sys.s
 DEFAULT_PUBLISHER_PORT = 8080
 TOPICS = AsyncTopics()
 PRINCIPALS = ServicePrincipals()
+# the demo worker runs as a worker principal of its own, with exactly the ACLs a stack's kafka.workers entry gets
+DEMO_WORKER = WorkerPrincipal("demo", consumer_group="demo-worker")
 
 
 def say(text: str = "", **kwargs) -> None:
@@ -164,13 +166,14 @@ class LocalStack:
             state = {"pg_port": free_port(), "kafka_port": free_port(), "controller_port": free_port(),
                      "action_secret": secrets.token_urlsafe(24),
                      "passwords": {p: secrets.token_urlsafe(18) for p in (PRINCIPALS.publisher, PRINCIPALS.writer)}}
+        state["passwords"].setdefault(DEMO_WORKER.username, secrets.token_urlsafe(18))  # data dirs from before
         state.setdefault("writer_health_port", free_port())
         return state
 
     def _save_state(self) -> None:
         """Everything needed to connect as every principal, and every port, for tools and `dev.sh service`
         (the publisher's port once it has served: a port that failed is not remembered)."""
-        users = {PRINCIPALS.publisher: "publisher", PRINCIPALS.writer: "writer"}
+        users = {PRINCIPALS.publisher: "publisher", PRINCIPALS.writer: "writer", DEMO_WORKER.username: "worker"}
         self.state.update({
             "database_url": self.pg.url,
             "kafka_bootstrap": self.kafka.bootstrap,
@@ -253,7 +256,7 @@ class LocalStack:
         create_topics(admin, {TOPICS.requests: 3, TOPICS.responses: 3, TOPICS.dlq: 1}, exist_ok=True)
         for user, password in self.state["passwords"].items():
             upsert_user(admin, user, password)
-        apply_acls(admin, service_acls(TOPICS, PRINCIPALS))
+        apply_acls(admin, service_acls(TOPICS, PRINCIPALS) + worker_acls(TOPICS, DEMO_WORKER))
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")

@@ -33,7 +33,7 @@ def service_env(state: dict, service: str, port: int | None = None,
     """The environment of a local service, from local-state.json: `up` starts its services with it, and
     `dev.sh service` starts one more (a fresh writer identity, so it joins the group rather than fences)."""
     principals = state["kafka_principals"]
-    role = {"writer": "writer", "publisher": "publisher"}.get(service, "admin (super user)")
+    role = {"writer": "writer", "publisher": "publisher", "worker": "worker"}.get(service, "admin (super user)")
     env = {"KAFKA_BOOTSTRAP_SERVERS": state["kafka_bootstrap"], "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
            "KAFKA_SASL_MECHANISM": "SCRAM-SHA-256", "KAFKA_USERNAME": principals[role]["username"],
            "KAFKA_PASSWORD": principals[role]["password"], "ASYNC_DATABASE_URL": state["database_url"]}

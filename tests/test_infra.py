@@ -302,6 +302,25 @@ def test_topics_users_and_acls(run):
     assert writer_writes == {"graphql.async.responses.dlq.v1"}
 
 
+def test_a_worker_principal_gets_its_user_acls_and_vault_entries_and_nothing_more():
+    kafka = {**load_stack_file("dev")[P + "kafka"], "workers": [{"name": "billing"}]}
+    run = run_stack("dev", {P + "kafka": kafka})
+    users = {r.inputs["username"] for r in run.of_type("kafka:index/userScramCredential:UserScramCredential")}
+    assert "graphql-async-worker-billing" in users
+    acls = {(a["aclResourceType"], a["aclResourceName"], a["aclOperation"])
+            for a in (r.inputs for r in run.of_type("kafka:index/acl:Acl"))
+            if a["aclPrincipal"] == "User:graphql-async-worker-billing"}
+    assert acls == {("Topic", "graphql.async.requests.v1", "Read"), ("Topic", "graphql.async.requests.v1", "Describe"),
+                    ("Group", "graphql-async-worker-billing", "Read"),
+                    ("Topic", "graphql.async.responses.v1", "Write"),
+                    ("Topic", "graphql.async.responses.v1", "Describe")}
+    entries = {r.inputs["name"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
+    assert {"graphql-kafka-async-worker-billing-username", "graphql-kafka-async-worker-billing-password"} <= entries
+    assert run.outputs["kafka_principals"]["worker-billing"] == "graphql-async-worker-billing"
+    with pytest.raises(Exception, match="worker names must be unique"):
+        run_stack("dev", {P + "kafka": {**kafka, "workers": [{"name": "a"}, {"name": "a"}]}})
+
+
 def test_no_acls_when_the_broker_has_no_authorizer():
     without = run_stack("dev", {P + "kafka": {**load_stack_file("dev")[P + "kafka"], "authorizerEnabled": False}})
     assert without.of_type("kafka:index/acl:Acl") == []

@@ -113,6 +113,8 @@ def test_second_up_is_refused_state_names_every_principal_and_extra_services_run
         principals = state["kafka_principals"]
         assert principals["admin (super user)"] == {"username": "admin", "password": "admin-secret"}
         assert {"publisher", "writer"} <= set(principals) and state["kafka_bootstrap"] and state["database_url"]
+        # the demo worker is a least-privilege worker principal, not the super user
+        assert principals["worker"]["username"] == "graphql-async-worker-demo"
         assert {"pg_port", "kafka_port", "controller_port", "publisher_port", "writer_health_port"} <= set(state)
         # the documented extra-service command: the DLQ reader connects with the stored super-user credentials
         dlq = subprocess.run([sys.executable, "-m", "scripts.local_service", "dlq", "--data", str(data)], cwd=REPO,
