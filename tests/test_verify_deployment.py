@@ -228,3 +228,15 @@ def run_dev():
 
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run in the tests above leaves none behind
     return run_stack("dev")
+
+
+def test_the_rehearsal_s_project_copy_has_the_interpreter_the_command_names(tmp_path):
+    """`dev.sh rehearse` applies a copy of the project: its venv/ must be the one with our packages."""
+    from components.verify import venv_python
+    from scripts.rehearse import project_copy
+
+    project = project_copy(tmp_path)
+    interpreter = project / venv_python()
+    done = subprocess.run([str(interpreter), "-c", "import httpx, websockets"], env={"PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
