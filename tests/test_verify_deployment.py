@@ -13,6 +13,7 @@ import asyncio
 import os
 import shlex
 import subprocess
+import uuid
 
 import pytest
 from gql import Client, GraphQLRequest
@@ -41,7 +42,7 @@ def failed(checks: dict[str, tuple[bool, str]]) -> dict[str, str]:
 def gql_round_trip(url: str, subprotocol: str) -> str:
     """A real client: submit over HTTP, follow over a WebSocket; the final status."""
     async def run() -> str:
-        request_id = f"gql-{free_port()}"
+        request_id = f"gql-{uuid.uuid4().hex}"
         async with Client(transport=HTTPXAsyncTransport(url=url)) as session:
             await session.execute(GraphQLRequest(SUBMIT, variable_values={"input": {
                 "request_id": request_id, "handler": "h", "operation": "o", "payload": {}}}))
