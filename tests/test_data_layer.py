@@ -83,8 +83,9 @@ def test_subscription_settings_are_pinned_on_hasura_and_the_tunnel_outlives_the_
         subs["streamingRefetchIntervalMs"])
     assert env["HASURA_GRAPHQL_CLOSE_WEBSOCKETS_ON_METADATA_CHANGE"] == "false"
     assert env["HASURA_GRAPHQL_UNAUTHORIZED_ROLE"] == "anonymous"
-    [graphql_rule, _] = prod.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
-                                 "tunnel-ingress").inputs["config"]["ingresses"]
+    [_, graphql_rule, _] = prod.one(
+        "cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
+        "tunnel-ingress").inputs["config"]["ingresses"]
     origin = graphql_rule["originRequest"]
     cloudflare = PROD[P + "cloudflare"]
     assert origin["keepAliveTimeout"] == cloudflare["originKeepAliveTimeoutSeconds"] > subs[

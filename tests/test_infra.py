@@ -159,8 +159,13 @@ def test_only_graphql_is_public(run):
     config = run.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
                      "tunnel-ingress").inputs
     ingresses = config["config"]["ingresses"]
-    assert len(ingresses) == 2 and ingresses[-1] == {"service": "http_status:404"}
-    rule = ingresses[0]
+    assert len(ingresses) == 3 and ingresses[-1] == {"service": "http_status:404"}
+    # the admin API under /v1/graphql/* is answered 404 before the GraphQL rule (first match wins)
+    admin, rule = ingresses[:2]
+    assert admin == {"hostname": hostname, "path": "^/v1/graphql/+explain", "service": "http_status:404"}
+    for path in ("/v1/graphql/explain", "/v1/graphql//explain", "/v1/graphql/explain/"):
+        assert re.search(admin["path"], path) and re.search(rule["path"], path), path
+    assert not re.search(admin["path"], "/v1/graphql")
     assert rule["hostname"] == hostname
     assert rule["service"] == f"http://hasura.{cfg(run, 'namespace')}.svc.cluster.local:8080"
     path = re.compile(rule["path"])
