@@ -34,8 +34,8 @@ vault = VaultAccess("vault", VaultAccessArgs(
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
     kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads}))
 
-TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault, cloudflare=cfg.cloudflare),
-                opts=pulumi.ResourceOptions(depends_on=[vault]))
+connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault,
+                            cloudflare=cfg.cloudflare), opts=pulumi.ResourceOptions(depends_on=[vault]))
 hasura = Hasura("hasura", hasura_args, opts=pulumi.ResourceOptions(depends_on=[vault]))
 images = ServiceImages("images", ServiceImagesArgs(config=cfg.images, context=ROOT / "app", project_root=ROOT))
 
@@ -48,7 +48,7 @@ if edge and cfg.verify.enabled:  # the last step of an `up`: does the public end
     DeploymentVerification("verify", DeploymentVerificationArgs(
         graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_config=hasura.config_checksum,
         tunnel_rules=edge.tunnel_config.config, config=cfg.verify, kv_mount=mount),
-        opts=pulumi.ResourceOptions(depends_on=[edge, hasura, flow]))
+        opts=pulumi.ResourceOptions(depends_on=[edge, connector, hasura, flow]))  # cloudflared up first
 
 # what other teams read (docs/consumers.md: their stability promise)
 for output, value in {

@@ -570,8 +570,10 @@ def test_post_deploy_verification_runs_after_the_edge_hasura_and_flow_and_reruns
     assert hashlib.sha256((hasura_env + json.dumps(pinned, sort_keys=True)).encode()).hexdigest() in triggers
     assert any(isinstance(t, dict) and t.get("ingresses") for t in triggers)  # the tunnel's ingress rules
     component = next(r for r in run.resources if r.type == "graphql:index:DeploymentVerification")
-    # depends_on a component waits for all its children: the edge's, Hasura's and the flow's resources
-    for parent in ("graphql:index:PublicEdge$", "graphql:index:Hasura$", "graphql:index:AsyncFlow$"):
+    # depends_on a component waits for all its children: the edge's, cloudflared's (a fresh stack's connector
+    # must be up before the edge can answer), Hasura's and the flow's resources
+    for parent in ("graphql:index:PublicEdge$", "graphql:index:TunnelConnector$", "graphql:index:Hasura$",
+                   "graphql:index:AsyncFlow$"):
         assert any(parent in urn for urn in component.dependencies), (parent, component.dependencies)
 
 

@@ -17,8 +17,8 @@ from tests.support.kafka_admin import wait_until
 from tests.test_local_run import processes_mentioning, stop
 
 
-def test_local_run_with_prometheus_scrapes_both_services_with_the_rules(tmp_path):
-    data = tmp_path / "local"
+def test_local_run_with_prometheus_scrapes_both_services_with_the_rules(reachable_tmp):
+    data = reachable_tmp / "local"
     proc = subprocess.Popen([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--publisher-port",
                              str(free_port()), "--no-worker", "--prometheus"], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
