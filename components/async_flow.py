@@ -91,7 +91,7 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
         "image": image,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": resources.spec(),
-        "securityContext": container_security(),
+        "securityContext": container_security(APP_UID),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         **({"command": command} if command else {}),
         **({"ports": ports} if ports else {}),

@@ -31,6 +31,7 @@ from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SE
 ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
 ENV_FILE_KEY = "hasura.env"
 PORT = 8080
+HASURA_UID = 1001  # non-root; graphql-engine writes only to /tmp, an emptyDir
 START_COMMAND = (
     "set -a; "
     "for f in /vault/secrets/*.env; do [ -f \"$f\" ] && . \"$f\"; done; "
@@ -140,7 +141,7 @@ class Hasura(pulumi.ComponentResource):
                     "metadata": {"labels": labels(app, "graphql"), "annotations": annotations},
                     "spec": {
                         "serviceAccountName": app,
-                        "securityContext": pod_security(1001),
+                        "securityContext": pod_security(HASURA_UID),
                         "terminationGracePeriodSeconds": 75,
                         "containers": [{
                             "name": "graphql-engine",
@@ -152,7 +153,7 @@ class Hasura(pulumi.ComponentResource):
                             "livenessProbe": probe | {"initialDelaySeconds": 30, "periodSeconds": 10,
                                                       "failureThreshold": 6},
                             "resources": Resources("250m", "512Mi", "2", "2Gi").spec(),
-                            "securityContext": container_security(),
+                            "securityContext": container_security(HASURA_UID),
                             "volumeMounts": [
                                 {"name": "hasura-env", "mountPath": ENV_FILE_MOUNT, "subPath": ENV_FILE_KEY,
                                  "readOnly": True},

@@ -35,9 +35,12 @@ def pod_security(uid: int) -> dict:
             "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def container_security(read_only_root: bool = True) -> dict:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": read_only_root,
-            "capabilities": {"drop": ["ALL"]}}
+def container_security(uid: int, read_only_root: bool = True) -> dict:
+    """runAsUser is repeated on the container: with agent-run-as-same-user the Vault injector reads the uid from
+    containers[0].securityContext only and refuses the pod without it (hashicorp/vault-k8s,
+    agent-inject/agent/annotations.go, Agent.runAsSameID: "RunAsUser is nil for Container 0's SecurityContext")."""
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": read_only_root, "capabilities": {"drop": ["ALL"]}}
 
 
 @dataclass(frozen=True)

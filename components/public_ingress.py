@@ -17,6 +17,8 @@ from components.config import CloudflareConfig, VaultConfig
 from components.k8s import Resources, child, container_security, labels, pod_security, selector
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
+CLOUDFLARED_UID = 65532  # the nonroot user of cloudflared's distroless image
+
 
 def tunnel_ingress(hostname: str, cf: CloudflareConfig, origin: str) -> list[dict]:
     """The tunnel's rules: GraphQL (HTTP + WebSocket) to Hasura, everything else answered 404 at the edge.
@@ -121,7 +123,7 @@ class TunnelConnector(pulumi.ComponentResource):
                 "template": {
                     "metadata": {"labels": labels(app, "ingress")},
                     "spec": {
-                        "securityContext": pod_security(65532),
+                        "securityContext": pod_security(CLOUDFLARED_UID),
                         "automountServiceAccountToken": False,
                         "containers": [{
                             "name": "cloudflared",
@@ -135,7 +137,7 @@ class TunnelConnector(pulumi.ComponentResource):
                                               "initialDelaySeconds": 10, "periodSeconds": 10,
                                               "failureThreshold": 3},
                             "resources": Resources("20m", "64Mi", "500m", "256Mi").spec(),
-                            "securityContext": container_security(),
+                            "securityContext": container_security(CLOUDFLARED_UID),
                         }],
                     },
                 },

@@ -1,0 +1,49 @@
+"""Every rendered pod template that asks for the Vault agent passes the injector's own admission checks
+(tests/support/vault_injector.py, transcribed from hashicorp/vault-k8s): otherwise the webhook refuses the pod
+and the workload never starts."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from scripts.scan import all_stacks, manifests, pod_templates
+from tests.support.vault_injector import InjectorRefusal, admit, run_as_same_id, wants_injection
+
+STACKS = all_stacks()
+INJECTED = {"hasura", "graphql-async-request-publisher", "graphql-async-response-writer", "graphql-async-cleanup",
+            "graphql-async-bootstrap"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_injected_pod_is_admitted_by_the_vault_injector(stack):
+    admitted = set()
+    for name, template in pod_templates(manifests(stack)):
+        if not wants_injection(template):
+            continue
+        admit(template)  # raises InjectorRefusal with the webhook's message
+        # the agent runs as the app's own user: same uid as the pod-level one the images are built for
+        assert run_as_same_id(template) == template["spec"]["securityContext"]["runAsUser"], name
+        admitted.add(name.rsplit("-", 1)[0] if name.startswith("graphql-async-bootstrap") else name)
+    assert admitted == INJECTED
+
+
+def test_the_transcription_refuses_what_the_injector_refuses():
+    """The checks have teeth: a pod-level runAsUser alone is what the injector refused on the old program."""
+    pod = {"metadata": {"annotations": {"vault.hashicorp.com/agent-inject": "true",
+                                        "vault.hashicorp.com/role": "r",
+                                        "vault.hashicorp.com/agent-run-as-same-user": "true"}},
+           "spec": {"securityContext": {"runAsUser": 10001},
+                    "containers": [{"name": "app", "securityContext": {"allowPrivilegeEscalation": False}}]}}
+    with pytest.raises(InjectorRefusal, match="RunAsUser is nil for Container 0"):
+        admit(pod)
+    root = copy.deepcopy(pod)
+    root["spec"]["containers"][0]["securityContext"]["runAsUser"] = 0
+    with pytest.raises(InjectorRefusal, match="not allowed to run as root"):
+        admit(root)
+    no_token = copy.deepcopy(pod)
+    no_token["spec"]["containers"][0]["securityContext"]["runAsUser"] = 10001
+    no_token["spec"]["automountServiceAccountToken"] = False
+    with pytest.raises(InjectorRefusal, match="failed to find service account volume mount"):
+        admit(no_token)
