@@ -270,7 +270,7 @@ class HasuraConfig(_Model):
         for variable, entry in value.items():
             if not VAULT_ENV.match(variable):
                 raise ValueError(f"{variable!r} is not one of HASURA_GRAPHQL_JWT_SECRET(S), _AUTH_HOOK, *REDIS*")
-            if len(f"agent-inject-template-{variable.lower()}.env") > 63:  # Kubernetes annotation name limit
+            if len(f"agent-inject-template-{variable.lower()}") > 63:  # Kubernetes annotation name limit
                 raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
             if not re.match(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")

@@ -1,14 +1,16 @@
 """Hasura GraphQL Engine: env-file ConfigMap, Deployment with Vault-injected secrets, Service.
 
-Start-up order inside the container: Vault-rendered secret exports first, then the ConfigMap's
-env file, whose lines only fill variables that are still unset (`VAR="${VAR:-default}"`). So
-container env and Vault secrets always win over the file's defaults.
+Start-up order inside the container: each Vault-rendered file is read as data into its variable
+(`VAR="$(cat file)"`: the value is never evaluated by the shell), then the ConfigMap's env file,
+whose lines only fill variables that are still unset (`VAR="${VAR:-default}"`). So container env
+and Vault secrets always win over the file's defaults.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 
 import pulumi
@@ -32,13 +34,7 @@ ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
 ENV_FILE_KEY = "hasura.env"
 PORT = 8080
 HASURA_UID = 1001  # non-root; graphql-engine writes only to /tmp, an emptyDir
-START_COMMAND = (
-    "set -a; "
-    "for f in /vault/secrets/*.env; do [ -f \"$f\" ] && . \"$f\"; done; "
-    f". {ENV_FILE_MOUNT}; "
-    "set +a; "
-    "exec graphql-engine serve"
-)
+SECRETS_DIR = "/vault/secrets"
 
 
 # Hasura's pinned settings: they win over the env file
@@ -47,7 +43,7 @@ PINNED_ENV = {"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_S
 
 @dataclass(frozen=True)
 class SecretEnv:
-    """A setting Hasura reads from a KV entry managed outside this program (file name: an annotation suffix)."""
+    """A setting Hasura reads from a KV entry, rendered bare into /vault/secrets/<file_name> (an annotation suffix)."""
 
     variable: str
     entry: str
@@ -58,26 +54,40 @@ def hasura_secret_env(config: HasuraConfig) -> list[SecretEnv]:
     """JWT/auth hook/Redis settings, read replica and connection-set URLs, the Enterprise license key."""
     routing = config.routing.connection_set if config.routing else {}
     return [
-        *(SecretEnv(variable, entry, f"{variable.lower()}.env")
+        *(SecretEnv(variable, entry, variable.lower())
           for variable, entry in sorted(config.secret_env_from_vault.items())),
-        *(SecretEnv(variable, entry, f"replica-{i}.env")
+        *(SecretEnv(variable, entry, f"replica-{i}")
           for i, (variable, entry) in enumerate(config.replica_env().items(), start=1)),
-        *(SecretEnv(connection_set_url_env(member), entry, f"db-{member}.env")
+        *(SecretEnv(connection_set_url_env(member), entry, f"db-{member}")
           for member, entry in sorted(routing.items())),
-        *([SecretEnv("HASURA_GRAPHQL_EE_LICENSE_KEY", config.ee_license_key_entry, "ee-license-key.env")]
+        *([SecretEnv("HASURA_GRAPHQL_EE_LICENSE_KEY", config.ee_license_key_entry, "ee-license-key")]
           if config.ee_license_key_entry else []),
     ]
 
 
+# the entries this program writes that Hasura reads
+OWN_SECRET_ENV = (
+    SecretEnv("HASURA_GRAPHQL_DATABASE_URL", DATABASE_URL, "database-url"),
+    SecretEnv("HASURA_GRAPHQL_ADMIN_SECRET", HASURA_ADMIN_SECRET, "admin-secret"),
+    SecretEnv("ASYNC_ACTION_SECRET", ACTION_SECRET, "action-secret"),  # the action sends it (value_from_env)
+)
+
+
 def hasura_vault_files(kv_mount: str, secret_env: list[SecretEnv]) -> list[VaultFile]:
-    """What the Vault agent renders for Hasura: each as `export VAR="…"`, sourced before the env file."""
-    return [
-        vault_file(kv_mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
-        vault_file(kv_mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
-        # the action sends it to the publisher (value_from_env)
-        vault_file(kv_mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
-        *(vault_file(kv_mount, s.entry, s.file_name, export_as=s.variable) for s in secret_env),
-    ]
+    """What the Vault agent renders for Hasura: each value bare, in its own file."""
+    return [vault_file(kv_mount, s.entry, s.file_name) for s in (*OWN_SECRET_ENV, *secret_env)]
+
+
+def start_script(secret_env: list[SecretEnv], secrets_dir: str = SECRETS_DIR, env_file: str = ENV_FILE_MOUNT) -> str:
+    """Hasura's start command. A value is the output of `cat`, assigned inside double quotes: the shell never
+    parses it, so `$(...)`, backticks and quotes in a Vault value reach Hasura as they are. The assignment
+    stands alone (not `export VAR="$(cat …)"`) so a missing file fails the start under `set -e`."""
+    lines = ["set -eu"]
+    for s in (*OWN_SECRET_ENV, *secret_env):
+        lines.append(f'{s.variable}="$(cat {shlex.quote(f"{secrets_dir}/{s.file_name}")})"; export {s.variable}')
+    # our generated env file (no secrets): it only fills what is still unset
+    lines += ["set -a", f". {shlex.quote(env_file)}", "set +a", "exec graphql-engine serve"]
+    return "\n".join(lines)
 
 
 @dataclass
@@ -146,7 +156,7 @@ class Hasura(pulumi.ComponentResource):
                         "containers": [{
                             "name": "graphql-engine",
                             "image": args.config.image,
-                            "command": ["/bin/sh", "-c", START_COMMAND],
+                            "command": ["/bin/sh", "-c", start_script(args.secret_env)],
                             "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
                             "ports": [{"name": "http", "containerPort": PORT}],
                             "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 3},

@@ -45,17 +45,17 @@ def container_security(uid: int, read_only_root: bool = True) -> dict:
 
 @dataclass(frozen=True)
 class VaultFile:
-    """One file the Vault agent renders under /vault/secrets/<file_name> from a KV v2 entry's key."""
+    """One file the Vault agent renders under /vault/secrets/<file_name>: the KV v2 entry's key, bare.
+
+    The bare value is data: services read it with pydantic's secrets_dir, Hasura's start script with
+    `$(cat file)`. Nothing ever sources it, so a `$(...)` or a quote in a Vault value stays a character."""
 
     file_name: str
     kv_path: str  # e.g. secret/data/graphql-hasura-admin-secret
     key: str = "value"
-    export_as: str | None = None  # render `export VAR="..."` for shell sourcing instead of the bare value
 
     def template(self) -> str:
-        value = f"{{{{ .Data.data.{self.key} }}}}"
-        body = f'export {self.export_as}="{value}"' if self.export_as else value
-        return f'{{{{- with secret "{self.kv_path}" -}}}}{body}{{{{- end -}}}}'
+        return f'{{{{- with secret "{self.kv_path}" -}}}}{{{{ .Data.data.{self.key} }}}}{{{{- end -}}}}'
 
 
 def vault_agent_annotations(role: str, files: list[VaultFile], *, run_to_completion: bool = False) -> dict[str, str]:

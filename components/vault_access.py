@@ -58,8 +58,8 @@ def policy_grants(mount: str, extra_reads: dict[str, list[str]] | None = None) -
     return grants
 
 
-def vault_file(mount: str, entry: str, file_name: str, export_as: str | None = None) -> VaultFile:
-    return VaultFile(file_name=file_name, kv_path=data_path(mount, entry), export_as=export_as)
+def vault_file(mount: str, entry: str, file_name: str) -> VaultFile:
+    return VaultFile(file_name=file_name, kv_path=data_path(mount, entry))
 
 
 @dataclass

@@ -235,14 +235,18 @@ def test_hasura_env_file_configmap_and_deployment(run):
     assert {"name": "hasura-env", "mountPath": "/etc/hasura/hasura.env", "subPath": "hasura.env",
             "readOnly": True} in container["volumeMounts"]
     script = container["command"][-1]
-    # Vault exports first, then the file (which only fills unset variables), then the engine
+    # Vault values first (read as data, tests/test_secret_loading.py), then the file (which only fills unset
+    # variables), then the engine
     assert script.index("/vault/secrets/") < script.index(". /etc/hasura/hasura.env") < script.index(
         "exec graphql-engine serve")
     annotations = pod["metadata"]["annotations"]
     assert annotations["vault.hashicorp.com/role"] == "hasura"
-    templates = " ".join(v for k, v in annotations.items() if "agent-inject-template" in k)
-    for variable in ("HASURA_GRAPHQL_DATABASE_URL", "HASURA_GRAPHQL_ADMIN_SECRET", "ASYNC_ACTION_SECRET"):
-        assert f"export {variable}=" in templates
+    for variable, file_name in (("HASURA_GRAPHQL_DATABASE_URL", "database-url"), ("ASYNC_ACTION_SECRET",
+                                "action-secret"), ("HASURA_GRAPHQL_ADMIN_SECRET", "admin-secret")):
+        assert f'{variable}="$(cat /vault/secrets/{file_name})"' in script
+        template = annotations[f"vault.hashicorp.com/agent-inject-template-{file_name}"]
+        assert template.count("{{ .Data.data.value }}") == 1
+    assert not any("export" in v for k, v in annotations.items() if "agent-inject-template" in k)
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     service = k8s(run, "Service", "hasura")
     assert service["spec"]["ports"][0]["port"] == 8080 and service["spec"]["selector"] == {
@@ -258,12 +262,12 @@ def test_jwt_and_redis_settings_come_from_vault_when_configured():
     assert policy["secret/data/graphql-hasura-redis-url"] == policy["secret/data/graphql-hasura-jwt-secret"] == [
         "read"]
     annotations = k8s(with_redis, "Deployment", "hasura")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["vault.hashicorp.com/agent-inject-secret-hasura_graphql_redis_url.env"] == (
+    assert annotations["vault.hashicorp.com/agent-inject-secret-hasura_graphql_redis_url"] == (
         "secret/data/graphql-hasura-redis-url")
-    assert 'export HASURA_GRAPHQL_REDIS_URL="' in annotations[
-        "vault.hashicorp.com/agent-inject-template-hasura_graphql_redis_url.env"]
-    assert 'export HASURA_GRAPHQL_JWT_SECRET="' in annotations[
-        "vault.hashicorp.com/agent-inject-template-hasura_graphql_jwt_secret.env"]
+    script = k8s(with_redis, "Deployment", "hasura")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    for variable in ("HASURA_GRAPHQL_REDIS_URL", "HASURA_GRAPHQL_JWT_SECRET"):
+        assert f'{variable}="$(cat /vault/secrets/{variable.lower()})"' in script
+        assert "agent-inject-template-" + variable.lower() in " ".join(annotations)
     test_each_pod_reads_exactly_what_its_vault_policy_grants(with_redis)
     with pytest.raises(Exception, match=r"secretEnvFromVault.*HASURA_GRAPHQL_ADMIN_SECRET.*is not one of"):
         run_stack("dev", {P + "hasura": {**hasura, "secretEnvFromVault": {"HASURA_GRAPHQL_ADMIN_SECRET": "x"}}})
