@@ -12,6 +12,7 @@ from components.hasura import Hasura, HasuraArgs
 from components.images import ServiceImages, ServiceImagesArgs
 from components.kafka import KafkaAccess, KafkaAccessArgs
 from components.kafka_access import ServicePrincipals
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
 from components.vault_access import VaultAccess, VaultAccessArgs
 from components.verify import DeploymentVerification, DeploymentVerificationArgs
@@ -43,6 +44,10 @@ flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
     kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
+
+# default deny in and out, then exactly the drawing's flows
+NetworkPolicies("network", NetworkPoliciesArgs(namespace=ns, network=cfg.network, vault_address=cfg.vault.address,
+                                               kafka_servers=cfg.kafka.bootstrap_servers))
 
 if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(

@@ -1,5 +1,5 @@
 """The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer StatefulSet,
-cleanup CronJob, their service accounts, and a network policy that lets only Hasura reach the publisher."""
+cleanup CronJob and their service accounts (who may reach them: components/network_policy.py)."""
 
 from __future__ import annotations
 
@@ -165,7 +165,7 @@ class AsyncFlow(pulumi.ComponentResource):
             opts=self._after(BOOTSTRAP))
 
     def _publisher(self) -> None:
-        """The action handler, reachable only from Hasura."""
+        """The action handler, reachable only from Hasura (components/network_policy.py)."""
         args = self.args
         health = {"readinessProbe": {"httpGet": {"path": "/readyz", "port": PUBLISHER_PORT}, "periodSeconds": 5},
                   "livenessProbe": {"httpGet": {"path": "/healthz", "port": PUBLISHER_PORT}, "periodSeconds": 10,
@@ -183,12 +183,6 @@ class AsyncFlow(pulumi.ComponentResource):
             "publisher-svc", metadata=self._metadata(PUBLISHER),
             spec={"selector": selector(PUBLISHER),
                   "ports": [{"name": "http", "port": PUBLISHER_PORT, "targetPort": "http"}]},
-            opts=child(self))
-        self.publisher_policy = k8s.networking.v1.NetworkPolicy(
-            "publisher-from-hasura-only", metadata=self._metadata(PUBLISHER, f"{PUBLISHER}-from-hasura"),
-            spec={"podSelector": {"matchLabels": selector(PUBLISHER)}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"podSelector": {"matchLabels": selector("hasura")}}],
-                               "ports": [{"protocol": "TCP", "port": PUBLISHER_PORT}]}]},
             opts=child(self))
 
     def _writer(self) -> None:

@@ -7,6 +7,7 @@ is declared. Components receive these objects; none of them reads `pulumi.Config
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 
@@ -345,6 +346,50 @@ class AsyncFlowConfig(_Model):
     cleanup_time_budget_seconds: int = Field(240, ge=10)
 
 
+class PeerConfig(_Model):
+    """Where a dependency outside the namespace lives, as a NetworkPolicy peer: address blocks (outside the
+    cluster), or pods of a namespace (inside it)."""
+
+    cidrs: list[str] = Field(default_factory=list)
+    namespace: str | None = Field(None, pattern=K8S_NAME.pattern)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr)  # a ValueError names the bad block
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PeerConfig:
+        if bool(self.cidrs) == bool(self.namespace):
+            raise ValueError("give either cidrs or namespace (with podLabels)")
+        if self.pod_labels and not self.namespace:
+            raise ValueError("podLabels need a namespace")
+        return self
+
+
+class NetworkConfig(_Model):
+    """Where the workloads' dependencies live, for the namespace's NetworkPolicies (components/network_policy.py):
+    they differ per cluster, so each stack says."""
+
+    dns: PeerConfig = PeerConfig(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"})
+    vault: PeerConfig
+    kafka: PeerConfig
+    database: PeerConfig
+    database_port: int = Field(5432, ge=1, le=65535)  # the URL is a secret: its port is said here
+    # cloudflared dials Cloudflare's edge on the internet; these (the cluster's own ranges) stay excluded
+    cluster_cidrs: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+
+    @field_validator("cluster_cidrs")
+    @classmethod
+    def _cluster(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr)
+        return value
+
+
 class VerifyConfig(_Model):
     """The post-deploy verification (components/verify.py)."""
 
@@ -366,6 +411,7 @@ class StackConfig(_Model):
     images: ImagesConfig
     async_flow: AsyncFlowConfig = AsyncFlowConfig()
     verify: VerifyConfig = VerifyConfig()
+    network: NetworkConfig
     # secrets: set with `pulumi config set --secret`; kept as Outputs so they stay secret
     database_url: pulumi.Output[str] = Field(exclude=True)
     kafka_admin_password: pulumi.Output[str] = Field(exclude=True)
@@ -420,7 +466,7 @@ class StackConfig(_Model):
 
 
 PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion")
-OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify")
+OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify", "network")
 SECRET_KEYS = ("databaseUrl", "kafkaAdminPassword")
 
 

@@ -17,6 +17,7 @@ from components.config import CloudflareConfig, VaultConfig
 from components.k8s import Resources, child, container_security, labels, pod_security, selector
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
+CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernetes.io/name
 CLOUDFLARED_UID = 65532  # the nonroot user of cloudflared's distroless image
 
 
@@ -113,7 +114,7 @@ class TunnelConnector(pulumi.ComponentResource):
                   "data": [{"secretKey": "token",
                             "remoteRef": {"key": args.token_entry, "property": args.vault.tunnel_token_key}}]},
             opts=child(self, depends_on=[self.secret_store]))
-        app = "cloudflared"
+        app = CLOUDFLARED
         self.deployment = k8s.apps.v1.Deployment(
             "cloudflared",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "ingress")},

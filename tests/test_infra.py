@@ -72,7 +72,9 @@ def test_every_seed_object_exists(run):
         ("kubernetes:batch/v1:Job", "bootstrap"), ("kubernetes:apps/v1:Deployment", "publisher"),
         ("kubernetes:core/v1:Service", "publisher-svc"), ("kubernetes:apps/v1:StatefulSet", "writer"),
         ("kubernetes:batch/v1:CronJob", "cleanup"),
-        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "publisher-from-hasura-only"),
+        ("graphql:index:NetworkPolicies", "network"),
+        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "default-deny"),
+        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "graphql-async-request-publisher-flows"),
         ("docker:index/image:Image", "image-publisher"), ("docker:index/image:Image", "image-writer"),
         ("docker:index/image:Image", "image-cleanup"),
     }
@@ -84,7 +86,7 @@ def test_every_seed_object_exists(run):
 def test_children_are_parented_to_their_component(run):
     components = {"graphql:index:" + c for c in ("VaultAccess", "KafkaAccess", "PublicEdge", "TunnelConnector",
                                                   "Hasura", "AsyncFlow", "ServiceImages",
-                                                  "DeploymentVerification")}
+                                                  "DeploymentVerification", "NetworkPolicies")}
     for r in run.resources:
         if r.type in components or r.type == "pulumi:pulumi:Stack":
             assert r.parent in (None, f"pulumi:pulumi:Stack::graphql-entrypoint-{run.stack}")
@@ -361,10 +363,11 @@ def test_async_flow_workloads(run):
 
 
 def test_publisher_is_reachable_from_hasura_only(run):
-    policy = k8s(run, "NetworkPolicy", f"{PUBLISHER}-from-hasura")["spec"]
+    """The whole flow matrix is tests/test_network_policy.py; here the publisher's ingress rule by itself."""
+    policy = k8s(run, "NetworkPolicy", f"{PUBLISHER}-flows")["spec"]
     publisher_labels = k8s(run, "Deployment", PUBLISHER)["spec"]["template"]["metadata"]["labels"]
     hasura_labels = k8s(run, "Deployment", "hasura")["spec"]["template"]["metadata"]["labels"]
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["podSelector"]["matchLabels"].items() <= publisher_labels.items()
     [rule] = policy["ingress"]
     [source] = rule["from"]
