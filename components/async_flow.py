@@ -20,6 +20,7 @@ from components.k8s import (
     pod_security,
     selector,
     vault_agent_annotations,
+    vault_token_volume,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
@@ -97,9 +98,9 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
         **({"ports": ports} if ports else {}),
         **(probes or {}),
     }
-    spec = {"serviceAccountName": app, "securityContext": pod_security(APP_UID),
+    spec = {"serviceAccountName": app, "automountServiceAccountToken": False, "securityContext": pod_security(APP_UID),
             "terminationGracePeriodSeconds": 45, "containers": [container],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}]}
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}, vault_token_volume()]}
     if restart:
         spec["restartPolicy"] = restart
     return spec

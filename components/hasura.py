@@ -27,6 +27,7 @@ from components.k8s import (
     pod_security,
     selector,
     vault_agent_annotations,
+    vault_token_volume,
 )
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, vault_file
 
@@ -151,6 +152,7 @@ class Hasura(pulumi.ComponentResource):
                     "metadata": {"labels": labels(app, "graphql"), "annotations": annotations},
                     "spec": {
                         "serviceAccountName": app,
+                        "automountServiceAccountToken": False,  # Hasura never calls the Kubernetes API
                         "securityContext": pod_security(HASURA_UID),
                         "terminationGracePeriodSeconds": 75,
                         "containers": [{
@@ -173,6 +175,7 @@ class Hasura(pulumi.ComponentResource):
                         "volumes": [
                             {"name": "hasura-env", "configMap": {"name": f"{app}-env"}},
                             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                            vault_token_volume(),
                         ],
                     },
                 },

@@ -58,12 +58,29 @@ class VaultFile:
         return f'{{{{- with secret "{self.kv_path}" -}}}}{{{{ .Data.data.{self.key} }}}}{{{{- end -}}}}'
 
 
+# the `aud` of the token the Vault agent logs in with; every Kubernetes auth role requires exactly this audience
+VAULT_AUDIENCE = "vault"
+VAULT_TOKEN_VOLUME = "vault-sa-token"
+
+
+def vault_token_volume() -> dict:
+    """The only Kubernetes token in an injected pod (automountServiceAccountToken is false): short-lived, bound to
+    Vault's audience, mounted by the injector into its agent containers only. No app container mounts it, so the
+    injector mounts it at its DefaultServiceAccountMount (hashicorp/vault-k8s, agent-inject/agent/agent.go,
+    serviceaccount() and getTokenPathFromProjectedVolume(); the auth config's token_path follows it,
+    annotations.go)."""
+    return {"name": VAULT_TOKEN_VOLUME, "projected": {"sources": [{"serviceAccountToken": {
+        "audience": VAULT_AUDIENCE, "expirationSeconds": 3600, "path": "token"}}]}}
+
+
 def vault_agent_annotations(role: str, files: list[VaultFile], *, run_to_completion: bool = False) -> dict[str, str]:
     """Vault agent injector annotations; Jobs use pre-populate-only so the sidecar does not keep them alive."""
     annotations = {
         "vault.hashicorp.com/agent-inject": "true",
         "vault.hashicorp.com/role": role,
         "vault.hashicorp.com/agent-run-as-same-user": "true",
+        # the projected, audience-bound token above (annotations.go, AnnotationAgentServiceAccountTokenVolumeName)
+        "vault.hashicorp.com/agent-service-account-token-volume-name": VAULT_TOKEN_VOLUME,
     }
     if run_to_completion:
         annotations["vault.hashicorp.com/agent-pre-populate-only"] = "true"

@@ -14,7 +14,7 @@ import pulumi_cloudflare as cloudflare
 import pulumi_kubernetes as k8s
 
 from components.config import CloudflareConfig, VaultConfig
-from components.k8s import Resources, child, container_security, labels, pod_security, selector
+from components.k8s import VAULT_AUDIENCE, Resources, child, container_security, labels, pod_security, selector
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
 CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernetes.io/name
@@ -103,7 +103,9 @@ class TunnelConnector(pulumi.ComponentResource):
             spec={"provider": {"vault": {
                 "server": args.vault.address, "path": args.vault.kv_mount, "version": "v2",
                 "auth": {"kubernetes": {"mountPath": args.vault.kubernetes_auth_path, "role": args.vault_role,
-                                        "serviceAccountRef": {"name": args.service_account}}}}}},
+                                        # ESO requests a token for Vault's audience, as the agents get
+                                        "serviceAccountRef": {"name": args.service_account,
+                                                              "audiences": [VAULT_AUDIENCE]}}}}}},
             opts=child(self, depends_on=[self.service_account]))
         self.external_secret = k8s.apiextensions.CustomResource(
             "tunnel-token", api_version="external-secrets.io/v1", kind="ExternalSecret",

@@ -10,7 +10,7 @@ import pulumi_random as random
 import pulumi_vault as vault
 
 from components.config import VaultConfig
-from components.k8s import VaultFile, child
+from components.k8s import VAULT_AUDIENCE, VaultFile, child
 
 # KV entry names (the seed's naming); each holds its value under the key `value`
 DATABASE_URL = "graphql-hasura-database-url"
@@ -122,6 +122,8 @@ class VaultAccess(pulumi.ComponentResource):
                 consumer, backend=args.vault.kubernetes_auth_path, role_name=consumer,
                 bound_service_account_names=[args.service_accounts[consumer]],
                 bound_service_account_namespaces=[args.namespace],
+                # a token minted for another audience (the API server's own, another app's) is refused
+                audience=VAULT_AUDIENCE,
                 token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,
                 opts=child(self))
 

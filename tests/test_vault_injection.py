@@ -47,3 +47,30 @@ def test_the_transcription_refuses_what_the_injector_refuses():
     no_token["spec"]["automountServiceAccountToken"] = False
     with pytest.raises(InjectorRefusal, match="failed to find service account volume mount"):
         admit(no_token)
+
+
+def plan_resources(stack: str, type_: str) -> list[dict]:
+    import yaml
+
+    from scripts.plan import plan_path
+    document = yaml.safe_load(plan_path(stack).read_text())
+    return [r["inputs"] for r in document["resources"] if r["type"] == type_]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_only_the_vault_agent_holds_a_kubernetes_token_and_vault_checks_its_audience(stack):
+    """No pod automounts a service-account token; an injected pod has one projected token, bound to the audience
+    every Kubernetes auth role demands, which the injector mounts into its agent containers only."""
+    roles = {r["roleName"]: r for r in plan_resources(stack, "vault:kubernetes/authBackendRole:AuthBackendRole")}
+    assert roles and all(r.get("audience") == "vault" for r in roles.values()), roles
+    for name, template in pod_templates(manifests(stack)):
+        spec = template["spec"]
+        assert spec.get("automountServiceAccountToken") is False, name
+        if not wants_injection(template):
+            continue
+        token = admit(template)
+        assert token.audience == roles[template["metadata"]["annotations"]["vault.hashicorp.com/role"]]["audience"]
+        # mounted by no app container: the injector puts it under its own path, in its own containers
+        assert not any(m["name"] == token.name for c in spec["containers"] for m in c.get("volumeMounts", []))
+    [store] = [o for o in manifests(stack) if o["kind"] == "SecretStore"]
+    assert store["spec"]["provider"]["vault"]["auth"]["kubernetes"]["serviceAccountRef"]["audiences"] == ["vault"]
