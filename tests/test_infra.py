@@ -202,7 +202,8 @@ def test_tunnel_connector_objects(run):
     store = k8s(run, "SecretStore", "vault-graphql")["spec"]["provider"]["vault"]
     assert store["server"] == vault["address"] and store["path"] == vault["kvMount"] and store["version"] == "v2"
     assert store["auth"]["kubernetes"] == {"mountPath": vault["kubernetesAuthPath"], "role": EXTERNAL_SECRETS_ROLE,
-                                           "serviceAccountRef": {"name": "cloudflare-tunnel-secretstore"}}
+                                           "serviceAccountRef": {"name": "cloudflare-tunnel-secretstore",
+                                                                 "audiences": ["vault"]}}
     secret = k8s(run, "ExternalSecret", "cloudflare-tunnel-token")["spec"]
     assert secret["data"] == [{"secretKey": "token", "remoteRef": {"key": "cloudflare-tunnel-token",
                                                                     "property": vault["tunnelTokenKey"]}}]
