@@ -49,12 +49,13 @@ Grants = dict[str, list[tuple[str, list[str]]]]  # consumer -> [(path, capabilit
 
 
 def policy_grants(mount: str, extra_reads: dict[str, list[str]] | None = None) -> Grants:
-    """Least privilege per consumer: read on its own entries; External Secrets also lists the token's metadata."""
+    """Least privilege per consumer: read on its own entries, nothing else. External Secrets reads only the
+    token's data path: its Vault provider touches metadata only for metadataPolicy Fetch, which we do not use
+    (external-secrets, providers/v1/vault/client_get.go, GetSecret -> readSecret)."""
     extra_reads = extra_reads or {}
     grants = {consumer: [(data_path(mount, e), ["read"]) for e in (*entries, *extra_reads.get(consumer, ()))]
               for consumer, entries in CONSUMER_ENTRIES.items()}
-    grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read", "list"]),
-                                     (f"{mount}/metadata/{TUNNEL_TOKEN}", ["read", "list"])]
+    grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read"])]
     return grants
 
 

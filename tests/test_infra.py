@@ -116,8 +116,7 @@ def test_vault_entries_policies_and_roles(run):
         "value": ServicePrincipals().writer}
 
     policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
-    assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read", "list"],
-                                               f"{mount}/metadata/cloudflare-tunnel-token": ["read", "list"]}
+    assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read"]}  # no list
     # Hasura also reads the entries the stack names for it (replicas, connection set, license, JWT ...)
     hasura = cfg(run, "hasura")
     hasura_reads = {*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),

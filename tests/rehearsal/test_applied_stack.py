@@ -77,13 +77,13 @@ def test_each_kubernetes_auth_role_binds_one_service_account_to_its_policy():
         assert data["token_policies"] == [role]
 
 
-def test_external_secrets_role_reads_and_lists_the_tunnel_token_entry_only():
+def test_external_secrets_role_reads_the_tunnel_token_entry_only():
     address, token = state()["openbao"]["address"], bao_token([EXTERNAL_SECRETS_ROLE])
     headers = {"X-Vault-Token": token}
     assert httpx.get(f"{address}/v1/secret/data/cloudflare-tunnel-token", headers=headers).status_code == 200
-    assert httpx.get(f"{address}/v1/secret/metadata/cloudflare-tunnel-token", headers=headers).status_code == 200
+    assert httpx.get(f"{address}/v1/secret/metadata/cloudflare-tunnel-token", headers=headers).status_code == 403
     assert httpx.request("LIST", f"{address}/v1/secret/metadata/cloudflare-tunnel-token",
-                         headers=headers).status_code in (200, 404)  # allowed; a leaf has no children
+                         headers=headers).status_code == 403
     assert httpx.get(f"{address}/v1/secret/data/graphql-hasura-admin-secret", headers=headers).status_code == 403
     assert httpx.request("LIST", f"{address}/v1/secret/metadata/", headers=headers).status_code == 403
 
