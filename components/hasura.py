@@ -140,7 +140,6 @@ class Hasura(pulumi.ComponentResource):
             (args.env_file + json.dumps(args.container_env, sort_keys=True)).encode()).hexdigest()
         annotations = {"checksum/hasura-env": env_checksum,
                        **vault_agent_annotations(args.vault_role, args.vault_files)}
-        probe = {"httpGet": {"path": "/healthz", "port": PORT}}
         self.deployment = k8s.apps.v1.Deployment(
             "hasura",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
@@ -161,9 +160,13 @@ class Hasura(pulumi.ComponentResource):
                             "command": ["/bin/sh", "-c", start_script(args.secret_env)],
                             "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
                             "ports": [{"name": "http", "containerPort": PORT}],
-                            "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 3},
-                            "livenessProbe": probe | {"initialDelaySeconds": 30, "periodSeconds": 10,
-                                                      "failureThreshold": 6},
+                            # /healthz fails while the database is unreachable: that takes a replica out of the
+                            # Service; liveness only asks whether the server accepts connections, so a database
+                            # outage never restarts every replica at once
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 5,
+                                               "failureThreshold": 3},
+                            "livenessProbe": {"tcpSocket": {"port": PORT}, "initialDelaySeconds": 30,
+                                              "periodSeconds": 10, "failureThreshold": 6},
                             "resources": Resources("250m", "512Mi", "2", "2Gi").spec(),
                             "securityContext": container_security(HASURA_UID),
                             "volumeMounts": [

@@ -19,6 +19,8 @@ from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
 CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernetes.io/name
 CLOUDFLARED_UID = 65532  # the nonroot user of cloudflared's distroless image
+METRICS_PORT = 2000
+TOKEN_DIR = "/etc/cloudflared/tunnel-token"
 
 
 def tunnel_ingress(hostname: str, cf: CloudflareConfig, origin: str) -> list[dict]:
@@ -131,17 +133,26 @@ class TunnelConnector(pulumi.ComponentResource):
                         "containers": [{
                             "name": "cloudflared",
                             "image": args.cloudflare.cloudflared_image,
-                            "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
-                            # a reference to the ExternalSecret's Secret, never the token itself
-                            "env": [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
-                                "name": args.token_secret, "key": "token"}}}],
-                            "ports": [{"name": "metrics", "containerPort": 2000}],
-                            "livenessProbe": {"httpGet": {"path": "/ready", "port": 2000},
+                            # a file, not an env var every child inherits and /proc/<pid>/environ shows
+                            # (--token-file since cloudflared 2025.4.0: cmd/cloudflared/tunnel/subcommands.go)
+                            "args": ["tunnel", "--no-autoupdate", "--metrics", f"0.0.0.0:{METRICS_PORT}", "run",
+                                     "--token-file", f"{TOKEN_DIR}/token"],
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                            # /ready: at least one edge connection (take it out of rotation, not restart it);
+                            # /healthcheck: the process answers (metrics/metrics.go)
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": METRICS_PORT},
+                                               "periodSeconds": 5, "failureThreshold": 3},
+                            "livenessProbe": {"httpGet": {"path": "/healthcheck", "port": METRICS_PORT},
                                               "initialDelaySeconds": 10, "periodSeconds": 10,
                                               "failureThreshold": 3},
                             "resources": Resources("20m", "64Mi", "500m", "256Mi").spec(),
                             "securityContext": container_security(CLOUDFLARED_UID),
+                            "volumeMounts": [{"name": "tunnel-token", "mountPath": TOKEN_DIR, "readOnly": True}],
                         }],
+                        # a reference to the ExternalSecret's Secret, never the token itself
+                        "volumes": [{"name": "tunnel-token", "secret": {
+                            "secretName": args.token_secret, "defaultMode": 0o440,
+                            "items": [{"key": "token", "path": "token"}]}}],
                     },
                 },
             },

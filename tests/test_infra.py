@@ -210,9 +210,18 @@ def test_tunnel_connector_objects(run):
     tunnel = k8s(run, "Deployment", "cloudflared")
     assert tunnel["metadata"]["namespace"] == ns
     [container] = tunnel["spec"]["template"]["spec"]["containers"]
-    assert container["env"] == [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "cloudflare-tunnel-token", "key": "token"}}}]
-    assert container["args"][-1] == "run" and "--no-autoupdate" in container["args"]
+    # the token reaches cloudflared as a file from the ExternalSecret's Secret, never as an env var
+    assert "env" not in container
+    assert container["args"][-3:] == ["run", "--token-file", "/etc/cloudflared/tunnel-token/token"]
+    assert "--no-autoupdate" in container["args"]
+    [volume] = tunnel["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "cloudflare-tunnel-token" and volume["secret"]["items"] == [
+        {"key": "token", "path": "token"}]
+    assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/etc/cloudflared/tunnel-token",
+                                          "readOnly": True}]
+    # out of rotation without an edge connection (/ready); restarted only when the process stops answering
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
 
 
 def test_tunnel_token_key_follows_stack_config():
@@ -250,6 +259,8 @@ def test_hasura_env_file_configmap_and_deployment(run):
         assert template.count("{{ .Data.data.value }}") == 1
     assert not any("export" in v for k, v in annotations.items() if "agent-inject-template" in k)
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # a database outage fails /healthz: it must take replicas out of the Service, never restart them all
+    assert "httpGet" not in container["livenessProbe"] and container["livenessProbe"]["tcpSocket"] == {"port": 8080}
     service = k8s(run, "Service", "hasura")
     assert service["spec"]["ports"][0]["port"] == 8080 and service["spec"]["selector"] == {
         "app.kubernetes.io/name": "hasura"}
