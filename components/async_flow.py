@@ -16,9 +16,11 @@ from components.k8s import (
     VaultFile,
     child,
     container_security,
+    disruption_budget,
     labels,
     pod_security,
     selector,
+    spread,
     vault_agent_annotations,
     vault_token_volume,
 )
@@ -178,8 +180,11 @@ class AsyncFlow(pulumi.ComponentResource):
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
                                                 self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
                                                 ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
-                                                probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))}},
+                                                probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))
+                               | spread(PUBLISHER)}},
             opts=self._after(PUBLISHER, self.bootstrap))
+        self.publisher_budget = disruption_budget("publisher-pdb", PUBLISHER, args.namespace, "async",
+                                                  args.config.publisher_replicas, self)
         self.publisher_service = k8s.core.v1.Service(
             "publisher-svc", metadata=self._metadata(PUBLISHER),
             spec={"selector": selector(PUBLISHER),
@@ -211,8 +216,10 @@ class AsyncFlow(pulumi.ComponentResource):
             "writer", metadata=self._metadata(WRITER),
             spec={"replicas": args.config.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
                   "selector": {"matchLabels": selector(WRITER)},
-                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod}},
+                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod | spread(WRITER)}},
             opts=self._after(WRITER, self.bootstrap, self.writer_service))
+        self.writer_budget = disruption_budget("writer-pdb", WRITER, args.namespace, "async",
+                                               args.config.writer_replicas, self)
 
     def _cleanup(self) -> None:
         """Batched delete of expired rows; never two at once."""

@@ -23,9 +23,11 @@ from components.k8s import (
     VaultFile,
     child,
     container_security,
+    disruption_budget,
     labels,
     pod_security,
     selector,
+    spread,
     vault_agent_annotations,
     vault_token_volume,
 )
@@ -180,10 +182,12 @@ class Hasura(pulumi.ComponentResource):
                             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
                             vault_token_volume(),
                         ],
+                        **spread(app),
                     },
                 },
             },
             opts=child(self, depends_on=[self.config_map, self.service_account]))
+        self.budget = disruption_budget("hasura-pdb", app, ns, "graphql", args.config.replicas, self)
         self.service = k8s.core.v1.Service(
             "hasura-svc",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},

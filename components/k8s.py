@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_kubernetes as k8s
 
 PART_OF = "graphql-entrypoint"
 
@@ -88,6 +89,25 @@ def vault_agent_annotations(role: str, files: list[VaultFile], *, run_to_complet
         annotations[f"vault.hashicorp.com/agent-inject-secret-{f.file_name}"] = f.kv_path
         annotations[f"vault.hashicorp.com/agent-inject-template-{f.file_name}"] = f.template()
     return annotations
+
+
+def spread(app: str) -> dict:
+    """Pod spec fields: replicas prefer different nodes and zones, so losing one leaves the others serving."""
+    match = {"matchLabels": selector(app)}
+    other_node = {"weight": 100, "podAffinityTerm": {"labelSelector": match, "topologyKey": "kubernetes.io/hostname"}}
+    return {"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [other_node]}},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                           "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": match}]}
+
+
+def disruption_budget(resource_name: str, app: str, namespace: str, component: str, replicas: int,
+                      parent: pulumi.Resource) -> k8s.policy.v1.PodDisruptionBudget | None:
+    """A drain evicts one replica at a time; only for several replicas (one has nobody to keep serving)."""
+    if replicas < 2:
+        return None
+    return k8s.policy.v1.PodDisruptionBudget(
+        resource_name, metadata={"name": app, "namespace": namespace, "labels": labels(app, component)},
+        spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(app)}}, opts=child(parent))
 
 
 def child(parent: pulumi.Resource, **kwargs) -> pulumi.ResourceOptions:

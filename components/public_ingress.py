@@ -14,7 +14,17 @@ import pulumi_cloudflare as cloudflare
 import pulumi_kubernetes as k8s
 
 from components.config import CloudflareConfig, VaultConfig
-from components.k8s import VAULT_AUDIENCE, Resources, child, container_security, labels, pod_security, selector
+from components.k8s import (
+    VAULT_AUDIENCE,
+    Resources,
+    child,
+    container_security,
+    disruption_budget,
+    labels,
+    pod_security,
+    selector,
+    spread,
+)
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
 CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernetes.io/name
@@ -153,8 +163,11 @@ class TunnelConnector(pulumi.ComponentResource):
                         "volumes": [{"name": "tunnel-token", "secret": {
                             "secretName": args.token_secret, "defaultMode": 0o440,
                             "items": [{"key": "token", "path": "token"}]}}],
+                        **spread(app),
                     },
                 },
             },
             opts=child(self, depends_on=[self.external_secret]))
+        self.budget = disruption_budget("cloudflared-pdb", app, ns, "ingress", args.cloudflare.cloudflared_replicas,
+                                        self)
         self.register_outputs({"deployment": self.deployment.metadata["name"]})

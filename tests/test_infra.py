@@ -598,3 +598,23 @@ def test_preview_text_is_normalized_to_a_stable_order():
     two = normalize("\n".join([head, *b, *a, *tail]).replace("0a1b2c3d-0000-4000-8000-000000000001",
                                                                  "ffffffff-1111-4111-8111-111111111111"))
     assert one == two and "::default::<id>]" in one and one.endswith("warning: a\nwarning: z")
+
+
+def test_multi_replica_workloads_have_a_disruption_budget_and_spread(run):
+    """A drain or a lost node/zone never takes every replica of a serving workload at once."""
+    budgets = {o["metadata"]["name"]: o["spec"] for o in run.kubernetes_objects() if o["kind"] == "PodDisruptionBudget"}
+    serving = [("Deployment", "hasura"), ("Deployment", "cloudflared"), ("Deployment", PUBLISHER),
+               ("StatefulSet", WRITER)]
+    for kind, name in serving:
+        workload = k8s(run, kind, name)
+        pod = workload["spec"]["template"]
+        if workload["spec"]["replicas"] >= 2:
+            assert budgets[name] == {"maxUnavailable": 1, "selector": workload["spec"]["selector"]}, name
+        else:
+            assert name not in budgets
+        [preferred] = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        [zones] = pod["spec"]["topologySpreadConstraints"]
+        assert zones["topologyKey"] == "topology.kubernetes.io/zone"
+    assert len(budgets) == sum(k8s(run, kind, name)["spec"]["replicas"] >= 2 for kind, name in serving)
