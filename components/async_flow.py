@@ -12,6 +12,7 @@ import pulumi_kubernetes as k8s
 
 from components.config import AsyncFlowConfig, HasuraConfig, KafkaConfig
 from components.k8s import (
+    IMAGE_PULL_POLICY,
     Resources,
     VaultFile,
     child,
@@ -92,6 +93,7 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
     container = {
         "name": app.removeprefix("graphql-async-"),
         "image": image,
+        "imagePullPolicy": IMAGE_PULL_POLICY,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": resources.spec(),
         "securityContext": container_security(APP_UID),
@@ -196,7 +198,10 @@ class AsyncFlow(pulumi.ComponentResource):
         it is the instance part of the transactional.id, so a replacement pod fences its predecessor's open
         transaction, and Kubernetes never runs two pods of one identity at once."""
         args = self.args
-        health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
+        # ready once its health server listens: a rolling update moves to the next replica only then; alive while
+        # it makes progress (a stuck writer is restarted, app/writer.py serve_health)
+        health = {"readinessProbe": {"tcpSocket": {"port": WRITER_HEALTH_PORT}, "periodSeconds": 10},
+                  "livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
                                     "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
         pod = pod_spec(WRITER, args.images["writer"], self._kafka_env | {
             "WRITER_GROUP_ID": args.principals.writer_group,

@@ -19,6 +19,7 @@ import pulumi_kubernetes as k8s
 from app.hasura_source import connection_set_url_env
 from components.config import HasuraConfig
 from components.k8s import (
+    IMAGE_PULL_POLICY,
     Resources,
     VaultFile,
     child,
@@ -36,7 +37,9 @@ from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SE
 ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
 ENV_FILE_KEY = "hasura.env"
 PORT = 8080
-HASURA_UID = 1001  # non-root; graphql-engine writes only to /tmp, an emptyDir
+# any non-root uid works (graphql-engine reads its binary, writes only /tmp, an emptyDir); a high one matches no
+# account on the node (checkov CKV_K8S_40, kube-score container-security-context-user-group-id)
+HASURA_UID = 10001
 SECRETS_DIR = "/vault/secrets"
 
 
@@ -159,6 +162,7 @@ class Hasura(pulumi.ComponentResource):
                         "containers": [{
                             "name": "graphql-engine",
                             "image": args.config.image,
+                            "imagePullPolicy": IMAGE_PULL_POLICY,
                             "command": ["/bin/sh", "-c", start_script(args.secret_env)],
                             "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
                             "ports": [{"name": "http", "containerPort": PORT}],

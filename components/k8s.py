@@ -25,10 +25,20 @@ class Resources:
     memory_request: str = "128Mi"
     cpu_limit: str = "500m"
     memory_limit: str = "256Mi"
+    # /tmp (an emptyDir) and the container's logs: a runaway writer is evicted before it fills the node's disk
+    ephemeral_request: str = "64Mi"
+    ephemeral_limit: str = "512Mi"
 
     def spec(self) -> dict:
-        return {"requests": {"cpu": self.cpu_request, "memory": self.memory_request},
-                "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit}}
+        return {"requests": {"cpu": self.cpu_request, "memory": self.memory_request,
+                             "ephemeral-storage": self.ephemeral_request},
+                "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit,
+                           "ephemeral-storage": self.ephemeral_limit}}
+
+
+# every start checks the pod may pull its (digest-pinned) image, instead of reusing what another pod pulled onto
+# the node with its own credentials; the digest keeps the content fixed
+IMAGE_PULL_POLICY = "Always"
 
 
 def pod_security(uid: int) -> dict:

@@ -15,6 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components.config import CloudflareConfig, VaultConfig
 from components.k8s import (
+    IMAGE_PULL_POLICY,
     VAULT_AUDIENCE,
     Resources,
     child,
@@ -143,6 +144,7 @@ class TunnelConnector(pulumi.ComponentResource):
                         "containers": [{
                             "name": "cloudflared",
                             "image": args.cloudflare.cloudflared_image,
+                            "imagePullPolicy": IMAGE_PULL_POLICY,
                             # a file, not an env var every child inherits and /proc/<pid>/environ shows
                             # (--token-file since cloudflared 2025.4.0: cmd/cloudflared/tunnel/subcommands.go)
                             "args": ["tunnel", "--no-autoupdate", "--metrics", f"0.0.0.0:{METRICS_PORT}", "run",

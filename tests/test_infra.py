@@ -439,7 +439,9 @@ def test_every_container_is_bounded_non_root_and_pinned(run):
         pod = template["spec"]
         for container in pod["containers"]:
             resources = container["resources"]
-            assert set(resources["requests"]) == {"cpu", "memory"} == set(resources["limits"]), name
+            assert set(resources["requests"]) == {"cpu", "memory", "ephemeral-storage"} == set(
+                resources["limits"]), name
+            assert container["imagePullPolicy"] == "Always", name  # the pull credentials are checked each start
             non_root = container.get("securityContext", {}).get("runAsNonRoot",
                                                                 pod.get("securityContext", {}).get("runAsNonRoot"))
             assert non_root is True, name
