@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -122,6 +123,18 @@ class VaultConfig(_Model):
     kubernetes_auth_path: str = "kubernetes"
     # the ExternalSecret reads this key of the tunnel token entry (the seed's manual step wrote `vaule`)
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
+
+    @field_validator("address")
+    @classmethod
+    def _tls_off_cluster(cls, value: str) -> str:
+        """Plain HTTP only to an in-cluster Service or loopback (dev's Vault, the rehearsal's OpenBao): Vault
+        tokens and secrets never cross a network the cluster does not own in clear text."""
+        host = urlsplit(value).hostname or ""
+        if value.startswith("http://") and not (host.endswith((".svc", ".svc.cluster.local"))
+                                                or host in ("127.0.0.1", "localhost", "::1")):
+            raise ValueError("must be https:// outside the cluster (http:// only for an in-cluster "
+                             "<service>.<namespace>.svc address or loopback)")
+        return value
 
 
 class PoolConfig(_Model):

@@ -620,3 +620,13 @@ def test_multi_replica_workloads_have_a_disruption_budget_and_spread(run):
         [zones] = pod["spec"]["topologySpreadConstraints"]
         assert zones["topologyKey"] == "topology.kubernetes.io/zone"
     assert len(budgets) == sum(k8s(run, kind, name)["spec"]["replicas"] >= 2 for kind, name in serving)
+
+
+def test_vault_is_reached_over_tls_unless_it_is_in_the_cluster():
+    """Dev's in-cluster Vault Service may be plain HTTP (README, Security); anything else must be https://."""
+    from components.config import ConfigError
+
+    vault = load_stack_file("dev")[P + "vault"]
+    with pytest.raises(ConfigError, match=r"vault\.address.*must be https:// outside the cluster"):
+        run_stack("dev", {P + "vault": {**vault, "address": "http://vault.prod.suncoast.systems:8200"}})
+    assert run_stack("dev", {P + "vault": {**vault, "address": "https://vault.prod.suncoast.systems"}}).resources
