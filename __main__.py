@@ -33,7 +33,8 @@ kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, vault=cfg.vault, database_url=cfg.database_url,
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
-    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads}))
+    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads},
+    database_port=cfg.network.database_port))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault, cloudflare=cfg.cloudflare),
                 opts=pulumi.ResourceOptions(depends_on=[vault]))

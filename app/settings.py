@@ -181,6 +181,8 @@ class CleanupSettings(DatabaseSettings):
 class BootstrapSettings(DatabaseSettings):
     hasura_endpoint: str = "http://hasura.graphql.svc.cluster.local:8080"
     hasura_admin_secret: SecretStr
+    # JSON {role: SCRAM-SHA-256 verifier} for the services' own database roles (app/db_roles.py); unset: none made
+    async_database_roles: SecretStr | None = None
     hasura_source: str = "default"
     action_handler_url: str = (
         "http://graphql-async-request-publisher.graphql.svc.cluster.local:8080/action/publish_async_request"

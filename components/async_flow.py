@@ -26,7 +26,15 @@ from components.k8s import (
     vault_token_volume,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
-from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
+from components.vault_access import (
+    ACTION_SECRET,
+    DATABASE_ROLE_VERIFIERS,
+    DATABASE_URL,
+    HASURA_ADMIN_SECRET,
+    database_entry,
+    kafka_entry,
+    vault_file,
+)
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
 PUBLISHER = "graphql-async-request-publisher"
@@ -43,24 +51,30 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     configuration (pool, replicas, routing) change."""
     digest = hashlib.sha256(handler_url.encode())
     digest.update(source_settings.encode())
-    for name in ("schema.sql", "hasura_metadata.py", "hasura_source.py", "connection_template.py", "bootstrap.py"):
+    for name in ("schema.sql", "hasura_metadata.py", "hasura_source.py", "connection_template.py", "bootstrap.py",
+                 "db_roles.py"):
         digest.update((app_dir / name).read_bytes())
     return digest.hexdigest()[:10]
 
 
 def workload_vault_files(kv_mount: str) -> dict[str, list[VaultFile]]:
     """Workload -> the files its Vault agent renders under /vault/secrets/<setting name> (app/settings.py)."""
-    database = vault_file(kv_mount, DATABASE_URL, "async_database_url")
+    def database(service: str) -> VaultFile:  # the service's own role (app/db_roles.py)
+        return vault_file(kv_mount, database_entry(service), "async_database_url")
 
     def kafka_login(service: str) -> list[VaultFile]:
         return [vault_file(kv_mount, kafka_entry(service, "username"), "kafka_username"),
                 vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password")]
 
     return {
-        PUBLISHER: [database, vault_file(kv_mount, ACTION_SECRET, "async_action_secret"), *kafka_login("publisher")],
-        WRITER: [database, *kafka_login("writer")],
-        CLEANUP: [database],
-        BOOTSTRAP: [database, vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
+        PUBLISHER: [database("publisher"), vault_file(kv_mount, ACTION_SECRET, "async_action_secret"),
+                    *kafka_login("publisher")],
+        WRITER: [database("writer"), *kafka_login("writer")],
+        CLEANUP: [database("cleanup")],
+        # the owner role (table DDL, CREATE ROLE) and the verifiers it creates the services' roles with
+        BOOTSTRAP: [vault_file(kv_mount, DATABASE_URL, "async_database_url"),
+                    vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret"),
+                    vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles")],
     }
 
 

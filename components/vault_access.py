@@ -9,6 +9,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_vault as vault
 
+from app.db_roles import ROLE_OF, scram_verifier, service_url
 from components.config import VaultConfig
 from components.k8s import VAULT_AUDIENCE, VaultFile, child
 
@@ -19,20 +20,30 @@ ACTION_SECRET = "graphql-async-action-secret"
 TUNNEL_TOKEN = "cloudflare-tunnel-token"
 
 
+# the SCRAM verifiers of the services' database roles: what the bootstrap creates them with (app/db_roles.py)
+DATABASE_ROLE_VERIFIERS = "graphql-async-database-role-verifiers"
+
+
 def kafka_entry(service: str, field: str) -> str:
     """`graphql-kafka-async-<service>-username` / `-password` (the seed's naming, one principal per service)."""
     return f"graphql-kafka-async-{service}-{field}"
 
 
-# consumer -> the entries it reads; the policy grants exactly these, the pod mounts exactly these
+def database_entry(service: str) -> str:
+    """`graphql-async-<service>-database-url`: the URL with the service's own role (publisher, writer, cleanup)."""
+    return f"graphql-async-{service}-database-url"
+
+
+# consumer -> the entries it reads; the policy grants exactly these, the pod mounts exactly these. The stack's
+# database URL (its owner role) is Hasura's and the bootstrap's only; each service logs in as its own role.
 CONSUMER_ENTRIES: dict[str, tuple[str, ...]] = {
     "hasura": (DATABASE_URL, HASURA_ADMIN_SECRET, ACTION_SECRET),
-    "graphql-async-request-publisher": (DATABASE_URL, ACTION_SECRET, kafka_entry("publisher", "username"),
-                                        kafka_entry("publisher", "password")),
-    "graphql-async-response-writer": (DATABASE_URL, kafka_entry("writer", "username"),
+    "graphql-async-request-publisher": (database_entry("publisher"), ACTION_SECRET,
+                                        kafka_entry("publisher", "username"), kafka_entry("publisher", "password")),
+    "graphql-async-response-writer": (database_entry("writer"), kafka_entry("writer", "username"),
                                       kafka_entry("writer", "password")),
-    "graphql-async-cleanup": (DATABASE_URL,),
-    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET),
+    "graphql-async-cleanup": (database_entry("cleanup"),),
+    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET, DATABASE_ROLE_VERIFIERS),
 }
 EXTERNAL_SECRETS_ROLE = "externalsecrets-graphql"
 
@@ -76,6 +87,7 @@ class VaultAccessArgs:
     database_url: pulumi.Input[str]
     tunnel_token: pulumi.Input[str]
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
+    database_port: int | None = None  # the port the NetworkPolicies open: the URL must use it
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
     # consumer (policy and role name) -> its Kubernetes service account; each workload's account is its name
@@ -103,6 +115,17 @@ class VaultAccess(pulumi.ComponentResource):
             ACTION_SECRET: (self.action_secret, "value"),
             TUNNEL_TOKEN: (args.tunnel_token, args.vault.tunnel_token_key),
         }
+        # one database role per service: its URL for it alone, only the verifier for the bootstrap that creates it
+        verifiers: dict[str, pulumi.Output[str]] = {}
+        for service, role in sorted(ROLE_OF.items()):
+            password = random.RandomPassword(f"{service}-database-password", length=48, special=False,
+                                             opts=child(self)).result
+            url = pulumi.Output.all(args.database_url, password).apply(
+                lambda v, r=role: service_url(v[0], r, v[1], expect_port=args.database_port))
+            values[database_entry(service)] = (url, "value")
+            verifiers[role] = password.apply(scram_verifier)
+        values[DATABASE_ROLE_VERIFIERS] = (pulumi.Output.all(**verifiers).apply(
+            lambda v: json.dumps(dict(sorted(v.items())))), "value")
         for service, credential in sorted(args.kafka_credentials.items()):
             values[kafka_entry(service, "username")] = (credential.username, "value")
             values[kafka_entry(service, "password")] = (credential.password, "value")

@@ -107,7 +107,9 @@ def test_vault_entries_policies_and_roles(run):
     assert set(entries) == {"graphql-hasura-database-url", "graphql-hasura-admin-secret",
                             "graphql-async-action-secret", "cloudflare-tunnel-token",
                             "graphql-kafka-async-publisher-username", "graphql-kafka-async-publisher-password",
-                            "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password"}
+                            "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password",
+                            "graphql-async-publisher-database-url", "graphql-async-writer-database-url",
+                            "graphql-async-cleanup-database-url", "graphql-async-database-role-verifiers"}
     assert all(e["mount"] == mount for e in entries.values())
     # the token is written from the tunnel the program creates, under the configured key
     token_key = cfg(run, "vault")["tunnelTokenKey"]
@@ -132,6 +134,31 @@ def test_vault_entries_policies_and_roles(run):
         assert role["boundServiceAccountNamespaces"] == [ns]
         assert role["backend"] == cfg(run, "vault")["kubernetesAuthPath"]
     assert roles[EXTERNAL_SECRETS_ROLE]["boundServiceAccountNames"] == ["cloudflare-tunnel-secretstore"]
+
+
+def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifiers(run):
+    """The owner's URL is Hasura's and the bootstrap's; publisher, writer and cleanup each read a URL with their own
+    role (tests/test_db_roles.py: what those roles may do), and the bootstrap gets only the roles' verifiers."""
+    from urllib.parse import unquote, urlsplit
+
+    from app.db_roles import ROLE_OF, scram_verifier
+
+    mount = cfg(run, "vault")["kvMount"]
+    policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
+    readers = {path: {name for name, grants in policies.items() if path in grants}
+               for grants in policies.values() for path in grants}
+    assert readers[f"{mount}/data/graphql-hasura-database-url"] == {"hasura", "graphql-async-bootstrap"}
+    assert readers[f"{mount}/data/graphql-async-database-role-verifiers"] == {"graphql-async-bootstrap"}
+    entries = {r.name: json.loads(r.inputs["dataJson"])["value"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
+    owner = urlsplit(entries["graphql-hasura-database-url"])
+    verifiers = json.loads(entries["graphql-async-database-role-verifiers"])
+    for service, consumer in (("publisher", PUBLISHER), ("writer", WRITER), ("cleanup", CLEANUP)):
+        entry = f"graphql-async-{service}-database-url"
+        assert readers[f"{mount}/data/{entry}"] == {consumer}
+        url = urlsplit(entries[entry])
+        assert (url.username, url.hostname, url.port, url.path) == (ROLE_OF[service], owner.hostname, owner.port,
+                                                                   owner.path)
+        assert url.password != owner.password and verifiers[ROLE_OF[service]] == scram_verifier(unquote(url.password))
 
 
 def test_each_pod_reads_exactly_what_its_vault_policy_grants(run):
