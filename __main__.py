@@ -6,7 +6,7 @@ from pathlib import Path
 import pulumi
 
 from app.settings import ACTION_NAME, TABLE
-from components.async_flow import AsyncFlow, AsyncFlowArgs
+from components.async_flow import AsyncFlow, AsyncFlowArgs, kafka_ca_reads
 from components.config import load_stack_config
 from components.hasura import Hasura, HasuraArgs
 from components.images import ServiceImages, ServiceImagesArgs
@@ -28,12 +28,13 @@ hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, k
 edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
                                                 origin=hasura_args.url)) if cfg.cloudflare.enabled else None
 
-kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka_admin_password, principals=principals))
+kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka_admin_password, principals=principals,
+                                             kv_mount=mount))
 
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, vault=cfg.vault, database_url=cfg.database_url,
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
-    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads},
+    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads, **kafka_ca_reads(cfg.kafka)},
     database_port=cfg.network.database_port))
 
 TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault, cloudflare=cfg.cloudflare),

@@ -57,14 +57,23 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     return digest.hexdigest()[:10]
 
 
-def workload_vault_files(kv_mount: str) -> dict[str, list[VaultFile]]:
+KAFKA_CA_FILE = "kafka_ca.pem"  # /vault/secrets/kafka_ca.pem: KAFKA_SSL_CA_LOCATION (app/settings.py)
+
+
+def kafka_ca_reads(kafka: KafkaConfig) -> dict[str, list[str]]:
+    """With SASL_SSL the Kafka clients also read the brokers' CA entry (their policies grant it)."""
+    return {PUBLISHER: [kafka.ca_entry], WRITER: [kafka.ca_entry]} if kafka.ca_entry else {}
+
+
+def workload_vault_files(kv_mount: str, kafka_ca_entry: str | None = None) -> dict[str, list[VaultFile]]:
     """Workload -> the files its Vault agent renders under /vault/secrets/<setting name> (app/settings.py)."""
     def database(service: str) -> VaultFile:  # the service's own role (app/db_roles.py)
         return vault_file(kv_mount, database_entry(service), "async_database_url")
 
     def kafka_login(service: str) -> list[VaultFile]:
+        ca = [vault_file(kv_mount, kafka_ca_entry, KAFKA_CA_FILE)] if kafka_ca_entry else []
         return [vault_file(kv_mount, kafka_entry(service, "username"), "kafka_username"),
-                vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password")]
+                vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password"), *ca]
 
     return {
         PUBLISHER: [database("publisher"), vault_file(kv_mount, ACTION_SECRET, "async_action_secret"),
@@ -93,7 +102,7 @@ class AsyncFlowArgs:
 
     @property
     def vault_files(self) -> dict[str, list[VaultFile]]:
-        return workload_vault_files(self.kv_mount)
+        return workload_vault_files(self.kv_mount, self.kafka.ca_entry)
 
     @property
     def publisher_url(self) -> str:
@@ -159,6 +168,7 @@ class AsyncFlow(pulumi.ComponentResource):
             "ASYNC_REQUESTS_TOPIC": topics.requests,
             "ASYNC_RESPONSES_TOPIC": topics.responses,
             "ASYNC_DLQ_TOPIC": topics.dlq,
+            **({"KAFKA_SSL_CA_LOCATION": f"/vault/secrets/{KAFKA_CA_FILE}"} if kafka.ca_entry else {}),
         }
 
     def _after(self, app: str, *others: pulumi.Resource) -> pulumi.ResourceOptions:

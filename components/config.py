@@ -92,6 +92,9 @@ class KafkaConfig(_Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    # SASL_SSL: the KV entry (key `value`) holding the PEM of the CA that signed the brokers' certificates; the
+    # provider, the publisher and the writer verify the brokers against it (written by whoever runs Kafka)
+    ca_entry: str | None = Field(None, pattern=KV_ENTRY)
     admin_username: str = Field(min_length=1)
     # the seed's broker may run without an authorizer: ACLs are declared only when it has one
     authorizer_enabled: bool
@@ -114,6 +117,14 @@ class KafkaConfig(_Model):
     def _isr(self) -> KafkaConfig:
         if self.min_insync_replicas > self.replication_factor:
             raise ValueError("minInsyncReplicas cannot exceed replicationFactor")
+        return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> KafkaConfig:
+        if self.security_protocol == "SASL_SSL" and not self.ca_entry:
+            raise ValueError("securityProtocol SASL_SSL needs caEntry (the KV entry with the brokers' CA)")
+        if self.security_protocol != "SASL_SSL" and self.ca_entry:
+            raise ValueError("caEntry is only for securityProtocol SASL_SSL")
         return self
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kafka as kafka
 import pulumi_random as random
+import pulumi_vault as vault
 
 from components.config import KafkaConfig
 from components.k8s import child
@@ -22,6 +23,14 @@ class KafkaAccessArgs:
     config: KafkaConfig
     admin_password: pulumi.Input[str]
     principals: ServicePrincipals
+    kv_mount: str = "secret"  # where config.ca_entry lives (SASL_SSL)
+
+    def ca_cert(self) -> pulumi.Output[str] | None:
+        """The brokers' CA, read from Vault at deploy time: the provider verifies the brokers as the services do."""
+        if not self.config.ca_entry:
+            return None
+        entry = vault.kv.get_secret_v2_output(mount=self.kv_mount, name=self.config.ca_entry)
+        return pulumi.Output.secret(entry.data.apply(lambda data: data["value"]))
 
 
 PREVIEW_PLACEHOLDER = "preview-placeholder-password-not-applied"
@@ -55,7 +64,7 @@ class KafkaAccess(pulumi.ComponentResource):
         provider = kafka.Provider(
             "kafka", bootstrap_servers=cfg.bootstrap_servers, sasl_mechanism=SCRAM_MECHANISM[cfg.sasl_mechanism],
             sasl_username=cfg.admin_username, sasl_password=args.admin_password,
-            tls_enabled=cfg.security_protocol == "SASL_SSL", opts=child(self))
+            tls_enabled=cfg.security_protocol == "SASL_SSL", ca_cert=args.ca_cert(), opts=child(self))
         on_broker = child(self, provider=provider)
 
         topic_retention = {self.topic_names.requests: cfg.retention_ms, self.topic_names.responses: cfg.retention_ms,

@@ -124,8 +124,9 @@ def test_vault_entries_policies_and_roles(run):
     hasura_reads = {*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),
                     *([hasura["eeLicenseKeyEntry"]] if "eeLicenseKeyEntry" in hasura else []),
                     *hasura.get("secretEnvFromVault", {}).values()}
+    ca = cfg(run, "kafka").get("caEntry")
     for consumer, wanted in CONSUMER_ENTRIES.items():
-        extra = hasura_reads if consumer == "hasura" else set()
+        extra = hasura_reads if consumer == "hasura" else {ca} if ca and consumer in (PUBLISHER, WRITER) else set()
         assert policies[consumer] == {f"{mount}/data/{e}": ["read"] for e in (*wanted, *extra)}
     roles = {r.name: r.inputs for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")}
     assert set(roles) == set(policies)
@@ -657,3 +658,36 @@ def test_vault_is_reached_over_tls_unless_it_is_in_the_cluster():
     with pytest.raises(ConfigError, match=r"vault\.address.*must be https:// outside the cluster"):
         run_stack("dev", {P + "vault": {**vault, "address": "http://vault.prod.suncoast.systems:8200"}})
     assert run_stack("dev", {P + "vault": {**vault, "address": "https://vault.prod.suncoast.systems"}}).resources
+
+
+def test_kafka_clients_verify_the_brokers_against_the_ca_from_vault_where_the_stack_uses_tls(run):
+    """prod: SASL_SSL; the provider, the publisher and the writer verify the brokers against the CA entry the stack
+    names, rendered by each pod's Vault agent (tests/test_kafka_tls.py: the same settings on a real TLS broker)."""
+    kafka = cfg(run, "kafka")
+    provider = run.one("pulumi:providers:kafka", "kafka")
+    tls = kafka.get("securityProtocol") == "SASL_SSL"
+    assert (provider.inputs.get("tlsEnabled") in (True, "true")) is tls
+    if run.stack == "prod":
+        assert tls and kafka["caEntry"]
+    for kind, name in (("Deployment", PUBLISHER), ("StatefulSet", WRITER)):
+        pod = k8s(run, kind, name)["spec"]["template"]
+        env = env_of(pod["spec"]["containers"][0])
+        annotations = pod["metadata"]["annotations"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == kafka.get("securityProtocol", "SASL_PLAINTEXT")
+        if tls:
+            assert env["KAFKA_SSL_CA_LOCATION"] == "/vault/secrets/kafka_ca.pem"
+            assert annotations["vault.hashicorp.com/agent-inject-secret-kafka_ca.pem"] == (
+                f"{cfg(run, 'vault')['kvMount']}/data/{kafka['caEntry']}")
+            assert "caCert" in provider.inputs and "caCert" in provider.secret_paths
+        else:
+            assert "KAFKA_SSL_CA_LOCATION" not in env
+
+
+def test_sasl_ssl_needs_the_brokers_ca_entry():
+    from components.config import ConfigError
+
+    kafka = load_stack_file("dev")[P + "kafka"]
+    with pytest.raises(ConfigError, match="SASL_SSL needs caEntry"):
+        run_stack("dev", {P + "kafka": {**kafka, "securityProtocol": "SASL_SSL"}})
+    with pytest.raises(ConfigError, match="caEntry is only for securityProtocol SASL_SSL"):
+        run_stack("dev", {P + "kafka": {**kafka, "caEntry": "graphql-kafka-ca-certificate"}})
