@@ -44,7 +44,8 @@ images = ServiceImages("images", ServiceImagesArgs(config=cfg.images, context=RO
 
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
-    kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals),
+    kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals,
+    database_roles_version=vault.database_roles_version),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
 
 # default deny in and out, then exactly the drawing's flows

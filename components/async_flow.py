@@ -99,6 +99,7 @@ class AsyncFlowArgs:
     hasura: HasuraConfig  # its source's pool, replicas and routing, and the row limit: applied by the bootstrap
     app_dir: Path
     principals: ServicePrincipals  # the writer's consumer group and transactional id prefix
+    database_roles_version: pulumi.Input[str] = ""  # VaultAccess: a new service password re-runs the bootstrap
 
     @property
     def vault_files(self) -> dict[str, list[VaultFile]]:
@@ -181,7 +182,8 @@ class AsyncFlow(pulumi.ComponentResource):
         source_settings = args.hasura.source_settings().to_json()
         row_limit = str(args.hasura.subscriptions.user_row_limit)
         fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url, source_settings + row_limit)
-        self.bootstrap_job = f"{BOOTSTRAP}-{fingerprint}"
+        self.bootstrap_job = pulumi.Output.from_input(args.database_roles_version).apply(
+            lambda roles: f"{BOOTSTRAP}-{hashlib.sha256((fingerprint + roles).encode()).hexdigest()[:10]}")
         env = {"HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
                "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
                "HASURA_SOURCE_SETTINGS": source_settings, "HASURA_USER_ROW_LIMIT": row_limit}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -124,8 +125,12 @@ class VaultAccess(pulumi.ComponentResource):
                 lambda v, r=role: service_url(v[0], r, v[1], expect_port=args.database_port))
             values[database_entry(service)] = (url, "value")
             verifiers[role] = password.apply(scram_verifier)
-        values[DATABASE_ROLE_VERIFIERS] = (pulumi.Output.all(**verifiers).apply(
-            lambda v: json.dumps(dict(sorted(v.items())))), "value")
+        verifiers_json = pulumi.Output.all(**verifiers).apply(lambda v: json.dumps(dict(sorted(v.items()))))
+        values[DATABASE_ROLE_VERIFIERS] = (verifiers_json, "value")
+        # changes when a service's password is replaced, so the bootstrap Job re-runs and sets the new verifier;
+        # 8 hex of a hash of the verifiers (themselves salted hashes) tells nothing about a password
+        self.database_roles_version = pulumi.Output.unsecret(
+            verifiers_json.apply(lambda j: hashlib.sha256(j.encode()).hexdigest()[:8]))
         for service, credential in sorted(args.kafka_credentials.items()):
             values[kafka_entry(service, "username")] = (credential.username, "value")
             values[kafka_entry(service, "password")] = (credential.password, "value")
