@@ -394,6 +394,19 @@ class PeerConfig(_Model):
         return self
 
 
+class ExtraEgressConfig(PeerConfig):
+    """A destination Hasura needs beyond the drawing (Enterprise Redis, a JWT issuer's JWK URL), on TCP ports."""
+
+    ports: list[int] = Field(min_length=1)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if not all(1 <= p <= 65535 for p in value):
+            raise ValueError("ports are 1-65535")
+        return value
+
+
 class NetworkConfig(_Model):
     """Where the workloads' dependencies live, for the namespace's NetworkPolicies (components/network_policy.py):
     they differ per cluster, so each stack says."""
@@ -405,6 +418,8 @@ class NetworkConfig(_Model):
     database_port: int = Field(5432, ge=1, le=65535)  # the URL is a secret: its port is said here
     # cloudflared dials Cloudflare's edge on the internet; these (the cluster's own ranges) stay excluded
     cluster_cidrs: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    # what hasura.secretEnvFromVault's settings make Hasura call (Redis, a JWK URL): nothing unless listed here
+    hasura_extra_egress: list[ExtraEgressConfig] = Field(default_factory=list)
 
     @field_validator("cluster_cidrs")
     @classmethod

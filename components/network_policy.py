@@ -98,6 +98,9 @@ def workload_policy(args: NetworkPoliciesArgs, workload: str) -> dict:
                            "ports": ports([("TCP", SERVING_PORTS[target])])})
         else:
             egress.append({"to": args.external_peer(target), "ports": ports(external[target])})
+    if workload == HASURA:  # the stack's additions for Hasura's own integrations (Redis, JWK URL)
+        egress += [{"to": peer(extra), "ports": ports([("TCP", p) for p in extra.ports])}
+                   for extra in args.network.hasura_extra_egress]
     return {"podSelector": {"matchLabels": selector(workload)}, "policyTypes": ["Ingress", "Egress"],
             "ingress": ingress, "egress": egress}
 

@@ -91,3 +91,19 @@ def test_the_namespace_denies_by_default(stack):
     deny = [o for o in manifests(stack) if o["kind"] == "NetworkPolicy" and o["spec"]["podSelector"] == {}]
     assert [d["spec"] for d in deny] == [{"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}]
     assert deny[0]["metadata"]["namespace"] == ns
+
+
+def test_hasura_reaches_a_stack_listed_extra_destination_and_nothing_more():
+    """network.hasuraExtraEgress (Enterprise Redis, a JWK URL) opens exactly that peer and port, for Hasura only."""
+    from scripts.pulumi_harness import run_stack
+
+    network = {**load_stack_file("dev")[P + "network"],
+               "hasuraExtraEgress": [{"cidrs": ["10.50.0.7/32"], "ports": [6379]}]}
+    run = run_stack("dev", {P + "network": network})
+    policies = [o for o in run.kubernetes_objects() if o["kind"] == "NetworkPolicy"]
+    pods = {name: Endpoint(name, "10.244.1.1", "graphql", t["metadata"]["labels"])
+            for name, t in pod_templates(run.kubernetes_objects())}
+    redis = Endpoint("redis", "10.50.0.7")
+    assert allowed(policies, pods[HASURA], redis, "TCP", 6379)
+    assert not allowed(policies, pods[HASURA], redis, "TCP", 6380)
+    assert not any(allowed(policies, pods[name], redis, "TCP", 6379) for name in pods if name != HASURA)

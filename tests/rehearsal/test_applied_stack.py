@@ -75,6 +75,7 @@ def test_each_kubernetes_auth_role_binds_one_service_account_to_its_policy():
         assert data["bound_service_account_namespaces"] == ["graphql"]
         assert len(data["bound_service_account_names"]) == 1
         assert data["token_policies"] == [role]
+        assert data["audience"] == "vault"  # the projected tokens' audience; any other token is refused
 
 
 def test_external_secrets_role_reads_the_tunnel_token_entry_only():
