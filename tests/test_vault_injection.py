@@ -74,3 +74,31 @@ def test_only_the_vault_agent_holds_a_kubernetes_token_and_vault_checks_its_audi
         assert not any(m["name"] == token.name for c in spec["containers"] for m in c.get("volumeMounts", []))
     [store] = [o for o in manifests(stack) if o["kind"] == "SecretStore"]
     assert store["spec"]["provider"]["vault"]["auth"]["kubernetes"]["serviceAccountRef"]["audiences"] == ["vault"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_injected_pods_still_pass_pod_security_restricted(stack, tmp_path):
+    """The PodSecurity admission runs after mutating webhooks: the pod with the injector's agent containers
+    must pass `restricted` too (the upstream evaluator, scripts/pss)."""
+    import yaml
+
+    from scripts.scan import pss
+    from tests.support.vault_injector import inject
+
+    injected = [(name, inject(template)) for name, template in pod_templates(manifests(stack))
+                if wants_injection(template)]
+    assert len(injected) == 5 and all(len(t["spec"]["initContainers"]) == 1 for _, t in injected)
+    manifest = tmp_path / "injected.yaml"
+    manifest.write_text(yaml.safe_dump_all([
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "graphql"},
+         "spec": {"selector": {"matchLabels": template["metadata"]["labels"]}, "template": template}}
+        for name, template in injected]))
+    assert pss(manifest) == []
+    # and the evaluator would notice an agent that ran as root
+    root = copy.deepcopy(injected[0][1])
+    root["spec"]["initContainers"][0]["securityContext"]["runAsUser"] = 0
+    manifest.write_text(yaml.safe_dump({"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "metadata": {"name": "root", "namespace": "graphql"},
+                                        "spec": {"selector": {"matchLabels": root["metadata"]["labels"]},
+                                                 "template": root}}))
+    assert [f.object for f in pss(manifest)] == ["Deployment/root"]

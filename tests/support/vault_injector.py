@@ -111,3 +111,38 @@ def admit(pod: dict) -> TokenVolume | None:
     if not pod["metadata"].get("annotations", {}).get(ROLE):
         raise InjectorRefusal("no Vault role found")
     return token
+
+
+def security_context(run_as_user: int, run_as_group: int = 1000) -> dict:
+    """container_sidecar.go, Agent.securityContext(): what the injector puts on its init and sidecar containers
+    (SetSecurityContext is on: annotations.go Init() flips it when agent-run-as-same-user is set). The group is
+    DefaultAgentRunAsGroup (agent.go) unless agent-run-as-group says otherwise."""
+    return {"runAsUser": run_as_user, "runAsGroup": run_as_group,
+            "runAsNonRoot": run_as_user != 0 and run_as_group != 0, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]}, "allowPrivilegeEscalation": False}
+
+
+def inject(pod: dict) -> dict:
+    """The pod as the webhook returns it (the parts the Pod Security admission that follows looks at): the
+    vault-agent-init container, and the vault-agent sidecar unless agent-pre-populate-only, each with the token
+    volume and the shared /vault/secrets memory volume (container_init_sidecar.go, container_sidecar.go)."""
+    token = admit(pod)
+    if token is None:
+        return pod
+    annotations = pod["metadata"].get("annotations", {})
+    uid = run_as_same_id(pod) or 100  # DefaultAgentRunAsUser
+    group = int(annotations.get("vault.hashicorp.com/agent-run-as-group", 1000))
+    mounts = [{"name": token.name, "mountPath": token.mount_path, "readOnly": True},
+              {"name": "home-init", "mountPath": "/home/vault"},
+              {"name": "vault-secrets", "mountPath": "/vault/secrets"}]
+    agent = {"image": "hashicorp/vault:1.20.0", "command": ["/bin/sh", "-ec"], "volumeMounts": mounts,
+             "securityContext": security_context(uid, group),
+             "resources": {"limits": {"cpu": "500m", "memory": "128Mi"},
+                           "requests": {"cpu": "250m", "memory": "64Mi"}}}
+    spec = {**pod["spec"], "volumes": [*pod["spec"].get("volumes", []),
+                                       {"name": "home-init", "emptyDir": {"medium": "Memory"}},
+                                       {"name": "vault-secrets", "emptyDir": {"medium": "Memory"}}]}
+    spec["initContainers"] = [*spec.get("initContainers", []), {"name": "vault-agent-init", **agent}]
+    if annotations.get("vault.hashicorp.com/agent-pre-populate-only") != "true":
+        spec["containers"] = [*spec["containers"], {"name": "vault-agent", **agent}]
+    return {**pod, "spec": spec}
