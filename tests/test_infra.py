@@ -708,3 +708,28 @@ def test_sasl_ssl_needs_the_brokers_ca_entry():
         run_stack("dev", {P + "kafka": {**kafka, "securityProtocol": "SASL_SSL"}})
     with pytest.raises(ConfigError, match="caEntry is only for securityProtocol SASL_SSL"):
         run_stack("dev", {P + "kafka": {**kafka, "caEntry": "graphql-kafka-ca-certificate"}})
+
+
+def test_the_providers_ca_is_read_from_vault_and_only_a_preview_may_go_on_without_it(monkeypatch):
+    """An offline preview (`dev.sh preview-fresh`) cannot read the CA entry: it warns and previews with a
+    placeholder; `pulumi up` must read it or fail, never run the provider without the brokers' CA."""
+    import pulumi
+    import pulumi_vault
+
+    from components.config import KafkaConfig
+    from components.kafka import KafkaAccessArgs
+    from components.kafka_access import ServicePrincipals
+
+    config = KafkaConfig.model_validate({**load_stack_file("prod")[P + "kafka"]})
+    args = KafkaAccessArgs(config, admin_password="x", principals=ServicePrincipals(), kv_mount="secret")
+
+    def unreachable(**_kwargs):
+        raise ConnectionError("vault.prod.suncoast.systems: no route")
+
+    monkeypatch.setattr(pulumi_vault.kv, "get_secret_v2", unreachable)
+    monkeypatch.setattr(pulumi.log, "warn", lambda *_a, **_k: None)
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: False)
+    with pytest.raises(ConnectionError):
+        args.ca_cert()
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: True)
+    assert args.ca_cert() is not None
