@@ -62,7 +62,7 @@ if edge and cfg.verify.enabled:  # the last step of an `up`: does the public end
 for output, value in {
     "graphql_url": cfg.graphql_url, "graphql_websocket_url": cfg.websocket_url, "namespace": ns,
     "topics": dataclasses.asdict(kafka.topic_names), "table": TABLE, "action": ACTION_NAME,
-    "vault_paths": vault.paths, "kafka_principals": {"publisher": principals.publisher, "writer": principals.writer},
+    "vault_paths": vault.paths, "kafka_principals": kafka.principal_names,
     "image_digests": images.digests, "tunnel_id": edge.tunnel.id if edge else "cloudflare disabled in this stack",
 }.items():
     pulumi.export(output, value)

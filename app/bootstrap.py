@@ -16,11 +16,11 @@ import httpx
 import psycopg
 
 from app import logs
-from app.connection_template import Route
 from app.db import apply_schema, is_transient
 from app.db_roles import apply_service_roles
-from app.hasura_metadata import DesiredMetadata, plan_metadata_commands
-from app.hasura_source import RoutingCase
+from app.hasura.connection_template import Route
+from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
+from app.hasura.source import RoutingCase
 from app.settings import BootstrapSettings
 
 log = logging.getLogger("app.bootstrap")
@@ -102,6 +102,18 @@ def check_routing(client: MetadataClient, source: str, cases: list[RoutingCase])
     return report
 
 
+# a template Hasura EE resolves for any request; CE answers not-supported before reading anything else
+# (graphql-engine Backends/Postgres/Execute/Types.hs, pgResolveConnectionTemplate: ConnTemplate_NotApplicable)
+EDITION_PROBE = {"connection_template": {"template": "{{ $.default }}"},
+                 "request_context": {"session": {"x-hasura-role": "user"}, "query": {"operation_type": "query"}}}
+
+
+def require_enterprise(client: MetadataClient, source: str) -> None:
+    """Fail before applying Enterprise settings to a Community Edition Hasura, whose pg_add_source would store
+    read replicas, connection sets and templates without a word and never use them."""
+    client.call({"type": "pg_test_connection_template", "args": {"source_name": source, **EDITION_PROBE}})
+
+
 def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
     """Returns the commands it sent ([] when the metadata was already right)."""
     desired = DesiredMetadata(source=settings.hasura_source, handler_url=settings.action_handler_url,
@@ -114,6 +126,8 @@ def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
         exported = _retry("hasura", lambda: client.call({"type": "export_metadata", "version": 2, "args": {}}),
                           deadline, _hasura_transient)
         commands = plan_metadata_commands(exported, desired)
+        if desired.source_settings.enterprise:
+            require_enterprise(client, desired.source)
         if commands:
             client.call({"type": "bulk", "resource_version": exported.get("resource_version"), "args": commands})
             log.info("hasura metadata updated", extra={"commands": [c["type"] for c in commands]})

@@ -17,6 +17,7 @@ import psycopg
 
 from app import logs
 from app.db import is_transient
+from app.metrics import CleanupMetrics
 from app.settings import CleanupSettings
 
 log = logging.getLogger("app.cleanup")
@@ -35,7 +36,9 @@ class CleanupReport:
 
 
 def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
-                stop: threading.Event | None = None) -> CleanupReport:
+                stop: threading.Event | None = None, max_rows_per_second: float = 0) -> CleanupReport:
+    """Delete expired rows until none are left, the time budget is spent or `stop` is set. `max_rows_per_second`
+    (0 = unpaced) spaces the batches so the database keeps room for the publisher's inserts."""
     stop = stop or threading.Event()
     report = CleanupReport()
     started = time.monotonic()
@@ -72,10 +75,37 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
             if deleted < batch_size:
                 report.elapsed_seconds = round(time.monotonic() - started, 3)
                 break
+            if max_rows_per_second:  # ahead of the pace: wait until the rows deleted so far were due
+                stop.wait(max(0.0, started + report.deleted / max_rows_per_second - time.monotonic()))
     finally:
         if conn is not None:
             conn.close()
     return report
+
+
+PUSH_JOB = "graphql-async-cleanup"  # the Pushgateway group: one per deployment, each run replaces the last
+
+
+def push_metrics(url: str, report: CleanupReport | None, metrics: CleanupMetrics | None = None) -> None:
+    """The run's figures to the Pushgateway (POST: a failed run's push leaves the last success in place).
+    A failing push is logged, never fatal: the rows were deleted all the same."""
+    from prometheus_client import pushadd_to_gateway
+
+    metrics = metrics or CleanupMetrics()
+    if report is None:
+        metrics.last_failure.set_to_current_time()
+        registry = metrics.failure_registry
+    else:
+        metrics.deleted.set(report.deleted)
+        metrics.batches.set(report.batches)
+        metrics.duration.set(report.elapsed_seconds)
+        metrics.incomplete.set(int(report.stopped_by != "done"))
+        metrics.last_success.set_to_current_time()
+        registry = metrics.registry
+    try:
+        pushadd_to_gateway(url, job=PUSH_JOB, registry=registry, timeout=10)
+    except OSError as exc:
+        log.warning("cleanup metrics not pushed", extra={"error": type(exc).__name__, "detail": str(exc)[:200]})
 
 
 def main() -> None:
@@ -83,9 +113,16 @@ def main() -> None:
     settings = CleanupSettings.load_or_exit()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
-                         settings.cleanup_time_budget_seconds, stop)
+    try:
+        report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
+                             settings.cleanup_time_budget_seconds, stop, settings.cleanup_max_rows_per_second)
+    except Exception:
+        if settings.cleanup_pushgateway_url:
+            push_metrics(settings.cleanup_pushgateway_url, None)
+        raise
     log.info("cleanup finished", extra=asdict(report))
+    if settings.cleanup_pushgateway_url:  # a run that never reached the database (no batch) is no success
+        push_metrics(settings.cleanup_pushgateway_url, report if report.batches else None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import sys
 from datetime import UTC, datetime
 from urllib.parse import unquote
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# color_message: uvicorn's ANSI-coloured copy of the message, meant for terminals, never for JSON lines
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 REDACTED = "[redacted]"
 # credentials in any connection string: scheme://user:password@ and key=value libpq/librdkafka forms
 _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@\"']*:)[^\s@\"']*@", re.IGNORECASE)

@@ -18,14 +18,16 @@ from psycopg_pool import AsyncConnectionPool
 from app import store
 from app.db import is_database_unavailable
 from app.envelope import request_message
-from app.kafka_io import AsyncProducer, is_permanent
+from app.kafka_io import AsyncProducer, is_permanent, kafka_error
+from app.metrics import PublisherMetrics
 
 log = logging.getLogger(__name__)
 
 
 class OutboxRelay:
     def __init__(self, pool: AsyncConnectionPool, producer: AsyncProducer, *, topic: str, reply_topic: str,
-                 in_flight: set[str], grace_seconds: float, batch_size: int, interval_seconds: float):
+                 in_flight: set[str], grace_seconds: float, batch_size: int, interval_seconds: float,
+                 metrics: PublisherMetrics | None = None):
         self._pool, self._producer = pool, producer
         self._topic, self._reply_topic = topic, reply_topic
         self._in_flight = in_flight
@@ -33,6 +35,7 @@ class OutboxRelay:
         self._stopping = asyncio.Event()
         self.published_total = 0
         self.parked_total = 0
+        self._metrics = metrics or PublisherMetrics()
 
     def stop(self) -> None:
         """Finish the pass under way (its sends settle and are marked), then return from run_forever."""
@@ -57,6 +60,12 @@ class OutboxRelay:
                 await store.park_unpublishable(conn, parked)
         self.published_total += len(delivered)
         self.parked_total += len(parked)
+        self._metrics.relay_published.inc(len(delivered))
+        self._metrics.relay_parked.inc(len(parked))
+        for res in results:
+            if isinstance(res, BaseException):
+                error = kafka_error(res)
+                self._metrics.delivery_failures.labels("relay", error.name() if error else type(res).__name__).inc()
         if delivered:
             log.info("outbox relay published pending rows", extra={"published": len(delivered),
                                                                    "claimed": len(rows)})

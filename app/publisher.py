@@ -3,6 +3,7 @@
     POST /action/publish_async_request   the action (Hasura calls it with the shared secret header)
     GET  /healthz                        liveness
     GET  /readyz                         the database answers
+    GET  /metrics                        Prometheus metrics, on METRICS_PORT (app/metrics.py)
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -19,7 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from app import logs, store
+from app import logs, metrics, store
 from app.db import async_pool, is_database_unavailable, is_value_error
 from app.envelope import (
     ActionRefusal,
@@ -30,7 +32,8 @@ from app.envelope import (
     parse_action_call,
     request_message,
 )
-from app.kafka_io import AsyncProducer, producer_config
+from app.group_commit import PendingInserter
+from app.kafka_io import AsyncProducer, kafka_error, producer_config
 from app.outbox import OutboxRelay
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, PublisherSettings
 
@@ -97,6 +100,11 @@ class Publisher:
         self.producer: AsyncProducer | None = None
         self.relay: OutboxRelay | None = None
         self.marker = PublishedMarker(self.pool)
+        self.inserter = PendingInserter(self.pool, max_rows=settings.group_commit_max_rows,
+                                        window_seconds=settings.group_commit_window_ms / 1000,
+                                        max_in_flight=settings.group_commit_max_in_flight)
+        self.metrics = metrics.PublisherMetrics()
+        self._metrics_server = None
         self._background: list[asyncio.Task] = []
 
     async def start(self) -> None:
@@ -108,16 +116,25 @@ class Publisher:
             self.pool, self.producer, topic=self.settings.async_requests_topic,
             reply_topic=self.settings.async_responses_topic, in_flight=self.in_flight,
             grace_seconds=self.settings.relay_grace_seconds, batch_size=self.settings.relay_batch_size,
-            interval_seconds=self.settings.relay_interval_seconds)
+            interval_seconds=self.settings.relay_interval_seconds, metrics=self.metrics)
+        if self.settings.metrics_port:
+            self._metrics_server = metrics.serve(self.metrics.registry, self.settings.metrics_port,
+                                                 self.settings.publisher_host, ports=self.settings.publisher_processes)
         self._background = [asyncio.create_task(self.relay.run_forever(), name="outbox-relay"),
-                            asyncio.create_task(self.marker.run_forever(), name="published-marker")]
+                            asyncio.create_task(self.marker.run_forever(), name="published-marker"),
+                            asyncio.create_task(self.inserter.run_forever(), name="group-commit"),
+                            asyncio.create_task(self._scan_outbox_forever(), name="outbox-scan")]
         log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
 
     async def stop(self) -> None:
         """Graceful shutdown: let the relay finish its pass (sends settled, claims marked), let in-flight
         publishes settle, flush, close the pool. Cancelling a pass mid-way would roll its claim back after
         the producer had sent the rows: the next pass would publish them twice."""
-        relay, marker = self._background or (None, None)
+        relay, marker, inserter, scan = self._background or (None, None, None, None)
+        if scan:
+            scan.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scan
         if relay:
             self.relay.stop()
             try:
@@ -128,14 +145,28 @@ class Publisher:
                     await relay
         if self._tasks:  # in-flight publishes still get marked before the marker stops
             await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
-        if marker:
-            marker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await marker
+        for task in (inserter, marker):  # batches under way finish first (the inserter drains on cancel)
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.producer:
             await asyncio.to_thread(self.producer.close)
         await self.pool.close()
+        if self._metrics_server:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         log.info("publisher stopped")
+
+    async def _scan_outbox_forever(self) -> None:
+        """The backlog gauges: one cheap query (the partial index on pending rows) per interval, not per request."""
+        while True:
+            try:
+                async with self.pool.connection() as conn:
+                    self.metrics.outbox(*await store.outbox_backlog(conn))
+            except Exception as exc:  # noqa: BLE001 - the last values stay; their scan timestamp tells they aged
+                log.warning("outbox scan failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(self.settings.outbox_scan_interval_seconds)
 
     # ------------------------------------------------------------------ the action
 
@@ -143,26 +174,28 @@ class Publisher:
         """The action's answer, or ActionRefusal; a replay returns the stored record and publishes nothing."""
         request = parse_action_call(body, headers, self.limits, ACTION_NAME,
                                     reply_topic=self.settings.async_responses_topic)
-        async with self.pool.connection() as conn:
-            for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
-                row = await store.insert_pending(conn, request)
-                if row is not None:
-                    break
+        for _ in range(2):  # second pass only if the existing row expired and vanished meanwhile
+            row = await self.inserter.insert(request)  # group commit: one INSERT and commit for concurrent calls
+            if row is not None:
+                break
+            async with self.pool.connection() as conn:
                 existing = await store.select_row(conn, request.request_id)
-                if existing is None:
-                    continue
-                if existing["client_id"] != request.client_id:
-                    raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
-                log.info("replayed request", extra=self._log_fields(request, existing))
-                return action_output(existing, duplicate=True)
-            else:
-                raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
+            if existing is None:
+                continue
+            if existing["client_id"] != request.client_id:
+                raise ActionRefusal(409, "request-id-conflict", "request_id belongs to another client")
+            log.info("replayed request", extra=self._log_fields(request, existing))
+            return action_output(existing, duplicate=True)
+        else:
+            raise ActionRefusal(409, "request-id-conflict", "request_id is being reused concurrently")
         row["status"] = "published" if await self._publish(request, row) else "pending"
         log.info("accepted request", extra=self._log_fields(request, row))
         return action_output(row, duplicate=False)
 
     async def _publish(self, request: AsyncRequest, row: dict[str, Any]) -> bool:
-        """Hand the envelope to Kafka; True when acked and marked within publish_wait_seconds."""
+        """Hand the envelope to Kafka; True when acked within publish_wait_seconds. The row is marked
+        `published` after the answer (batched): the answer does not wait for a second database round trip,
+        and a mark that fails leaves the row to the relay, as before."""
         request_id = request.request_id
         self.in_flight.add(request_id)
         delivery = self.producer.send(self.settings.async_requests_topic, request_id,
@@ -170,8 +203,11 @@ class Publisher:
         task = asyncio.create_task(self._settle(request_id, delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        done, _ = await asyncio.wait({task}, timeout=self.settings.publish_wait_seconds)
-        return task in done and task.result()
+        try:
+            await asyncio.wait_for(asyncio.shield(delivery), self.settings.publish_wait_seconds)
+        except Exception:  # noqa: BLE001 - not acked in time, or refused: _settle logs it, the relay retries
+            return False
+        return True
 
     async def _settle(self, request_id: str, delivery: asyncio.Future) -> bool:
         try:
@@ -179,6 +215,8 @@ class Publisher:
             await self.marker.mark(request_id)
             return True
         except KafkaException as exc:
+            error = kafka_error(exc)
+            self.metrics.delivery_failures.labels("action", error.name() if error else "unknown").inc()
             log.warning("publish failed; the outbox relay will retry", extra={"request_id": request_id,
                                                                               "error": str(exc)})
             return False
@@ -230,30 +268,41 @@ def create_app(settings: PublisherSettings) -> Starlette:
     secret = settings.async_action_secret.get_secret_value().encode()
 
     async def action(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        answer, outcome, code = await answer_action(request)
+        publisher.metrics.answered(outcome, started, code)
+        return answer
+
+    async def answer_action(request: Request) -> tuple[JSONResponse, str, str]:
+        """The answer, its outcome (metrics.REQUEST_OUTCOMES) and the refusal's code."""
         supplied = request.headers.get(ACTION_SECRET_HEADER, "").encode()
         if not hmac.compare_digest(supplied, secret):
-            return refused(ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}"))
+            return refused(ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}")), \
+                "refused", "unauthorized"
         try:
             body = parse_action_body(await read_body(request, publisher.limits.max_body_bytes), publisher.limits)
-            return JSONResponse(await publisher.handle(body, dict(request.headers)))
+            output = await publisher.handle(body, dict(request.headers))
+            return JSONResponse(output), "replay" if output["duplicate"] else "accepted", ""
         except ActionRefusal as refusal:
-            return refused(refusal)
+            return refused(refusal), "refused", refusal.code
         except ClientDisconnect:  # the caller went away mid-body: nobody reads this answer
             return JSONResponse({"message": "client disconnected", "extensions": {"code": "invalid-body"}},
-                                status_code=400)
+                                status_code=400), "refused", "invalid-body"
         except Exception as exc:  # noqa: BLE001 - every failure gets an action error; none echoes the input
             if is_value_error(exc):  # a value the checks let through but the database refuses: still the input
-                return refused(ActionRefusal(400, "invalid-input",
-                                             f"the database refused a value of this request (SQLSTATE {exc.sqlstate})"))
+                return refused(ActionRefusal(400, "invalid-input", f"the database refused a value of this request "
+                                                                   f"(SQLSTATE {exc.sqlstate})")), \
+                    "refused", "invalid-input"
             if is_database_unavailable(exc):
                 log.warning("database unavailable", extra={"error": type(exc).__name__,
                                                            "sqlstate": getattr(exc, "sqlstate", None)})
                 # not a refusal: Hasura shows 5xx as an internal error, which the client may retry
                 return JSONResponse({"message": "database unavailable, retry",
-                                     "extensions": {"code": "unavailable"}}, status_code=503)
+                                     "extensions": {"code": "unavailable"}}, status_code=503), "unavailable", ""
             # a bug, not the input: log where, never the message (it may quote the payload)
             log.error("action failed", extra={"error": type(exc).__name__, "at": _where(exc)})
-            return JSONResponse({"message": "internal error", "extensions": {"code": "internal"}}, status_code=500)
+            return JSONResponse({"message": "internal error", "extensions": {"code": "internal"}},
+                                status_code=500), "internal", ""
 
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -283,12 +332,22 @@ def create_app(settings: PublisherSettings) -> Starlette:
     return app
 
 
+def app_from_env() -> Starlette:
+    """The app of one worker process (uvicorn's factory when PUBLISHER_PROCESSES > 1)."""
+    logs.setup()
+    return create_app(PublisherSettings.load_or_exit())
+
+
 def main() -> None:
     import uvicorn
 
     logs.setup()
     settings = PublisherSettings.load_or_exit()
     # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
+    if settings.publisher_processes > 1:  # each process: its own loop, pool, producer and relay on one socket
+        uvicorn.run("app.publisher:app_from_env", factory=True, workers=settings.publisher_processes,
+                    host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False)
+        return
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
                 log_config=None, access_log=False)
 

@@ -16,7 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from app import logs
-from app.hasura_source import SourceSettings
+from app.hasura.source import SourceSettings
 
 VAULT_SECRETS_DIR = os.environ.get("ASYNC_SECRETS_DIR", "/vault/secrets")
 
@@ -143,6 +143,16 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     max_json_depth: int = Field(64, ge=4, le=1000)
     default_expires_in_seconds: int = Field(3600, ge=60)
     max_expires_in_seconds: int = Field(7 * 24 * 3600, ge=60)
+    # group commit: concurrent calls share one INSERT and one commit (app/group_commit.py)
+    group_commit_max_rows: int = Field(64, ge=1, le=1000)
+    group_commit_window_ms: float = Field(0.5, ge=0, le=50)
+    group_commit_max_in_flight: int = Field(4, ge=1, le=64)
+    # uvicorn worker processes: one event loop per core the pod has (each with its own pool and relay)
+    publisher_processes: int = Field(1, ge=1, le=64)
+    # GET /metrics on its own port (0: none), away from the action port only Hasura may reach
+    metrics_port: int = Field(9102, ge=0, le=65535)
+    # the outbox backlog gauges come from one cheap query this often, never per request
+    outbox_scan_interval_seconds: float = Field(15.0, gt=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> PublisherSettings:
@@ -165,6 +175,8 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
                                     pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     writer_batch_wait_seconds: float = Field(0.5, gt=0)
+    # after a batch's first message, how long to gather more (latency at low rates vs. batch size)
+    writer_batch_linger_ms: float = Field(5.0, ge=0, le=1000)
     writer_retry_max_seconds: float = Field(30.0, gt=0)
     # each transactional call (send offsets, commit, abort) waits this long, retried writer_kafka_retries times
     writer_kafka_timeout_seconds: float = Field(30.0, gt=0)
@@ -175,7 +187,9 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     response_max_depth: int = Field(64, ge=2, le=1000)
     # a DLQ copy (key + value + headers) never exceeds this; keep it under the DLQ topic's max.message.bytes
     dlq_max_message_bytes: int = Field(PRODUCER_MAX_MESSAGE_BYTES - 1024, ge=16 * 1024)
-    health_port: int = Field(8081, ge=0, le=65535)
+    health_port: int = Field(8081, ge=0, le=65535)  # serves /healthz and /metrics
+    # the group's committed offsets and the high watermarks are read this often, apart from the consume loop
+    writer_lag_interval_seconds: float = Field(15.0, gt=0)
 
     @property
     def transactional_id(self) -> str:
@@ -185,6 +199,10 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
 class CleanupSettings(DatabaseSettings):
     cleanup_batch_size: int = Field(1000, ge=1, le=100_000)
     cleanup_time_budget_seconds: float = Field(240.0, gt=0)
+    # pace: 1M expired rows in 40 s, leaving the database room for the publisher's inserts (0 = unpaced)
+    cleanup_max_rows_per_second: float = Field(25_000, ge=0)
+    # a CronJob pod is gone before Prometheus could scrape it: each run pushes its figures here (empty: log only)
+    cleanup_pushgateway_url: str | None = Field(None, pattern=r"^https?://[^\s@]+$")
 
 
 class BootstrapSettings(DatabaseSettings):
@@ -198,7 +216,7 @@ class BootstrapSettings(DatabaseSettings):
     )
     action_timeout_seconds: int = Field(30, ge=1, le=600)
     hasura_retry_seconds: float = Field(120.0, ge=0)
-    # the source's pool, read replicas and routing as the program wrote them (app/hasura_source.py); empty: defaults
+    # the source's pool, read replicas and routing as the program wrote them (app/hasura/source.py); empty: defaults
     hasura_source_settings: SourceSettings = Field(default_factory=SourceSettings)
     hasura_user_row_limit: int = Field(100, ge=1, le=10_000)
 

@@ -23,6 +23,19 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING {ROW_COLUMNS}
 """
 
+# group commit: many calls' rows in one statement (one commit); a request_id twice in one batch inserts once
+INSERT_PENDING_MANY = f"""
+INSERT INTO graphql.client_async_messages
+    (request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at)
+SELECT r.request_id, r.client_id, r.handler, r.operation, 'pending', r.priority, r.payload, r.metadata,
+       r.correlation, now() + make_interval(secs => r.expires_in)
+  FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[],
+              %s::float8[])
+       AS r(request_id, client_id, handler, operation, priority, payload, metadata, correlation, expires_in)
+ON CONFLICT (request_id) DO NOTHING
+RETURNING {ROW_COLUMNS}
+"""
+
 SELECT_ONE = f"SELECT {ROW_COLUMNS} FROM graphql.client_async_messages WHERE request_id = %s"
 
 MARK_PUBLISHED = """
@@ -52,6 +65,13 @@ SELECT {ROW_COLUMNS} FROM graphql.client_async_messages
  FOR UPDATE SKIP LOCKED
 """
 
+# the outbox backlog gauges: rows the relay still owes Kafka (the partial index on pending rows serves it)
+OUTBOX_BACKLOG = """
+SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+  FROM graphql.client_async_messages
+ WHERE status = 'pending' AND expires_at > now()
+"""
+
 
 async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[str, Any] | None:
     """The stored row, or None when the request_id exists already."""
@@ -61,6 +81,18 @@ async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[s
         Jsonb(request.payload), Jsonb(request.metadata), Jsonb(request.correlation), request.expires_in_seconds,
     ))
     return await cur.fetchone()
+
+
+async def insert_pending_many(conn: AsyncConnection, requests: list[AsyncRequest]) -> list[dict[str, Any]]:
+    """The rows stored, one per request_id that did not exist yet (in no particular order)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(INSERT_PENDING_MANY, (
+        [r.request_id for r in requests], [r.client_id for r in requests], [r.handler for r in requests],
+        [r.operation for r in requests], [r.priority for r in requests], [Jsonb(r.payload) for r in requests],
+        [Jsonb(r.metadata) for r in requests], [Jsonb(r.correlation) for r in requests],
+        [float(r.expires_in_seconds) for r in requests],
+    ))
+    return await cur.fetchall()
 
 
 async def select_row(conn: AsyncConnection, request_id: str) -> dict[str, Any] | None:
@@ -83,3 +115,10 @@ async def claim_unpublished(conn: AsyncConnection, grace_seconds: float, limit: 
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(CLAIM_UNPUBLISHED, (grace_seconds, limit))
     return await cur.fetchall()
+
+
+async def outbox_backlog(conn: AsyncConnection) -> tuple[int, float]:
+    """(unexpired pending rows, age in seconds of the oldest of them; 0 when there is none)."""
+    cur = await conn.execute(OUTBOX_BACKLOG)
+    rows, age = await cur.fetchone()
+    return rows, age

@@ -26,10 +26,11 @@ from typing import TypeVar
 
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from app import logs
+from app import logs, metrics
 from app.db import is_database_unavailable, is_value_error, sync_pool
 from app.envelope import InvalidResponse, ResponseLimits, ResponseOutcome, parse_response
 from app.kafka_io import kafka_error
@@ -226,9 +227,12 @@ class ResponseWriter:
         self.limits = ResponseLimits(settings.response_max_bytes, settings.response_max_depth)
         self.stop_event = threading.Event()
         self.stats = WriterStats()
+        self.metrics = metrics.WriterMetrics()
+        self.metrics.watch_health(self.stalled)
         self._own_pool = pool is None
         self.pool = pool or sync_pool(settings)
-        client = settings.client_config()
+        # a named client (broker logs, quotas, `kafka-consumer-groups --describe`) instead of librdkafka's `rdkafka`
+        client = settings.client_config() | {"client.id": f"graphql-async-writer-{settings.writer_instance_id}"}
         self.consumer = Consumer(client | {
             "group.id": settings.writer_group_id,
             "enable.auto.commit": False,
@@ -243,6 +247,9 @@ class ResponseWriter:
             "message.max.bytes": settings.dlq_max_message_bytes + DLQ_RECORD_OVERHEAD,
             "transaction.timeout.ms": int(settings.writer_kafka_timeout_seconds * 4 * 1000),
         })
+        # the lag is read on its own handle and thread: a loop that is stuck (database down) still shows it grow
+        self.lag_monitor = LagMonitor(client, settings.writer_group_id, settings.async_responses_topic,
+                                      settings.writer_lag_interval_seconds, self.metrics)
         self._backoff = 0.0
         self._closed = False
 
@@ -259,6 +266,7 @@ class ResponseWriter:
                 log.warning("kafka not ready for transactions; retrying", extra={"error": str(exc)})
                 self.stop_event.wait(2)
         self.consumer.subscribe([self.settings.async_responses_topic])
+        self.lag_monitor.start()
 
     def run(self) -> None:
         """Until stopped; a FatalWriterError leaves the group at once (the batch stays uncommitted) and re-raises."""
@@ -266,8 +274,7 @@ class ResponseWriter:
             self.start()
             while not self.stop_event.is_set():
                 self.stats.last_loop = time.monotonic()
-                messages = self.consumer.consume(self.settings.writer_batch_size,
-                                                 self.settings.writer_batch_wait_seconds)
+                messages = self._next_batch()
                 good = []
                 for msg in messages:
                     if msg.error():
@@ -276,12 +283,24 @@ class ResponseWriter:
                         good.append(msg)
                 if good:
                     self.process(good)
-                elif not self._has_lag():
+                elif not self._backoff and not self._has_lag():  # a rewound batch waits, whatever position says
                     self.stats.last_progress = time.monotonic()
                 if self._backoff:
                     self.stop_event.wait(self._backoff)
         finally:
             self.close()
+
+    def _next_batch(self) -> list:
+        """Up to writer_batch_size messages: wait (up to writer_batch_wait_seconds) for the first one only, then
+        linger a few milliseconds for company. A backlog fills the batch at once; at low rates an answer no longer
+        waits for a batch that never fills."""
+        first = self.consumer.poll(self.settings.writer_batch_wait_seconds)
+        if first is None:
+            return []
+        if self.settings.writer_batch_size == 1:
+            return [first]
+        return [first, *self.consumer.consume(self.settings.writer_batch_size - 1,
+                                              self.settings.writer_batch_linger_ms / 1000)]
 
     def stalled(self) -> bool:
         """The loop stopped turning, or batches keep failing while messages wait."""
@@ -300,20 +319,25 @@ class ResponseWriter:
 
     def process(self, messages: list[Message]) -> bool:
         """Write one batch and commit it; False when it was rewound to be tried again."""
+        started = time.perf_counter()
         plan = plan_batch(messages, self.limits)
         try:
             with self.pool.connection() as conn:
                 result = write_outcomes(conn, plan.outcomes)
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
-            why = "database unavailable" if is_database_unavailable(exc) else "database write failed"
-            self._rewind(messages, why, exc)
+            unavailable = is_database_unavailable(exc)
+            self.metrics.rewinds.labels("database_unavailable" if unavailable else "database_error").inc()
+            self._rewind(messages, "database unavailable" if unavailable else "database write failed", exc)
             return False
         dead_letters = plan.dead_letters + result.dead_letters
         try:
             self._commit(messages, dead_letters)
         except KafkaException as exc:
+            self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
             return False
+        self.metrics.committed(result.applied, result.duplicates, [r.dlq_reason for _, r in dead_letters],
+                               len(messages), time.perf_counter() - started)
         self._backoff = 0.0
         self.stats.batches += 1
         self.stats.last_progress = time.monotonic()
@@ -372,6 +396,7 @@ class ResponseWriter:
 
     def _abort(self, cause: KafkaException) -> None:
         """Abort the open transaction so the next batch can begin one; exit if it cannot be aborted."""
+        self.metrics.aborts.inc()
         try:
             self._retrying(lambda: self.producer.abort_transaction(self.settings.writer_kafka_timeout_seconds))
         except KafkaException as exc:
@@ -394,6 +419,7 @@ class ResponseWriter:
         if self._closed:
             return
         self._closed = True
+        self.lag_monitor.stop()
         self.consumer.close()  # leaves the group at once; nothing uncommitted is committed (auto-commit is off)
         try:
             self.producer.flush(10)
@@ -404,11 +430,72 @@ class ResponseWriter:
         log.info("writer stopped", extra=vars(self.stats))
 
 
+class LagMonitor:
+    """Consumer lag of the writer's group on every partition of its topic: high watermark - committed offset.
+
+    Its own consumer handle, never subscribed (it reads the group's offsets without joining the group), on
+    its own thread: the figure keeps coming while the consume loop is stuck, and every writer replica reports
+    the whole group, so a hung replica's partitions show their lag on the others (alerts take the max)."""
+
+    def __init__(self, client: dict, group: str, topic: str, interval: float, writer_metrics: metrics.WriterMetrics):
+        self._config = client | {"group.id": group, "enable.auto.commit": False}
+        self._topic, self._interval, self._metrics = topic, interval, writer_metrics
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="lag-monitor")
+        self._consumer: Consumer | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(15)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def sample(self) -> dict[tuple[str, int], int]:
+        """(topic, partition) -> lag; a partition the group never committed counts from its low watermark."""
+        timeout = 10
+        if self._consumer is None:
+            self._consumer = Consumer(self._config)
+        partitions = self._consumer.list_topics(self._topic, timeout=timeout).topics[self._topic].partitions
+        committed = self._consumer.committed([TopicPartition(self._topic, p) for p in sorted(partitions)], timeout)
+        lag = {}
+        for tp in committed:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=timeout)
+            lag[(tp.topic, tp.partition)] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+        return lag
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._metrics.set_lag(self.sample())
+                except KafkaException as exc:  # the last figures stay; their timestamp shows they are old
+                    log.warning("consumer lag not measured", extra={"error": str(exc)})
+                self._stop.wait(self._interval)
+        finally:
+            self.close()
+
+
 def serve_health(writer: ResponseWriter, port: int) -> ThreadingHTTPServer:
-    """/healthz answers 200 while the writer makes progress (or has nothing to do), 503 when it is stuck."""
+    """/healthz answers 200 while the writer makes progress (or has nothing to do), 503 when it is stuck;
+    /metrics is the writer's Prometheus registry."""
 
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            if self.path.split("?")[0] == "/metrics":
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.end_headers()
+                self.wfile.write(generate_latest(writer.metrics.registry))
+                return
             stale = writer.stalled()
             self.send_response(503 if stale else 200)
             self.end_headers()

@@ -27,8 +27,12 @@ ACTION_SECRET = "bench-action-secret-0123456789"
 
 @contextlib.contextmanager
 def servers(partitions: int = 3):
+    """PostgreSQL with production's durable settings (BENCH_COMMIT_DELAY_US adds a stand-in for a replicated
+    commit's latency, PostgreSQL's commit_delay) and a Kafka broker, both fresh."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
-    pg, kafka = PostgresServer(tmp / "pg"), KafkaBroker(tmp / "kafka")
+    pg = PostgresServer(tmp / "pg", owned_root=tmp, durable=True,
+                        commit_delay_us=int(os.environ.get("BENCH_COMMIT_DELAY_US", "0")))
+    kafka = KafkaBroker(tmp / "kafka")
     try:
         pg.start()
         kafka.start()

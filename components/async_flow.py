@@ -26,6 +26,7 @@ from components.k8s import (
     vault_token_volume,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
+from components.monitoring import FlowMonitoringArgs, ScrapeTarget, declare_monitoring
 from components.vault_access import (
     ACTION_SECRET,
     DATABASE_ROLE_VERIFIERS,
@@ -42,7 +43,8 @@ WRITER = "graphql-async-response-writer"
 CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
 PUBLISHER_PORT = 8080
-WRITER_HEALTH_PORT = 8081
+WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
+PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
 DEFAULT_RESOURCES = Resources()
 
 
@@ -51,9 +53,11 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     configuration (pool, replicas, routing) change."""
     digest = hashlib.sha256(handler_url.encode())
     digest.update(source_settings.encode())
-    for name in ("schema.sql", "hasura_metadata.py", "hasura_source.py", "connection_template.py", "bootstrap.py",
-                 "db_roles.py"):
-        digest.update((app_dir / name).read_bytes())
+    files = [app_dir / "schema.sql", app_dir / "bootstrap.py", app_dir / "db_roles.py",
+             *sorted(p for p in (app_dir / "hasura").rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
+    for path in files:  # the whole Hasura model package: a change to any of its modules re-runs the Job
+        digest.update(path.relative_to(app_dir).as_posix().encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
 
@@ -148,6 +152,9 @@ class AsyncFlow(pulumi.ComponentResource):
         self._publisher()
         self._writer()
         self._cleanup()
+        self.monitoring = declare_monitoring(self, FlowMonitoringArgs(args.namespace, args.config.metrics, [
+            ScrapeTarget(PUBLISHER, self._publisher_metrics_ports),
+            ScrapeTarget(WRITER, (("health", WRITER_HEALTH_PORT),))]))
         self.register_outputs({"publisher_url": args.publisher_url, "bootstrap_job": self.bootstrap_job})
 
     # ------------------------------------------------------------ shared pieces
@@ -195,6 +202,25 @@ class AsyncFlow(pulumi.ComponentResource):
                                                 command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
             opts=self._after(BOOTSTRAP))
 
+    @property
+    def _publisher_env(self) -> dict[str, str]:
+        flow = self.args.config
+        return {"PUBLISHER_PORT": str(PUBLISHER_PORT), "METRICS_PORT": str(PUBLISHER_METRICS_PORT),
+                "PUBLISHER_PROCESSES": str(flow.publisher_processes),
+                "GROUP_COMMIT_MAX_ROWS": str(flow.group_commit_max_rows),
+                "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms)}
+
+    @property
+    def _publisher_metrics_ports(self) -> tuple[tuple[str, int], ...]:
+        """Each publisher process serves /metrics on its own port: METRICS_PORT, METRICS_PORT + 1, ..."""
+        processes = self.args.config.publisher_processes
+        return tuple((f"metrics-{i}" if i else "metrics", PUBLISHER_METRICS_PORT + i) for i in range(processes))
+
+    @property
+    def _publisher_resources(self) -> Resources:
+        processes = self.args.config.publisher_processes  # each process is one event loop: one core, its memory
+        return Resources("100m", "128Mi", str(processes), f"{512 * processes}Mi")
+
     def _publisher(self) -> None:
         """The action handler, reachable only from Hasura (components/network_policy.py)."""
         args = self.args
@@ -206,9 +232,11 @@ class AsyncFlow(pulumi.ComponentResource):
             spec={"replicas": args.config.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
                   "template": {"metadata": self._pod_metadata(PUBLISHER),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
-                                                self._kafka_env | {"PUBLISHER_PORT": str(PUBLISHER_PORT)},
-                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT}],
-                                                probes=health, resources=Resources("100m", "128Mi", "1", "512Mi"))
+                                                self._kafka_env | self._publisher_env,
+                                                ports=[{"name": "http", "containerPort": PUBLISHER_PORT},
+                                                       *({"name": name, "containerPort": port}
+                                                         for name, port in self._publisher_metrics_ports)],
+                                                probes=health, resources=self._publisher_resources)
                                | spread(PUBLISHER)}},
             opts=self._after(PUBLISHER, self.bootstrap))
         self.publisher_budget = disruption_budget("publisher-pdb", PUBLISHER, args.namespace, "async",
@@ -258,7 +286,10 @@ class AsyncFlow(pulumi.ComponentResource):
         job_pod = {"metadata": self._pod_metadata(CLEANUP, run_to_completion=True),
                    "spec": pod_spec(CLEANUP, args.images["cleanup"], {
                        "CLEANUP_BATCH_SIZE": str(cfg.cleanup_batch_size),
-                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds)}, restart="Never")}
+                       "CLEANUP_TIME_BUDGET_SECONDS": str(cfg.cleanup_time_budget_seconds),
+                       "CLEANUP_MAX_ROWS_PER_SECOND": str(cfg.cleanup_max_rows_per_second),
+                       **({"CLEANUP_PUSHGATEWAY_URL": cfg.metrics.pushgateway_url}
+                          if cfg.metrics.pushgateway_url else {})}, restart="Never")}
         self.cleanup = k8s.batch.v1.CronJob(
             "cleanup", metadata=self._metadata(CLEANUP),
             spec={"schedule": cfg.cleanup_schedule, "concurrencyPolicy": "Forbid", "startingDeadlineSeconds": 300,

@@ -16,7 +16,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from app.connection_template import (
+from app.hasura.connection_template import (
     OPERATION_TYPES,
     RequestContext,
     Route,
@@ -25,7 +25,7 @@ from app.connection_template import (
     evaluate,
     parse,
 )
-from app.hasura_source import (
+from app.hasura.source import (
     ISOLATION_LEVELS,
     PoolSettings,
     RoutingCase,
@@ -88,6 +88,14 @@ class TopicsConfig(_Model):
     dlq: str = "graphql.async.responses.dlq.v1"
 
 
+class WorkerConfig(_Model):
+    """Another team's worker service: its own SCRAM user, exactly the ACLs a worker needs (read requests, write
+    responses, its own consumer group) and its credentials in Vault, readable by its policy alone."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")  # principal graphql-async-worker-<name>
+    consumer_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")  # default: the principal's name
+
+
 class KafkaConfig(_Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
@@ -104,6 +112,15 @@ class KafkaConfig(_Model):
     retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=60_000)
     dlq_retention_ms: int = Field(28 * 24 * 3600 * 1000, ge=60_000)
     min_insync_replicas: int = Field(2, ge=1)
+    workers: list[WorkerConfig] = Field(default_factory=list)
+
+    @field_validator("workers")
+    @classmethod
+    def _unique_workers(cls, workers: list[WorkerConfig]) -> list[WorkerConfig]:
+        names = [w.name for w in workers]
+        if len(names) != len(set(names)):
+            raise ValueError("worker names must be unique")
+        return workers
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -155,8 +172,10 @@ class PoolConfig(_Model):
 
     max_connections: int = Field(20, ge=1, le=1000)
     idle_timeout_seconds: int = Field(60, ge=1, le=86_400)
-    pool_timeout_seconds: int = Field(10, ge=1, le=3600)
-    connection_lifetime_seconds: int = Field(600, ge=0, le=86_400)  # recycled so new tservers get load
+    pool_timeout_seconds: int | None = Field(10, ge=1, le=3600)  # null: wait as long as it takes (Hasura's default)
+    # recycled so new tservers get load. No 0 ("never"): Hasura stores it as an absent key, which its next
+    # metadata load reads back as 600 (Connection/Settings.hs parseConnLifeTime), so it never converges
+    connection_lifetime_seconds: int = Field(600, ge=1, le=86_400)
     retries: int = Field(1, ge=0, le=10)
     isolation_level: Literal[ISOLATION_LEVELS] = "read-committed"  # type: ignore[valid-type]
 
@@ -171,7 +190,7 @@ class RoutingCaseConfig(_Model):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     operation_type: Literal[OPERATION_TYPES]  # type: ignore[valid-type]
-    operation_name: str | None = Field(None, max_length=256)
+    operation_name: str | None = Field(None, max_length=256)  # a GraphQL name, as Hasura's QueryContext reads it
     headers: dict[str, str] = Field(default_factory=dict)
     session: dict[str, str] = Field(default_factory=dict)
     expect: str  # primary | read_replicas | default | connection_set.<member>
@@ -193,9 +212,19 @@ class RoutingCaseConfig(_Model):
             raise ValueError(str(exc)) from None
         return value
 
+    @model_validator(mode="after")
+    def _hasura_accepts(self) -> RoutingCaseConfig:
+        """The bootstrap sends this case to pg_test_connection_template: refuse what Hasura answers 400 for."""
+        problems = self.case().request.problems()
+        if problems:
+            raise ValueError(f"case {self.name!r}: " + "; ".join(problems))
+        return self
+
     def case(self) -> RoutingCase:
         return RoutingCase(name=self.name, expect=Route.parse(self.expect), request=RequestContext(
-            headers={k.lower(): v for k, v in self.headers.items()},
+            # names as written: Hasura passes the client's own spelling (ConnectionTemplate.hs makeRequestContext,
+            # CI.original), so "X-Consistency" and "x-consistency" are different keys to a template
+            headers=dict(self.headers),
             session={k.lower(): v for k, v in self.session.items()},
             operation_type=self.operation_type, operation_name=self.operation_name))
 
@@ -361,13 +390,36 @@ class ImagesConfig(_Model):
         return value
 
 
+class MetricsConfig(_Model):
+    """Scraping and alerting the way clusters with the Prometheus Operator expect (components/monitoring.py)."""
+
+    pod_monitor: bool = False  # PodMonitors for the publisher and the writer, and a NetworkPolicy letting them in
+    prometheus_rule: bool = False  # the alerts of config/prometheus/rules.yaml
+    # labels the cluster's Prometheus selects PodMonitors and PrometheusRules by (e.g. release: kube-prometheus-stack)
+    selector_labels: dict[str, str] = Field(default_factory=dict)
+    prometheus_namespace: str = Field("monitoring", pattern=K8S_NAME.pattern)  # where the scrapes come from
+    scrape_interval: str = Field("30s", pattern=r"^[1-9][0-9]*(s|m)$")
+    # each cleanup run pushes its figures here (a CronJob pod is gone before any scrape); unset: AsyncCleanupNotRun
+    # is left out of the PrometheusRule, which could only ever fire
+    pushgateway_url: str | None = Field(None, pattern=r"^https?://[^\s@]+$")
+    # the alerts' runbook_url is docs/runbook.md#<alert>; with this set, an absolute link under it
+    runbook_base_url: str | None = Field(None, pattern=r"^https?://\S+$")
+
+
 class AsyncFlowConfig(_Model):
     publisher_replicas: int = Field(2, ge=1, le=50)
+    # worker processes per publisher pod (one per core the pod gets; its CPU limit follows)
+    publisher_processes: int = Field(1, ge=1, le=16)
+    # group commit: calls sharing one INSERT and commit, and how long the first waits for company
+    group_commit_max_rows: int = Field(64, ge=1, le=1000)
+    group_commit_window_ms: float = Field(0.5, ge=0, le=50)
     writer_replicas: int = Field(1, ge=1, le=50)
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     cleanup_schedule: str = "*/10 * * * *"
     cleanup_batch_size: int = Field(1000, ge=1, le=100_000)
     cleanup_time_budget_seconds: int = Field(240, ge=10)
+    cleanup_max_rows_per_second: int = Field(25_000, ge=0)  # 0 = unpaced
+    metrics: MetricsConfig = MetricsConfig()
 
 
 class PeerConfig(_Model):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from app.hasura_source import connection_set_url_env
+from app.hasura.source import connection_set_url_env
 from components.config import HasuraConfig
 from components.k8s import (
     IMAGE_PULL_POLICY,

@@ -12,7 +12,7 @@ import pulumi_vault as vault
 
 from components.config import KafkaConfig
 from components.k8s import child
-from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.kafka_access import AsyncTopics, ServicePrincipals, WorkerPrincipal, service_acls, worker_acls
 from components.vault_access import KafkaCredential
 
 SCRAM_MECHANISM = {"SCRAM-SHA-256": "scram-sha256", "SCRAM-SHA-512": "scram-sha512"}
@@ -92,7 +92,11 @@ class KafkaAccess(pulumi.ComponentResource):
 
         self.credentials: dict[str, KafkaCredential] = {}
         self.users: dict[str, kafka.UserScramCredential] = {}
-        for service, username in (("publisher", args.principals.publisher), ("writer", args.principals.writer)):
+        self.workers = [WorkerPrincipal(w.name, w.consumer_group) for w in cfg.workers]
+        principals = [("publisher", args.principals.publisher), ("writer", args.principals.writer),
+                      *((f"worker-{w.name}", w.username) for w in self.workers)]
+        self.principal_names = dict(principals)  # a stack output: names only, never a password
+        for service, username in principals:
             password = random.RandomPassword(f"kafka-{service}-password", length=40, special=False,
                                              opts=child(self)).result
             self.users[service] = kafka.UserScramCredential(
@@ -102,7 +106,9 @@ class KafkaAccess(pulumi.ComponentResource):
 
         self.acls: list[kafka.Acl] = []
         if cfg.authorizer_enabled:
-            for rule in service_acls(self.topic_names, args.principals):
+            rules = service_acls(self.topic_names, args.principals)
+            rules += [rule for worker in self.workers for rule in worker_acls(self.topic_names, worker)]
+            for rule in rules:
                 topic_dependency = [self.topics[rule.resource_name]] if rule.resource_name in self.topics else []
                 self.acls.append(kafka.Acl(
                     f"acl-{rule.slug}", acl_resource_name=rule.resource_name, acl_resource_type=rule.resource_type,

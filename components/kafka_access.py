@@ -44,6 +44,35 @@ class ServicePrincipals:
     writer_transactional_id: str = "graphql-async-response-writer"
 
 
+@dataclass(frozen=True)
+class WorkerPrincipal:
+    """Another team's worker: reads request envelopes, writes responses, commits offsets in its own group."""
+
+    name: str
+    consumer_group: str | None = None
+
+    @property
+    def username(self) -> str:
+        return f"graphql-async-worker-{self.name}"
+
+    @property
+    def group(self) -> str:
+        return self.consumer_group or self.username
+
+
+def worker_acls(topics: AsyncTopics, worker: WorkerPrincipal) -> list[AclRule]:
+    """Least privilege for a worker: nothing on the DLQ, nobody else's group, no transactional ids. Write on the
+    responses topic is enough for librdkafka's idempotent producer (Kafka 3+: IdempotentWrite is implied)."""
+    user = f"User:{worker.username}"
+    return [
+        AclRule(user, "Topic", topics.requests, "Literal", "Read"),
+        AclRule(user, "Topic", topics.requests, "Literal", "Describe"),
+        AclRule(user, "Group", worker.group, "Literal", "Read"),
+        AclRule(user, "Topic", topics.responses, "Literal", "Write"),
+        AclRule(user, "Topic", topics.responses, "Literal", "Describe"),
+    ]
+
+
 def service_acls(topics: AsyncTopics, principals: ServicePrincipals) -> list[AclRule]:
     """Least privilege: the publisher writes requests; the writer reads responses and writes the DLQ."""
     publisher, writer = f"User:{principals.publisher}", f"User:{principals.writer}"

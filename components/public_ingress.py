@@ -32,14 +32,20 @@ CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernete
 CLOUDFLARED_UID = 65532  # the nonroot user of cloudflared's distroless image
 METRICS_PORT = 2000
 TOKEN_DIR = "/etc/cloudflared/tunnel-token"
+# Hasura's one admin API under the public prefix (POST v1/graphql/explain, admin only: hasura/graphql-engine
+# server/src-lib/Hasura/Server/App.hs), with any run of slashes before it and anything after it
+ADMIN_UNDER_PUBLIC_PATH = r"^/v1/graphql/+explain"
 
 
 def tunnel_ingress(hostname: str, cf: CloudflareConfig, origin: str) -> list[dict]:
     """The tunnel's rules: GraphQL (HTTP + WebSocket) to Hasura, everything else answered 404 at the edge.
 
-    The origin timeouts keep subscriptions open: the config check makes Hasura's WebSocket keep-alive
-    shorter than keep_alive_timeout, so an idle subscription is never taken for an idle connection."""
+    cloudflared takes the first rule that matches, so the admin path under /v1/graphql/* is answered 404 before
+    the GraphQL rule could carry it. The origin timeouts keep subscriptions open: the config check makes
+    Hasura's WebSocket keep-alive shorter than keep_alive_timeout, so an idle subscription is never taken for
+    an idle connection."""
     return [
+        {"hostname": hostname, "path": ADMIN_UNDER_PUBLIC_PATH, "service": "http_status:404"},
         {"hostname": hostname, "path": cf.public_path_regex, "service": origin,
          "origin_request": {"connect_timeout": cf.origin_connect_timeout_seconds,
                             "keep_alive_timeout": cf.origin_keep_alive_timeout_seconds,

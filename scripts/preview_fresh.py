@@ -55,7 +55,11 @@ def offline_stack_file(stack: str, project: Path) -> None:
     """The committed stack file, with the plan's image references instead of builds."""
     document = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())
     plan = yaml.safe_load((PLANS / f"{stack}.plan.yaml").read_text())
-    config = document["config"]
+    # the committed secrets (salt and ciphertext) belong to the real stack's passphrase; the fresh stack sets its own
+    for key in ("encryptionsalt", "secretsprovider", "encryptedkey"):
+        document.pop(key, None)
+    config = document["config"] = {key: value for key, value in document["config"].items()
+                                   if not (isinstance(value, dict) and "secure" in value)}
     config[f"{PROJECT}:images"] = dict(config[f"{PROJECT}:images"], prebuilt=plan["outputs"]["image_digests"])
     # the verification runs only in an `up`; its plugin (pulumi-command) is not part of the offline build
     config[f"{PROJECT}:verify"] = {"enabled": False}

@@ -52,13 +52,13 @@ def free_port() -> int:
     low, _high = _ephemeral_range()
     for _ in range(200):
         port = random.randint(max(1024, low - 12000), low - 1)
-        if port not in _HANDED_OUT and _port_free(port):
+        if port not in _HANDED_OUT and port_free(port):
             _HANDED_OUT.add(port)  # two calls in a row (broker + controller) never get the same port
             return port
     raise RuntimeError("no free port below the ephemeral range")
 
 
-def _port_free(port: int) -> bool:
+def port_free(port: int) -> bool:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -80,14 +80,20 @@ def _wait_for_port(port: int, deadline: float, process: subprocess.Popen, what: 
     raise TimeoutError(f"{what} did not listen on 127.0.0.1:{port}; see {log}:\n{_tail(log)}")
 
 
-def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None):
-    """Poll `check` (e.g. a health endpoint) until true; fail early if `process` died, with its log's tail."""
+def wait_for(check, timeout: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None,
+             log_offset: int = 0):
+    """Poll `check` (e.g. a health endpoint) until true; fail early if `process` died, with the tail of what it
+    wrote to `log` after `log_offset` (an appended log's earlier runs are not this failure)."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            tail = ""
+            if log and log.exists():
+                with log.open("rb") as handle:
+                    handle.seek(log_offset)
+                    tail = handle.read().decode(errors="replace")[-2000:]
             raise RuntimeError(f"{what} exited with {process.returncode}\n{tail}")
         try:
             if check():
@@ -132,12 +138,38 @@ def _stop_process(pid: int, grace_seconds: float = 10.0) -> None:
 # --------------------------------------------------------------------------- PostgreSQL
 
 
-def _make_traversable(path: Path) -> None:
-    """Let the `postgres` OS user reach a data dir under root-owned 0700 temp folders."""
+class DataDirUnreachable(RuntimeError):
+    """The `postgres` OS user cannot enter a folder above the data directory, and that folder is not ours."""
+
+
+def make_dirs(path: Path) -> Path:
+    """`mkdir -p` that returns the highest folder it created (`path` itself when it already existed)."""
+    missing = [folder for folder in [path, *path.parents] if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return missing[-1] if missing else path
+
+
+def make_reachable_for_postgres(path: Path, owned: Path) -> None:
+    """Let the `postgres` OS user reach a data dir when running as root. Only folders at or below `owned` (made for
+    this server) are opened up (o+x); a folder above it is the user's: refuse with the reason, never chmod it."""
     for folder in [path, *path.parents]:
-        mode = folder.stat().st_mode
-        if not mode & 0o001:
-            folder.chmod(mode | 0o001)
+        info = folder.stat()
+        if info.st_mode & 0o001 or info.st_uid == _postgres_uid():
+            continue
+        if folder == owned or owned in folder.parents:
+            folder.chmod(info.st_mode | 0o001)
+            continue
+        raise DataDirUnreachable(
+            f"PostgreSQL runs as the `postgres` OS user, which cannot enter {folder} (mode "
+            f"{info.st_mode & 0o777:o}); this is not a folder we created, so it is left alone: use a data "
+            f"directory it can reach (e.g. --data /var/tmp/graphql-local), or open it yourself "
+            f"(chmod o+x {folder})")
+
+
+def _postgres_uid() -> int:
+    import pwd
+
+    return pwd.getpwnam("postgres").pw_uid
 
 
 def postgres_bindir() -> Path:
@@ -165,6 +197,12 @@ class PostgresServer:
 
     data_dir: Path
     port: int = 0
+    # folders at or below this one were made for this server and may be opened up for `postgres` (default: data_dir)
+    owned_root: Path | None = None
+    # benchmarks: fsync, synchronous_commit, full_page_writes on, as production runs (the test suite trades them off)
+    durable: bool = False
+    # microseconds a commit waits (PostgreSQL's commit_delay): stands in for a replicated commit's round trip
+    commit_delay_us: int = 0
 
     @property
     def url(self) -> str:
@@ -176,10 +214,11 @@ class PostgresServer:
 
     def init(self) -> None:
         bindir = postgres_bindir()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        created = make_dirs(self.data_dir)
         if os.geteuid() == 0:
+            owned = self.owned_root or created
+            make_reachable_for_postgres(self.data_dir.parent, owned)
             shutil.chown(self.data_dir, "postgres", "postgres")
-            _make_traversable(self.data_dir.parent)
         pwfile = self.data_dir.parent / f".{self.data_dir.name}.pw"
         pwfile.write_text(PG_PASSWORD)
         if os.geteuid() == 0:
@@ -211,8 +250,12 @@ class PostgresServer:
         log.touch()
         if os.geteuid() == 0:
             shutil.chown(log, "postgres", "postgres")
+        durability = ("-c fsync=on -c synchronous_commit=on -c full_page_writes=on" if self.durable
+                      else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        if self.commit_delay_us:
+            durability += f" -c commit_delay={self.commit_delay_us} -c commit_siblings=0"
         opts = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                f"{durability} -c max_connections=200")
         subprocess.run(
             [*self._as_owner(), str(bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(log),
              "-o", opts, "-w", "-t", str(int(timeout)), "start"],
@@ -257,7 +300,8 @@ def fetch_kafka_jars(quiet: bool = False) -> Path:
     KAFKA_LIBS.mkdir(parents=True, exist_ok=True)
     for old in KAFKA_LIBS.glob("*.jar"):
         old.unlink()
-    cmd = ["mvn", "-B", "-f", str(REPO / "scripts" / "kafka" / "pom.xml"), "dependency:copy-dependencies",
+    cmd = ["mvn", "-B", "-Dstyle.color=never", "-f", str(REPO / "scripts" / "kafka" / "pom.xml"),
+           "dependency:copy-dependencies",
            "-DincludeScope=runtime", f"-DoutputDirectory={KAFKA_LIBS}"]
     if quiet:
         cmd.insert(1, "-q")
@@ -387,7 +431,7 @@ class KafkaBroker:
             self.tls_port = free_port()
         ports = (self.port, self.controller_port, *([self.tls_port] if self.tls else []))
         for port in ports:  # a broker that cannot bind must not look ready
-            if not _port_free(port):
+            if not port_free(port):
                 raise RuntimeError(f"port {port} is already in use by another process; the broker cannot bind it")
         config = self._write_config()
         if first_start:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -11,6 +13,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# pytest prunes all but the newest three numbered temp dirs under one root: a second checkout's test run
+# would delete this run's live servers' data, so each checkout gets its own root
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(Path(tempfile.gettempdir()) / f"pytest-{REPO.name}"))
+TEST_TEMP_ROOT = Path(os.environ["PYTEST_DEBUG_TEMPROOT"])
+TEST_TEMP_ROOT.mkdir(exist_ok=True)
 
 from app.db import apply_schema  # noqa: E402
 from app.settings import PublisherSettings, WriterSettings  # noqa: E402
@@ -22,7 +29,7 @@ ACTION_SECRET = "test-action-secret-0123456789"
 
 @pytest.fixture(scope="session")
 def pg(tmp_path_factory):
-    server = PostgresServer(tmp_path_factory.mktemp("pg") / "data")
+    server = PostgresServer(tmp_path_factory.mktemp("pg") / "data", owned_root=TEST_TEMP_ROOT)
     server.start()
     with psycopg.connect(server.url) as conn:
         apply_schema(conn)
@@ -70,7 +77,7 @@ def _kafka_env(kafka, topics: AsyncTopics) -> dict:
 def publisher_settings(pg, kafka, topics) -> PublisherSettings:
     return PublisherSettings(async_database_url=pg.url, async_action_secret=ACTION_SECRET,
                              relay_grace_seconds=3, relay_interval_seconds=0.2, publish_timeout_seconds=2,
-                             publish_wait_seconds=2, **_kafka_env(kafka, topics))
+                             publish_wait_seconds=2, metrics_port=0, **_kafka_env(kafka, topics))
 
 
 @pytest.fixture
@@ -79,3 +86,14 @@ def writer_settings(pg, kafka, topics) -> WriterSettings:
     return WriterSettings(async_database_url=pg.url, writer_group_id=f"graphql-async-response-writer-{suffix}",
                           writer_instance_id=suffix, writer_batch_wait_seconds=0.2, writer_retry_max_seconds=2,
                           health_port=0, **_kafka_env(kafka, topics))
+
+
+@pytest.fixture
+def reachable_tmp(tmp_path):
+    """tmp_path opened (o+x) up to this session's temp root, all folders the tests made: a local run started on
+    it runs PostgreSQL as the `postgres` OS user, and never opens up folders it did not create itself."""
+    for folder in [tmp_path, *tmp_path.parents]:
+        if folder == TEST_TEMP_ROOT:
+            break
+        folder.chmod(folder.stat().st_mode | 0o001)
+    return tmp_path

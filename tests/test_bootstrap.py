@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from app.bootstrap import HasuraError, bootstrap_database, bootstrap_metadata
-from app.hasura_metadata import USER_COLUMNS
+from app.hasura.metadata import USER_COLUMNS
 from app.settings import BootstrapSettings
 from tests.conftest import REPO
 from tests.support.hasura_standin import HasuraStandIn, serve

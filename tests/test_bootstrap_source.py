@@ -12,9 +12,11 @@ import sys
 import pytest
 
 from app.bootstrap import HasuraError, RoutingMismatch, bootstrap_database, bootstrap_metadata
-from app.connection_template import RequestContext, Route
-from app.hasura_source import PoolSettings, RoutingCase, SourceSettings
+from app.hasura.connection_template import RequestContext, Route
+from app.hasura.source import PoolSettings, RoutingCase, SourceSettings
 from app.settings import BootstrapSettings
+from components.config import HasuraConfig
+from scripts.pulumi_harness import load_stack_file
 from tests.conftest import REPO
 from tests.support.hasura_standin import HasuraStandIn, serve
 from tests.test_bootstrap import ADMIN, fresh_db, settings_for, table_columns  # noqa: F401 - fixture
@@ -25,7 +27,7 @@ TEMPLATE = ('{{ if $.request.query.operation_type == "mutation" }}{{ $.primary }
 
 
 def case(name: str, op: str, expect: str, headers: dict | None = None, role: str = "user") -> RoutingCase:
-    request = RequestContext(headers or {}, {"x-hasura-role": role}, op, name)
+    request = RequestContext(headers or {}, {"x-hasura-role": role}, op, name.replace("-", "_"))
     return RoutingCase(name, request, expect=Route.parse(expect))
 
 
@@ -68,9 +70,10 @@ def test_pool_replicas_and_routing_are_applied_once_then_nothing_is_sent(standin
         {"from_env": "HASURA_READ_REPLICA_1_URL"}, {"from_env": "HASURA_READ_REPLICA_2_URL"}]
     assert config["connection_set"] == [{"name": "reporting", "connection_info": {
         **primary, "database_url": {"from_env": "HASURA_CONNECTION_SET_REPORTING_URL"}}}]
-    assert config["connection_template"] == {"template": TEMPLATE}
-    # every listed case and both mutation probes were asked of Hasura
-    asked = [c["args"]["request_context"] for c in hasura.calls if c["type"] == "pg_test_connection_template"]
+    assert config["connection_template"] == {"version": 1, "template": TEMPLATE}
+    # every listed case and both mutation probes were asked of Hasura (besides the edition probe)
+    asked = [c["args"]["request_context"] for c in hasura.calls
+             if c["type"] == "pg_test_connection_template" and "connection_template" not in c["args"]]
     assert len(asked) == len(ENTERPRISE.cases) + 2
     assert {a["session"]["x-hasura-role"] for a in asked if a["query"]["operation_type"] == "mutation"} == {
         "user", "service"}
@@ -141,15 +144,63 @@ def test_the_job_exits_non_zero_on_a_mismatch_and_says_which_case(standin):
 def test_community_edition_refuses_enterprise_settings_with_a_clear_error_and_applies_nothing(standin):
     start, url = standin
     hasura, endpoint = start("ce")
-    as_ee = SourceSettings(**{**ENTERPRISE.__dict__})
-    with pytest.raises(HasuraError, match=r"bulk failed with 400.*not-supported.*Community Edition"):
-        bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=as_ee))
-    assert hasura.metadata["sources"][0]["tables"] == [] and hasura.resource_version == 1
-    # the plain pool settings are fine on CE
+    # CE's pg_add_source would store replicas, members and the template without a word: the Job asks first
+    for as_ee in (ENTERPRISE, SourceSettings(edition="ee", read_replica_envs=("HASURA_READ_REPLICA_1_URL",))):
+        with pytest.raises(HasuraError, match=r"pg_test_connection_template failed with 400.*not-supported.*"
+                                              r"Community Edition"):
+            bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=as_ee))
+        assert hasura.metadata["sources"][0]["tables"] == [] and hasura.resource_version == 1
+    # the plain pool settings are fine on CE, and no template is asked for
     sent = bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=SourceSettings()))
     assert sent[0]["type"] == "pg_add_source"
     assert hasura.metadata["sources"][0]["configuration"]["connection_info"]["pool_settings"]["max_connections"] == 20
-    assert not [c for c in hasura.calls if c["type"] == "pg_test_connection_template"]
+    assert len([c for c in hasura.calls if c["type"] == "pg_test_connection_template"]) == 2
+
+
+def _stack_settings(stack: str) -> SourceSettings:
+    return HasuraConfig.model_validate(load_stack_file(stack)["graphql-entrypoint:hasura"]).source_settings()
+
+
+EDGES = {
+    "lifetime-0": SourceSettings(pool=PoolSettings(connection_lifetime=0)),
+    "no-pool-timeout": SourceSettings(pool=PoolSettings(pool_timeout=None)),
+    "ee-lifetime-0-no-timeout": SourceSettings(**{**ENTERPRISE.__dict__, "pool": PoolSettings(
+        connection_lifetime=0, pool_timeout=None)}),
+}
+CUSTOMIZATION = {"root_fields": {"namespace": "reporting_team", "prefix": "rt_"},
+                 "type_names": {"prefix": "Rt_"}, "naming_convention": "hasura-default"}
+
+
+@pytest.mark.parametrize("name", ["stack:dev", "stack:prod", "stack:local", *EDGES])
+def test_a_second_bootstrap_sends_nothing_and_the_first_keeps_what_it_does_not_own(standin, name):
+    start, url = standin
+    desired = _stack_settings(name[6:]) if name.startswith("stack:") else EDGES[name]
+    hasura, endpoint = start(desired.edition)
+    source = hasura.metadata["sources"][0]
+    source["customization"] = CUSTOMIZATION  # another team's root-field namespace and prefixes
+    source["configuration"]["connection_info"]["ssl_configuration"] = {"sslmode": "verify-full",
+                                                                      "sslrootcert": {"from_env": "PG_CA"}}
+    first = bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=desired))
+    assert first[0]["type"] == "pg_add_source"
+    source = hasura.metadata["sources"][0]
+    assert source["customization"] == CUSTOMIZATION
+    assert source["configuration"]["connection_info"]["ssl_configuration"]["sslmode"] == "verify-full"
+    version, calls = hasura.resource_version, len(hasura.calls)
+    assert bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=desired)) == []
+    assert hasura.resource_version == version
+    assert [c["type"] for c in hasura.calls[calls:] if c["type"] not in ("export_metadata",
+                                                                           "pg_test_connection_template")] == []
+
+
+def test_edge_pool_values_are_stored_as_hasura_stores_them(standin):
+    start, url = standin
+    hasura, endpoint = start("ce")
+    bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=EDGES["lifetime-0"]))
+    pool = hasura.metadata["sources"][0]["configuration"]["connection_info"]["pool_settings"]
+    assert "connection_lifetime" not in pool  # parseConnLifeTime: 0 is "no lifetime", omitted on export
+    bootstrap_metadata(settings_for(endpoint, url, hasura_source_settings=EDGES["no-pool-timeout"]))
+    pool = hasura.metadata["sources"][0]["configuration"]["connection_info"]["pool_settings"]
+    assert "pool_timeout" not in pool and pool["connection_lifetime"] == 600
 
 
 def test_the_user_row_limit_caps_the_status_stream(standin):

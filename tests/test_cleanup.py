@@ -99,3 +99,18 @@ def test_two_cleanups_beside_concurrent_writes(pg, db):
     assert count(db, f"{prefix}-exp-%") == 0
     assert sum(r.deleted for r in reports) + leftover == 20_000
     assert count(db, f"{prefix}-new-%") == len(written)
+
+
+def test_the_pace_bounds_the_deletion_rate_and_a_stop_ends_the_wait(pg, db):
+    purge_expired(db)
+    prefix = uuid.uuid4().hex[:8]
+    seed(db, prefix, expired=1_000, live=0)
+    report = run_cleanup(pg.url, batch_size=50, time_budget_seconds=1.0, max_rows_per_second=100)
+    assert report.stopped_by == "time_budget"
+    # never ahead of the pace by more than the batch in hand
+    assert 50 <= report.deleted <= 100 * report.elapsed_seconds + 50
+    stop = threading.Event()
+    threading.Timer(0.2, stop.set).start()
+    paced = run_cleanup(pg.url, batch_size=50, time_budget_seconds=3600, stop=stop, max_rows_per_second=10)
+    assert paced.stopped_by == "signal" and paced.deleted == 50  # one batch, then waited for its due time
+    assert run_cleanup(pg.url, batch_size=1000, time_budget_seconds=60).deleted == 1_000 - report.deleted - 50

@@ -1,11 +1,13 @@
-"""The offline connection-template check (app/connection_template.py): the seed's templates, refusals, hostile input."""
+"""The offline connection-template check (app/hasura/connection_template.py): seeds, refusals, hostile input."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from app.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
-from app.hasura_source import RoutingCase, SourceSettings, mutation_probes
+from app.hasura.connection_template import RequestContext, Route, TemplateError, check_names, evaluate, parse
+from app.hasura.source import RoutingCase, SourceSettings, mutation_probes
 
 # the seed's (shared/seeds/hasura-dynamic-routing.txt) last example, keys quoted as Kriti needs
 SEED = """
@@ -49,65 +51,149 @@ def test_the_seed_template_routes_as_the_seed_explains(op, role, headers, expect
     assert route(SEED, op=op, role=role, headers=headers) == expected
 
 
-def test_headers_and_session_keys_are_case_insensitive_and_elif_chains_work():
+def test_session_keys_are_lower_cased_headers_kept_as_given_and_elif_chains_work():
+    # SessionVariables' ToJSON lower-cases names; headers reach the context as the request names them
     template = ('{{ if $.request.headers?["x-consistency"] == "strong" }}{{ $.primary }}'
                 '{{ elif $.request.session?["x-hasura-role"] == "service" }}{{ $.connection_set.dev_db }}'
                 '{{ else }}{{ $.default }}{{ end }}')
-    assert route(template, headers={"X-Consistency": "strong"}) == "primary"
-    assert route(template, role="service") == "connection_set.dev_db"
+    assert route(template, headers={"x-consistency": "strong"}) == "primary"
+    assert route(template, headers={"X-Consistency": "strong"}) == "default"
+    assert str(evaluate(parse(template), RequestContext({}, {"X-Hasura-Role": "service"}, "query"),
+                        MEMBERS)) == "connection_set.dev_db"
     assert route(template) == "default"
 
 
+# Grammar.y: every binary operator joins two atoms; `if` needs `{{ else }}`; one expression per branch
 @pytest.mark.parametrize(("template", "message"), [
-    ("{{ if $.request.query.operation_type == \"query\" }}{{ $.primary }}", "never closed"),
-    ("{{ $.primary }}{{ end }}", "without an open"),
-    ("route {{ $.primary }}", "text outside"),
-    ("{{ $.primary }} tail", "text outside"),
-    ("{{ $.connection_set.missing }}", "not in the connection set"),
-    ("{{ $.replicas }}", "the context has"),
-    ("{{ if $.request.body == 1 }}{{ $.primary }}{{ end }}", "the request has headers, session, query"),
-    ("{{ if $.request.query.variables == 1 }}{{ $.primary }}{{ end }}", "the query has"),
-    ('{{ if $.request.headers?[no-stale-read] == "true" }}{{ $.primary }}{{ end }}', 'quote the key'),
-    ("{{ range i, x := $.request.headers }}{{ $.primary }}{{ end }}", "range blocks are not supported"),
-    ("{{ escapeUri($.primary) }}", "unsupported 'escapeUri'"),
-    ("{{ if $.a }}{{ else }}{{ else }}{{ end }}", "after {{ else }}"),
-    ("{{ if true }}{{ $.primary }}{{ else if false }}{{ $.default }}{{ end }}", "use {{ elif"),
-    ("{{ $.primary ", "text outside"),
+    ('{{ if $.request.query.operation_type == "query" && $.request.headers?["a"] == "b" }}{{ $.primary }}'
+     '{{ else }}{{ $.default }}{{ end }}', "Unexpected token '&&'"),
+    ('{{ if $.request.headers?["a"] ?? "x" == "y" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+     "Unexpected token '=='"),
+    ('{{ if 1 == 1 == true }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "Unexpected token '=='"),
+    ('{{ if $.request.query.operation_type == "query" }}{{ $.primary }}{{ end }}', "Unexpected token 'end'"),
+    ("{{ if true }}{{ $.primary }}{{ $.default }}{{ else }}{{ $.default }}{{ end }}",
+     "Unexpected token '$'"),
+    ("{{ if true }}{{ $.primary }}", "Empty token stream"),
+    ("{{ $.primary }}{{ end }}", "Unexpected token '{{'"),
+    ("route {{ $.primary }}", "Unexpected token '{{'"),
+    ("{{ $.primary }} tail", "Unexpected token 'tail'"),
+    ("{{ if true }}{{ $.primary }}{{ else if false }}{{ $.default }}{{ end }}", "Unexpected token 'if'"),
+    ("{{ $.primary ", "Empty token stream"),
+    ("{{ }}", "Unexpected token '}}'"),
+    ('{{ "unterminated }}', "Empty token stream"),
+    ('{{ "bad \\q escape" }}', "Invalid Lexeme"),
     ("", "empty"),
-    ("{{ }}", "empty expression"),
-    ("{{ \"unterminated }}", "unexpected"),
 ])
-def test_malformed_templates_are_refused_with_where_and_why(template, message):
-    with pytest.raises(TemplateError, match=message):
-        check_names(parse(template), MEMBERS)
+def test_what_kriti_rejects_is_refused_with_where_and_why(template, message):
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        parse(template)
 
 
+@pytest.mark.parametrize("template", [
+    '{{ if ($.request.query.operation_type == "query") && ($.request.headers?["a"] == "b") }}{{ $.primary }}'
+    "{{ else }}{{ $.default }}{{ end }}",
+    '{{ if ($.request.headers?["a"] ?? "x") == "y" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+    "# a comment line\n{{ $.default }}  # and one after",
+    '{{ if "x-tier" in $.request.headers }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+    "{{ if $.request.headers?['x-tier'] == $.request.headers?[$.request.session?['x-hasura-tier-header']] }}"
+    "{{ $.primary }}{{ else }}{{ $.default }}{{ end }}",
+])
+def test_what_kriti_accepts_parses(template):
+    check_names(parse(template), MEMBERS)
+
+
+# Eval.hs as Hasura runs it: no functions, both sides of && and ||, only booleans decide an if, JSON equality
 @pytest.mark.parametrize(("template", "message"), [
-    ("{{ $.primary }}{{ $.default }}", "not exactly one route"),
-    ("{{ if false }}{{ $.primary }}{{ end }}", "renders nothing"),
-    ('{{ "primary" }}', "not exactly one route"),
-    ("{{ if $.request.session.x-hasura-role == \"a\" }}{{ $.primary }}{{ end }}", "use \\?\\. or"),
-    ("{{ if $.request.headers?[\"a\"] }}{{ $.primary }}{{ end }}", "not true or false"),
-    ("{{ if 1 < \"a\" }}{{ $.primary }}{{ end }}", "two numbers or two strings"),
+    ('{{ if not($.request.headers?["a"] == "1") }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+     "Variable 'not' not in scope"),
+    ('{{ if ($.request.query.operation_type == "mutation") && ($.request.session.x-hasura-tier == "gold") }}'
+     "{{ $.primary }}{{ else }}{{ $.default }}{{ end }}", "has no attritubte 'x-hasura-tier'"),
+    ('{{ if ($.request.query.operation_type == "query") || $.request.headers?["flag"] }}{{ $.primary }}'
+     "{{ else }}{{ $.default }}{{ end }}", "expected type 'Boolean' with actual type 'Null'"),
+    ('{{ if $.request.headers?["a"] }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+     "expected type 'Boolean' with actual type 'Null'"),
+    ("{{ if 1 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}", "actual type 'Number'"),
+    ('{{ "primary" }}', 'renders "primary"'),
+    ("{{ $.connection_set }}", "renders {"),
+    ("{{ [$.primary] }}", "renders ["),
+    ('{{ $.request.session.x-hasura-tier }}', "has no attritubte"),
+    ("{{ $foo }}", "Variable '$foo' not in scope"),
 ])
-def test_a_template_that_renders_no_single_route_fails_for_that_request(template, message):
-    with pytest.raises(TemplateError, match=message):
-        route(template)
+def test_what_fails_in_hasura_fails_for_that_request(template, message):
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        evaluate(parse(template), RequestContext({}, {"x-hasura-role": "user"}, "query"), MEMBERS)
 
 
-def test_operators_literals_and_defaults():
-    assert route('{{ if not($.request.headers?["a"] == "1") && 2 >= 1 }}{{ $.primary }}{{ end }}') == "primary"
-    assert route('{{ if ($.request.headers?["tier"] ?? "free") == "free" }}{{ $.default }}{{ end }}') == "default"
-    assert route('{{ if $.request.query?.operation_name == null }}{{ $.read_replicas }}{{ end }}') == "read_replicas"
+@pytest.mark.parametrize(("template", "expected"), [
+    # the context's values are Hasura's tags: a template may name them directly
+    ('{{ "PRIMARY" }}', "primary"),
+    ('{{ "READ_REPLICAS" }}', "read_replicas"),
+    ('{{ {"type": "connection_set", "name": "fast_db"} }}', "connection_set.fast_db"),
+    ('{{ if $.primary == "PRIMARY" }}{{ $.default }}{{ else }}{{ $.primary }}{{ end }}', "default"),
+    ('{{ if $.connection_set.dev_db.name == "dev_db" }}{{ $.connection_set.dev_db }}{{ else }}{{ $.primary }}'
+     "{{ end }}", "connection_set.dev_db"),
+    # JSON equality: true is not 1, 1 is 1.0; ordering across types is aeson's (String < Number)
+    ("{{ if true == 1 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}", "default"),
+    ("{{ if 1 == 1.0 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}", "primary"),
+    ('{{ if "a" < 1 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    ('{{ if {"a": [1, true]} == {"a": [1.0, true]} }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+     "primary"),
+    # ?? replaces null only
+    ('{{ if (false ?? true) }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "default"),
+    ('{{ if ("" ?? "x") == "" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    ('{{ if ($.request.headers?["tier"] ?? "free") == "free" }}{{ $.default }}{{ else }}{{ $.primary }}{{ end }}',
+     "default"),
+    # optional paths: a missing step is null, and so is a failing base
+    ('{{ if $.request.headers?.a.b.c == null }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    ('{{ if $.request.body?.x == null }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    ('{{ if $.request.query?.operation_name == null }}{{ $.read_replicas }}{{ else }}{{ $.primary }}{{ end }}',
+     "read_replicas"),
+    # Kriti's escapes: "\/" keeps its backslash
+    ('{{ if "a\\/b" == "a/b" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "default"),
+    ('{{ if "a\\/b" == "a\\\\/b" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    ('{{ if "\\u0041" == "A" }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "primary"),
+    # in: a key of an object, an element of an array
+    ('{{ if "x-tier" in $.request.headers }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "default"),
+    ('{{ if $.request.query.operation_type in ["query", "subscription"] }}{{ $.default }}{{ else }}{{ $.primary }}'
+     "{{ end }}", "default"),
+])
+def test_evaluates_as_kriti_with_hasuras_context(template, expected):
+    assert route(template, role="user") == expected
+
+
+def test_check_names_refuses_what_fails_every_request():
+    for template, message in [
+        ("{{ $.connection_set.missing }}", "not in the connection set"),
+        ("{{ $.replicas }}", "the context has"),
+        ('{{ if $.request.body == 1 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "the request has"),
+        ('{{ if $.request.query.variables == 1 }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}', "the query has"),
+        ("{{ escapeUri($.primary) }}", "without functions"),
+        ('{{ if not ($.request.headers?["a"] == "1") }}{{ $.primary }}{{ else }}{{ $.default }}{{ end }}',
+         "without functions"),
+        ("{{ x }}", "not in scope"),
+        ("{{ $ }}", "bare $"),
+    ]:
+        with pytest.raises(TemplateError, match=re.escape(message)):
+            check_names(parse(template), MEMBERS)
+    check_names(parse("{{ range i, x := [1] }}{{ x }}{{ end }}"), MEMBERS)  # a range binds its names
+
+
+def test_request_shapes_pg_test_connection_template_refuses():
+    assert RequestContext({}, {"x-hasura-role": "user"}, "query", "MyQuery_1").problems() == []
+    assert "no x-hasura-role" in RequestContext({}, {}, "query").problems()[0]
+    assert "no x-hasura-role" in RequestContext({}, {"x-hasura-role": ""}, "query").problems()[0]
+    assert "admin" in RequestContext({}, {"x-hasura-role": "admin"}, "query").problems()[0]
+    assert RequestContext({}, {"X-Hasura-Role": "Admin"}, "query").problems() == []  # role names are exact
+    assert "not a GraphQL name" in RequestContext({}, {"x-hasura-role": "u"}, "query", "my-query").problems()[0]
+    assert "not query, mutation" in RequestContext({}, {"x-hasura-role": "u"}, "delete").problems()[0]
 
 
 @pytest.mark.parametrize(("hostile", "message"), [
-    ("{{ if true }}" * 40 + "{{ $.primary }}" + "{{ end }}" * 40, "nested over 32"),
     ("{{ $.primary }}" + " " * 20_000, "over 16384 characters"),
     ("{{ " + "(" * 9000 + "$.primary" + ")" * 9000 + " }}", "over 16384 characters"),
-    ("{{ " + "(" * 40 + "$.primary" + ")" * 40 + " }}", "nested over 32"),
-    ("{{ " + "not(" * 40 + "true" + ")" * 40 + " }}", "nested over 32"),
-    ("{{ if " + " && ".join(["true"] * 200) + " }}{{ $.primary }}{{ end }}", "over 128 operators"),
+    ("{{ " + "(" * 70 + "$.primary" + ")" * 70 + " }}", "nested over 64 deep"),
+    ("{{ " + "[" * 70 + "]" * 70 + " }}", "nested over 64 deep"),
+    ("{{ $" + ".a" * 5000 + " }}", "nests over 200 deep"),
 ])
 def test_hostile_templates_are_refused_before_they_cost_anything(hostile, message):
     with pytest.raises(TemplateError, match=message):
@@ -119,6 +205,9 @@ def test_hostile_templates_are_refused_before_they_cost_anything(hostile, messag
     "{{ $.primary\x00 }}",
     "{{ \"\\ud800\" == \"\\ud800\" }}",
     "{{ $.request.headers[\"\\u0000\"] }}",
+    "{{ range i, x := $.request.headers }}{{ x }}{{ end }}",
+    "{{ 1 / 0 }}",
+    "{{ 99999999999999999999999999999e99999999 }}",
 ])
 def test_hostile_templates_get_a_template_error_never_a_crash(hostile):
     try:

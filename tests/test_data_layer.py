@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.hasura_source import SourceSettings
+from app.hasura.source import SourceSettings
 from components.async_flow import BOOTSTRAP
 from components.config import ConfigError
 from scripts.pulumi_harness import load_stack_file, run_stack
@@ -84,8 +84,9 @@ def test_subscription_settings_are_pinned_on_hasura_and_the_tunnel_outlives_the_
         subs["streamingRefetchIntervalMs"])
     assert env["HASURA_GRAPHQL_CLOSE_WEBSOCKETS_ON_METADATA_CHANGE"] == "false"
     assert env["HASURA_GRAPHQL_UNAUTHORIZED_ROLE"] == "anonymous"
-    [graphql_rule, _] = prod.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
-                                 "tunnel-ingress").inputs["config"]["ingresses"]
+    [_, graphql_rule, _] = prod.one(
+        "cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
+        "tunnel-ingress").inputs["config"]["ingresses"]
     origin = graphql_rule["originRequest"]
     cloudflare = PROD[P + "cloudflare"]
     assert origin["keepAliveTimeout"] == cloudflare["originKeepAliveTimeoutSeconds"] > subs[
@@ -123,6 +124,9 @@ def routing(**changes) -> dict:
 
 QUERIES_ON_REPLICAS = ('{{ if $.request.query.operation_type == "query" }}{{ $.read_replicas }}'
                        '{{ else }}{{ $.primary }}{{ end }}')
+UNPARENTHESISED = ('{{ if $.request.query.operation_type == "mutation" }}{{ $.primary }}'
+                   '{{ elif $.request.session?["x-hasura-role"] == "service" && $.request.headers?["x-route-to"] == '
+                   '"reporting" }}{{ $.connection_set.reporting }}{{ else }}{{ $.default }}{{ end }}')
 CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "user"}, "expect": "primary"}
 
 
@@ -133,7 +137,16 @@ CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "use
     (hasura_with(edition="ce", eeLicenseKeyEntry=None, readReplicas=[]), r"hasura\.routing need Hasura Enterprise"),
     (hasura_with(eeLicenseKeyEntry=None), r"hasura\.edition ee needs hasura\.eeLicenseKeyEntry"),
     # a template that does not parse, names an unknown member, or disagrees with its cases
-    (hasura_with(routing=routing(template="{{ if true }}{{ $.primary }}")), r"hasura\.routing: .*never closed"),
+    (hasura_with(routing=routing(template="{{ if true }}{{ $.primary }}")), r"hasura\.routing: .*not Kriti"),
+    # the prod template as it was: an unparenthesised && chain is not Kriti, so pg_add_source would fail
+    (hasura_with(routing=routing(template=UNPARENTHESISED)), r"hasura\.routing: .*Unexpected token '&&'"),
+    (hasura_with(routing=routing(template='{{ if not ($.request.headers?["a"] == "b") }}{{ $.primary }}'
+                                          "{{ else }}{{ $.default }}{{ end }}")), r"without functions"),
+    # cases pg_test_connection_template answers 400 for
+    (hasura_with(routing=routing(cases=[{**CASE, "session": {}}])), r"case 'c': the session has no x-hasura-role"),
+    (hasura_with(routing=routing(cases=[{**CASE, "session": {"x-hasura-role": "admin"}}])),
+     r"case 'c': x-hasura-role is admin"),
+    (hasura_with(routing=routing(cases=[{**CASE, "operationName": "my-query"}])), r"not a GraphQL name"),
     (hasura_with(routing=routing(template="{{ $.connection_set.archive }}")),
      r"hasura\.routing: .*connection_set\.archive .* is not in the connection set \(reporting\)"),
     (hasura_with(routing=routing(cases=[{**CASE, "expect": "connection_set.reporting"}])),
@@ -150,6 +163,16 @@ CASE = {"name": "c", "operationType": "query", "session": {"x-hasura-role": "use
     (hasura_with(routing=routing(cases=[{**CASE, "session": {"role": "user"}}])), r"start with x-hasura-"),
     (hasura_with(readReplicas=["postgres://u:p@db/x"]), r"is not a KV entry name"),
     (hasura_with(pool={"maxConnections": 0}), r"hasura\.pool\.maxConnections: Input should be greater than"),
+    # Hasura keeps 0 as an absent key, read back as 600 after its next metadata load: it could never converge
+    (hasura_with(pool={"connectionLifetimeSeconds": 0}),
+     r"hasura\.pool\.connectionLifetimeSeconds: Input should be greater than or equal to 1"),
+    # header names reach the template as spelled (makeRequestContext: CI.original): a template reading only the
+    # lower-case name does not see a client's canonical "X-Consistency"
+    (hasura_with(routing=routing(
+        template='{{ if $.request.headers?["x-consistency"] == "strong" }}{{ $.primary }}{{ else }}{{ $.default }}'
+                 '{{ end }}',
+        cases=[{**CASE, "headers": {"X-Consistency": "strong"}}])),
+     r"case 'c': the template routes to default, expected primary"),
     (hasura_with(pool={"isolationLevel": "chaos"}), r"hasura\.pool\.isolationLevel"),
     (hasura_with(pool={"maxConnection": 5}), r"hasura\.pool\.maxConnection: Extra inputs are not permitted"),
     # keep-alive longer than the tunnel keeps an idle connection, or than Cloudflare keeps a WebSocket
@@ -195,3 +218,12 @@ def test_the_readme_documents_every_data_layer_setting():
         assert to_camel(field) in readme and field in HasuraConfig.model_fields
     for field in [f for f in CloudflareConfig.model_fields if f.startswith("origin_")]:
         assert to_camel(field) in readme, field
+
+
+def test_no_pool_timeout_and_no_lifetime_reach_the_bootstrap_as_such():
+    from components.config import HasuraConfig
+
+    raw = {**PROD[P + "hasura"], "pool": {"poolTimeoutSeconds": None}}
+    settings = SourceSettings.from_json(HasuraConfig.model_validate(raw).source_settings().to_json())
+    assert settings.pool.pool_timeout is None and settings.pool.connection_lifetime == 600
+    assert "pool_timeout" not in settings.configuration()["connection_info"]["pool_settings"]

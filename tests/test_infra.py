@@ -205,8 +205,13 @@ def test_only_graphql_is_public(run):
     config = run.one("cloudflare:index/zeroTrustTunnelCloudflaredConfig:ZeroTrustTunnelCloudflaredConfig",
                      "tunnel-ingress").inputs
     ingresses = config["config"]["ingresses"]
-    assert len(ingresses) == 2 and ingresses[-1] == {"service": "http_status:404"}
-    rule = ingresses[0]
+    assert len(ingresses) == 3 and ingresses[-1] == {"service": "http_status:404"}
+    # the admin API under /v1/graphql/* is answered 404 before the GraphQL rule (first match wins)
+    admin, rule = ingresses[:2]
+    assert admin == {"hostname": hostname, "path": "^/v1/graphql/+explain", "service": "http_status:404"}
+    for path in ("/v1/graphql/explain", "/v1/graphql//explain", "/v1/graphql/explain/"):
+        assert re.search(admin["path"], path) and re.search(rule["path"], path), path
+    assert not re.search(admin["path"], "/v1/graphql")
     assert rule["hostname"] == hostname
     assert rule["service"] == f"http://hasura.{cfg(run, 'namespace')}.svc.cluster.local:8080"
     path = re.compile(rule["path"])
@@ -362,6 +367,25 @@ def test_topics_users_and_acls(run):
     writer_writes = {a[2] for a in acls if a[0] == "User:graphql-async-writer" and a[1] == "Topic"
                      and a[4] == "Write"}
     assert writer_writes == {"graphql.async.responses.dlq.v1"}
+
+
+def test_a_worker_principal_gets_its_user_acls_and_vault_entries_and_nothing_more():
+    kafka = {**load_stack_file("dev")[P + "kafka"], "workers": [{"name": "billing"}]}
+    run = run_stack("dev", {P + "kafka": kafka})
+    users = {r.inputs["username"] for r in run.of_type("kafka:index/userScramCredential:UserScramCredential")}
+    assert "graphql-async-worker-billing" in users
+    acls = {(a["aclResourceType"], a["aclResourceName"], a["aclOperation"])
+            for a in (r.inputs for r in run.of_type("kafka:index/acl:Acl"))
+            if a["aclPrincipal"] == "User:graphql-async-worker-billing"}
+    assert acls == {("Topic", "graphql.async.requests.v1", "Read"), ("Topic", "graphql.async.requests.v1", "Describe"),
+                    ("Group", "graphql-async-worker-billing", "Read"),
+                    ("Topic", "graphql.async.responses.v1", "Write"),
+                    ("Topic", "graphql.async.responses.v1", "Describe")}
+    entries = {r.inputs["name"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
+    assert {"graphql-kafka-async-worker-billing-username", "graphql-kafka-async-worker-billing-password"} <= entries
+    assert run.outputs["kafka_principals"]["worker-billing"] == "graphql-async-worker-billing"
+    with pytest.raises(Exception, match="worker names must be unique"):
+        run_stack("dev", {P + "kafka": {**kafka, "workers": [{"name": "a"}, {"name": "a"}]}})
 
 
 def test_no_acls_when_the_broker_has_no_authorizer():

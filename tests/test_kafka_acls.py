@@ -10,13 +10,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from app.settings import WriterSettings
-from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
+from components.kafka_access import AsyncTopics, ServicePrincipals, WorkerPrincipal, service_acls, worker_acls
 from tests.support.kafka_admin import apply_acls, create_topics, read_all, upsert_user, wait_until
 from tests.support.services import running_writer
 
 TOPICS = AsyncTopics()  # the production names: the ACLs are literal on them
 PRINCIPALS = ServicePrincipals()
-PASSWORDS = {PRINCIPALS.publisher: "publisher-pass-123", PRINCIPALS.writer: "writer-pass-456"}
+WORKER = WorkerPrincipal("billing")  # another team's worker, declared in the stack's kafka.workers
+PASSWORDS = {PRINCIPALS.publisher: "publisher-pass-123", PRINCIPALS.writer: "writer-pass-456",
+             WORKER.username: "worker-pass-789"}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def secured(kafka):
     create_topics(admin, {TOPICS.requests: 3, TOPICS.responses: 3, TOPICS.dlq: 1})
     for user, password in PASSWORDS.items():
         upsert_user(admin, user, password)
-    apply_acls(admin, service_acls(TOPICS, PRINCIPALS))
+    apply_acls(admin, service_acls(TOPICS, PRINCIPALS) + worker_acls(TOPICS, WORKER))
     return kafka
 
 
@@ -117,3 +119,13 @@ def test_writer_cannot_use_a_foreign_transactional_id(secured):
     with pytest.raises(KafkaException) as refused:
         producer.init_transactions(15)
     assert refused.value.args[0].code() == KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
+
+def test_a_worker_reads_requests_in_its_own_group_and_writes_responses_only(secured):
+    config = as_user(secured, WORKER.username)
+    wait_until(lambda: authorized(try_produce(config, TOPICS.responses)), what="worker may write responses")
+    assert authorized(try_consume(config, TOPICS.requests, WORKER.group))
+    assert denied(try_consume(config, TOPICS.requests, PRINCIPALS.writer_group))  # nobody else's group
+    assert denied(try_consume(config, TOPICS.responses, WORKER.group))  # never the other workers' answers
+    assert denied(try_produce(config, TOPICS.requests))
+    assert denied(try_produce(config, TOPICS.dlq))

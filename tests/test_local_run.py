@@ -37,8 +37,8 @@ def stop(proc: subprocess.Popen) -> None:
             proc.kill()
 
 
-def test_local_run_demo_and_ctrl_c(tmp_path):
-    data = tmp_path / "local"
+def test_local_run_demo_and_ctrl_c(reachable_tmp):
+    data = reachable_tmp / "local"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--publisher-port",
                              str(port)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,14 +56,16 @@ def test_local_run_demo_and_ctrl_c(tmp_path):
     assert proc.returncode == 0, output
     assert f"publisher listening on http://127.0.0.1:{port}" in output
     assert "curl -s -X POST" in output and "X-Async-Action-Secret" in output
+    assert '"request_id": "curl-' in output  # pasting the call twice replays it instead of making a second row
+    assert "\033[" not in output  # not a terminal: no colour codes
     assert '"status": "completed"' in output and '"handled_by": "demo-worker"' in output
     assert f"data lives in {data}" in output
     assert processes_mentioning(str(data)) == []  # nothing left running
 
 
-def test_services_do_not_outlive_a_killed_local_run(tmp_path):
+def test_services_do_not_outlive_a_killed_local_run(reachable_tmp):
     """Even a SIGKILLed orchestrator (no chance to clean up) takes its service processes with it."""
-    data = tmp_path / "local"
+    data = reachable_tmp / "local"
     proc = subprocess.Popen([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--publisher-port",
                              str(free_port())], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -98,10 +100,10 @@ def start_up(data: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
     raise AssertionError("".join(lines))
 
 
-def test_second_up_is_refused_state_names_every_principal_and_extra_services_run(tmp_path):
+def test_second_up_is_refused_state_names_every_principal_and_extra_services_run(reachable_tmp):
     import json
 
-    data = tmp_path / "local"
+    data = reachable_tmp / "local"
     first, _ = start_up(data, "--no-worker")
     try:
         second = subprocess.run([sys.executable, "-m", "scripts.local_run", "--data", str(data), "--once"], cwd=REPO,
@@ -111,6 +113,8 @@ def test_second_up_is_refused_state_names_every_principal_and_extra_services_run
         principals = state["kafka_principals"]
         assert principals["admin (super user)"] == {"username": "admin", "password": "admin-secret"}
         assert {"publisher", "writer"} <= set(principals) and state["kafka_bootstrap"] and state["database_url"]
+        # the demo worker is a least-privilege worker principal, not the super user
+        assert principals["worker"]["username"] == "graphql-async-worker-demo"
         assert {"pg_port", "kafka_port", "controller_port", "publisher_port", "writer_health_port"} <= set(state)
         # the documented extra-service command: the DLQ reader connects with the stored super-user credentials
         dlq = subprocess.run([sys.executable, "-m", "scripts.local_service", "dlq", "--data", str(data)], cwd=REPO,
@@ -136,9 +140,9 @@ def test_second_up_is_refused_state_names_every_principal_and_extra_services_run
     assert processes_mentioning(str(data)) == []
 
 
-def test_shutdown_does_not_depend_on_the_terminal(tmp_path):
+def test_shutdown_does_not_depend_on_the_terminal(reachable_tmp):
     """`up | tee log`, then Ctrl-C kills tee first: every print after that hits a closed pipe."""
-    data = tmp_path / "local"
+    data = reachable_tmp / "local"
     proc, _ = start_up(data)
     proc.stdout.close()  # the reader is gone
     proc.send_signal(signal.SIGINT)
@@ -147,8 +151,8 @@ def test_shutdown_does_not_depend_on_the_terminal(tmp_path):
     assert processes_mentioning(str(data)) == []
 
 
-def test_an_orphaned_broker_of_a_killed_run_is_stopped_not_reported_ready(tmp_path):
-    data = tmp_path / "local"
+def test_an_orphaned_broker_of_a_killed_run_is_stopped_not_reported_ready(reachable_tmp):
+    data = reachable_tmp / "local"
     proc, _ = start_up(data)
     proc.kill()  # no cleanup: PostgreSQL and the broker stay behind
     proc.wait(10)

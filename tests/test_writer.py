@@ -177,7 +177,8 @@ def test_crash_between_write_and_commit_duplicates_and_loses_nothing(kafka, db, 
             raise Crash()
 
     # one batch of exactly these 12 messages, however slowly the broker hands them over
-    settings = writer_settings.model_copy(update={"writer_batch_size": 12, "writer_batch_wait_seconds": 20})
+    settings = writer_settings.model_copy(update={"writer_batch_size": 12, "writer_batch_wait_seconds": 20,
+                                                  "writer_batch_linger_ms": 20_000})
     with running_writer(settings, CrashingWriter) as (crashed, failure):
         wait_until(lambda: failure, what="the writer to crash before its commit")
     assert isinstance(failure[0], Crash)

@@ -6,13 +6,32 @@ secret, known command types, required and unknown argument keys, tracked-table a
 custom-type references, `already-tracked` / `already-exists` errors, `resource_version`
 conflicts, and `bulk` that stops at the first failure without applying anything.
 
-Source configuration: `pg_add_source` with `replace_configuration` checks the PGConfiguration shape
-(connection_info, pool_settings, isolation_level, read_replicas, connection_set, connection_template);
-as Community Edition (`edition="ce"`) it answers 400 `not-supported` for the Enterprise parts and for
-`pg_test_connection_template`, as Hasura CE does. As Enterprise it routes a test request with the
-project's own Kriti subset (app/connection_template.py) — not Hasura's Kriti engine, so it proves the
-bootstrap's calls and comparisons, not Kriti semantics; `route_overrides` makes it answer differently,
-the way a real Hasura could disagree with the offline check.
+Sources behave as graphql-engine's source says (server/src-lib/Hasura/...; kriti-lang at c8fd863d):
+- `pg_add_source` (RQL/DDL/Schema/Source.hs, `runAddSource`): `replace_configuration` replaces the
+  configuration *and* the customization, with the request's or the empty one; without it an existing
+  source is `already-exists`. The configuration is stored as Hasura re-exports it
+  (Backends/Postgres/Connection/Settings.hs): use_prepared_statements and isolation_level always present,
+  pool keys as given except connection_lifetime through `parseConnLifeTime` (absent -> 600, 0 -> omitted),
+  no default pool_timeout, `connection_template` with its `version` (only 1 is supported), extensions_schema
+  "public" omitted, a connection set non-empty with unique names. The template must parse as Kriti
+  (`FromJSON KritiTemplate`, parsed with app/hasura/kriti, which tests/test_kriti_corpus.py holds to
+  kriti-lang's own corpus) or the command fails `parse-failed`.
+- Community Edition (`edition="ce"`) accepts and stores read_replicas, connection_set and connection_template
+  without a word: the metadata parser is the same, only CE's source resolver ignores them
+  (Hasura/App.hs, `mkPgSourceResolver`: no replica pools, `ConnTemplate_NotApplicable`). Only
+  `pg_test_connection_template` says so: 400 `not-supported`.
+- `pg_test_connection_template` (RQL/DDL/ConnectionTemplate.hs; Backends/Postgres/Execute/Types.hs,
+  `pgResolveConnectionTemplate`): source_name defaults to "default"; a template in the request is used,
+  else the source's, else 400 `template-resolution-failed`; the request context is read as Hasura reads it
+  (`FromJSON RequestContext` / `QueryContext`: an operation type of query/mutation/subscription, an operation
+  name that is a GraphQL name, string headers and session values: else `parse-failed`); no `x-hasura-role`
+  or the admin role is 400 `invalid-params`. The answer is evaluated here, independently of
+  app/hasura/connection_template.py: this module builds Hasura's context itself (`makeConnectionTemplateContext`,
+  Execute/ConnectionTemplate.hs: "PRIMARY", "READ_REPLICAS", "DEFAULT", {"type": "connection_set", "name"}),
+  runs the Kriti evaluator with no functions (`Kriti.runEval`), reads the result as
+  `FromJSON PostgresResolvedConnectionTemplate` does and answers `{"result": {"routing_to", "value"}}`;
+  a Kriti error is 400 `template-resolution-failed`. `route_overrides` makes it answer differently, the way
+  a real Hasura could disagree with the offline check.
 """
 
 from __future__ import annotations
@@ -24,7 +43,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from app.connection_template import RequestContext, TemplateError, evaluate, parse
+from app.hasura.kriti import KritiError, aeson, run_eval
+from app.hasura.kriti import parse as parse_kriti
 
 GRAPHQL_TYPE = re.compile(r"^\[?[A-Za-z_][A-Za-z0-9_]*!?\]?!?$")
 ROOT_FIELDS_QUERY = {"select", "select_by_pk", "select_aggregate"}
@@ -33,7 +53,9 @@ BUILTIN_SCALARS = {"String", "Int", "Float", "Boolean", "ID", "json", "jsonb", "
 POOL_KEYS = {"max_connections", "total_max_connections", "idle_timeout", "retries", "pool_timeout",
              "connection_lifetime"}
 ISOLATION = {"read-committed", "repeatable-read", "serializable"}
-ENTERPRISE = ("read_replicas", "connection_set", "connection_template")
+ROLE_KEY, ADMIN = "x-hasura-role", "admin"
+GRAPHQL_NAME = re.compile(r"^[_A-Za-z][_0-9A-Za-z]*$")
+TAGS = {"PRIMARY": "primary", "READ_REPLICAS": "read_replicas", "DEFAULT": "default"}
 
 
 class MetadataError(Exception):
@@ -120,70 +142,146 @@ class HasuraStandIn:
         raise MetadataError("not-exists", f"table {table} is not tracked")
 
     # --------------------------------------------------------------- source configuration
-    def _connection_info(self, info: Any, where: str) -> None:
+    def _connection_info(self, info: Any, where: str) -> dict:
+        """Check a PostgresSourceConnInfo and return it as Hasura stores and exports it."""
         _keys(info, {"database_url"}, {"pool_settings", "isolation_level", "use_prepared_statements",
                                        "ssl_configuration", "extensions_schema"}, where)
         url = info["database_url"]
         if not (isinstance(url, str) or (isinstance(url, dict) and set(url) == {"from_env"})):
             raise MetadataError("parse-failed", f"{where}.database_url: a URL or {{from_env}}")
-        pool = _keys(info.get("pool_settings", {}), set(), POOL_KEYS, f"{where}.pool_settings")
-        for key, value in pool.items():
-            if not (isinstance(value, int) and value >= 0):
-                raise MetadataError("parse-failed", f"{where}.pool_settings.{key}: a non-negative integer")
         if info.get("isolation_level", "read-committed") not in ISOLATION:
             raise MetadataError("parse-failed", f"{where}.isolation_level: one of {sorted(ISOLATION)}")
+        stored = {"database_url": url, "isolation_level": info.get("isolation_level", "read-committed"),
+                  "use_prepared_statements": bool(info.get("use_prepared_statements", False))}
+        if info.get("pool_settings") is not None:
+            pool = _keys(info["pool_settings"], set(), POOL_KEYS, f"{where}.pool_settings")
+            for key, value in pool.items():
+                if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+                    raise MetadataError("parse-failed", f"{where}.pool_settings.{key}: a non-negative integer")
+            pool = {k: v for k, v in pool.items() if v is not None}
+            lifetime = pool.pop("connection_lifetime", 600)  # parseConnLifeTime: absent -> 600, 0 -> Nothing
+            if lifetime != 0:
+                pool["connection_lifetime"] = lifetime
+            stored["pool_settings"] = pool
+        if info.get("ssl_configuration") is not None:
+            stored["ssl_configuration"] = copy.deepcopy(info["ssl_configuration"])
+        return stored
+
+    def _configuration(self, config: Any) -> dict:
+        """`FromJSON PostgresConnConfiguration`, then its ToJSON: the same for CE and EE."""
+        _keys(config, {"connection_info"}, {"read_replicas", "connection_set", "connection_template",
+                                            "extensions_schema"}, "configuration")
+        stored = {"connection_info": self._connection_info(config["connection_info"], "connection_info")}
+        if config.get("read_replicas") is not None:
+            if not isinstance(config["read_replicas"], list) or not config["read_replicas"]:
+                raise MetadataError("parse-failed", "read_replicas: a non-empty list")
+            stored["read_replicas"] = [self._connection_info(r, f"read_replicas[{i}]")
+                                       for i, r in enumerate(config["read_replicas"])]
+        if config.get("extensions_schema") not in (None, "public"):
+            stored["extensions_schema"] = config["extensions_schema"]
+        if config.get("connection_template") is not None:
+            stored["connection_template"] = self._template(config["connection_template"])
+        if config.get("connection_set") is not None:
+            members = config["connection_set"]
+            if not isinstance(members, list) or not members:
+                raise MetadataError("parse-failed", "connection set cannot be empty")
+            names = [_keys(m, {"name", "connection_info"}, set(), f"connection_set[{i}]")["name"]
+                     for i, m in enumerate(members)]
+            if len(set(names)) != len(names) or not all(isinstance(n, str) and n for n in names):
+                raise MetadataError("parse-failed", "connection set members with duplicate names are not allowed")
+            stored["connection_set"] = [{"name": m["name"], "connection_info": self._connection_info(
+                m["connection_info"], f"connection_set[{i}].connection_info")} for i, m in enumerate(members)]
+        return stored
+
+    def _template(self, template: Any) -> dict:
+        """`FromJSON ConnectionTemplate`: version 1 (the default) and a template that parses as Kriti."""
+        _keys(template, {"template"}, {"version"}, "connection_template")
+        version = template.get("version", 1)
+        if version != 1:
+            raise MetadataError("parse-failed", "Supported versions are [1]")
+        if not isinstance(template["template"], str):
+            raise MetadataError("parse-failed", "connection_template.template: a string")
+        try:
+            parse_kriti(template["template"])
+        except KritiError as exc:
+            raise MetadataError("parse-failed", f"Kriti template parsing failed - {exc.message}") from None
+        return {"version": version, "template": template["template"]}
 
     def _pg_add_source(self, md: dict, args: Any) -> None:
-        _keys(args, {"name", "configuration"}, {"replace_configuration", "customization"})
-        config = _keys(args["configuration"], {"connection_info"},
-                       {*ENTERPRISE, "extensions_schema"}, "configuration")
-        if self.edition == "ce" and any(key in config for key in ENTERPRISE):
-            raise MetadataError("not-supported", "read replicas, connection sets and connection templates are "
-                                "available in Hasura Cloud and Enterprise")
-        self._connection_info(config["connection_info"], "connection_info")
-        for i, replica in enumerate(config.get("read_replicas", [])):
-            self._connection_info(replica, f"read_replicas[{i}]")
-        members = set()
-        for i, member in enumerate(config.get("connection_set", [])):
-            _keys(member, {"name", "connection_info"}, set(), f"connection_set[{i}]")
-            self._connection_info(member["connection_info"], f"connection_set[{i}].connection_info")
-            members.add(member["name"])
-        if "connection_template" in config:
-            _keys(config["connection_template"], {"template"}, set(), "connection_template")
-            try:
-                parse(config["connection_template"]["template"])
-            except TemplateError as exc:
-                raise MetadataError("parse-failed", f"connection_template: {exc}") from None
+        _keys(args, {"name", "configuration"}, {"replace_configuration", "customization", "health_check"})
+        config = self._configuration(args["configuration"])
+        customization = copy.deepcopy(args.get("customization") or {})
         existing = next((s for s in md["sources"] if s["name"] == args["name"]), None)
         if existing is not None and not args.get("replace_configuration"):
             raise MetadataError("already-exists", f"source with name {args['name']!r} already exists")
         if existing is None:
-            md["sources"].append({"name": args["name"], "kind": "postgres", "tables": [],
-                                  "configuration": copy.deepcopy(config)})
-        else:
-            existing["configuration"] = copy.deepcopy(config)
+            existing = {"name": args["name"], "kind": "postgres", "tables": []}
+            md["sources"].append(existing)
+        existing["configuration"] = config  # replace_configuration: configuration and customization both
+        existing.pop("customization", None)
+        if customization:
+            existing["customization"] = customization
 
     def _pg_test_connection_template(self, md: dict, args: Any) -> dict:
+        _keys(args, {"request_context"}, {"source_name", "connection_template"})
+        source = self._source(md, args.get("source_name", "default"))
         if self.edition == "ce":
-            raise MetadataError("not-supported", "connection templates are available in Hasura Cloud and Enterprise")
-        _keys(args, {"source_name", "request_context"}, {"connection_template"})
-        context = _keys(args["request_context"], set(), {"headers", "session", "query"}, "request_context")
-        query = _keys(context.get("query", {}), {"operation_type"}, {"operation_name"}, "request_context.query")
-        config = self._source(md, args["source_name"])["configuration"]
-        template = (args.get("connection_template") or config.get("connection_template") or {}).get("template")
+            raise MetadataError("not-supported", "Connection templating feature is enterprise edition only")
+        config = source["configuration"]
+        template = (self._template(args["connection_template"]) if args.get("connection_template") is not None
+                    else config.get("connection_template"))
         if template is None:
-            raise MetadataError("not-exists", "the source has no connection template")
-        override = self.route_overrides.get(query.get("operation_name") or "")
+            raise MetadataError("template-resolution-failed", "Connection template not defined for the source")
+        request = self._request_context(args["request_context"])
+        role = next((v for k, v in request["session"].items() if k == ROLE_KEY), None)
+        if not role:
+            raise MetadataError("invalid-params", "No `x-hasura-role` found in session variables. Please try again "
+                                "with non-admin 'x-hasura-role' in the session context.")
+        if role == ADMIN:
+            raise MetadataError("invalid-params", "Only requests made with a non-admin context can resolve the "
+                                "connection template. Please try again with non-admin 'x-hasura-role' in the "
+                                "session context.")
+        override = self.route_overrides.get((request.get("query") or {}).get("operation_name") or "")
         if override is not None:
             return {"result": override}
-        members = {m["name"] for m in config.get("connection_set", [])}
-        request = RequestContext(headers=context.get("headers", {}), session=context.get("session", {}),
-                                 operation_type=query["operation_type"], operation_name=query.get("operation_name"))
+        members = [m["name"] for m in config.get("connection_set", [])]
+        context = {"request": request, "primary": "PRIMARY", "read_replicas": "READ_REPLICAS", "default": "DEFAULT",
+                   "connection_set": {m: {"type": "connection_set", "name": m} for m in members}}
         try:
-            route = evaluate(parse(template), request, members)
-        except TemplateError as exc:
-            raise MetadataError("template-resolution-failed", str(exc)) from None
-        return {"result": {"routing_to": route.routing_to, "value": route.value}}
+            value = aeson.to_python(run_eval(template["template"], parse_kriti(template["template"]),
+                                             {"$": aeson.from_python(context)}))
+        except KritiError as exc:
+            raise MetadataError("template-resolution-failed",
+                                f"Connection template evaluation failed: {exc.message}") from None
+        if isinstance(value, str) and value in TAGS:
+            return {"result": {"routing_to": TAGS[value], "value": None}}
+        if (isinstance(value, dict) and value.get("type") == "connection_set" and isinstance(value.get("name"), str)
+                and value["name"]):
+            return {"result": {"routing_to": "connection_set", "value": value["name"]}}
+        raise MetadataError("parse-failed", f"not a resolved connection template: {json.dumps(value)[:200]}")
+
+    @staticmethod
+    def _request_context(context: Any) -> dict:
+        """`FromJSON RequestContext`: headers and session default to {}, query is optional; what the template
+        sees (session names lower-cased by SessionVariables' ToJSON, the operation name omitted when absent)."""
+        _keys(context, set(), {"headers", "session", "query"}, "request_context")
+        out: dict[str, Any] = {}
+        for part in ("headers", "session"):
+            values = context.get(part) or {}
+            if not isinstance(values, dict) or not all(isinstance(v, str) for v in values.values()):
+                raise MetadataError("parse-failed", f"request_context.{part}: an object of strings")
+            out[part] = {k.lower(): v for k, v in values.items()} if part == "session" else dict(values)
+        query = context.get("query")
+        if query is not None:
+            _keys(query, {"operation_type"}, {"operation_name"}, "request_context.query")
+            if query["operation_type"] not in ("query", "mutation", "subscription"):
+                raise MetadataError("parse-failed", "operation type can only be one of the following: query, "
+                                    "mutation or subscription")
+            name = query.get("operation_name")
+            if name is not None and not (isinstance(name, str) and GRAPHQL_NAME.match(name)):
+                raise MetadataError("parse-failed", f"operation_name: {name!r} is not a valid GraphQL name")
+            out["query"] = {k: v for k, v in query.items() if v is not None}
+        return out
 
     # --------------------------------------------------------------- commands
     def _pg_track_table(self, md: dict, args: Any) -> None:

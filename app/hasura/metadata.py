@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.hasura_source import FLOW_ROLES, SourceSettings, plan_source_command
+from app.hasura.source import FLOW_ROLES, SourceSettings, plan_source_command
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER
 
 TABLE = {"schema": "graphql", "name": "client_async_messages"}

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.connection_template import RequestContext, Route, TemplateError
+from app.hasura.connection_template import RequestContext, Route, TemplateError
 
 PRIMARY_URL_ENV = "HASURA_GRAPHQL_DATABASE_URL"
 ISOLATION_LEVELS = ("read-committed", "repeatable-read", "serializable")
@@ -33,22 +33,27 @@ def connection_set_url_env(member: str) -> str:
 
 @dataclass(frozen=True)
 class PoolSettings:
-    """Per-connection pool of each Hasura instance (Hasura's pool_settings; times in seconds)."""
+    """Per-connection pool of each Hasura instance (Hasura's pool_settings; times in seconds).
+
+    `pool_timeout` None: wait for a connection as long as it takes (Hasura has no default for it);
+    `connection_lifetime` 0: never recycle a connection (Hasura stores that as "no lifetime")."""
 
     max_connections: int = 20
     idle_timeout: int = 60
-    pool_timeout: int = 10
+    pool_timeout: int | None = 10
     connection_lifetime: int = 600
     retries: int = 1
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
+            if name == "pool_timeout" and value is None:
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if name == "max_connections" else 0):
                 raise ValueError(f"pool {name} must be a {'positive' if name == 'max_connections' else 'whole'} "
                                  f"number, not {value!r}")
 
     def as_metadata(self) -> dict[str, int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,15 @@ class SourceSettings:
             raise ValueError("read replicas, connection sets and connection templates need Hasura Enterprise (ee)")
         if self.cases and self.template is None:
             raise ValueError("routing cases need a connection template")
+        for case in self.cases:  # the bootstrap sends each to pg_test_connection_template
+            problems = case.request.problems()
+            if problems:
+                raise ValueError(f"case {case.name!r}: " + "; ".join(problems))
+
+    @property
+    def enterprise(self) -> bool:
+        """Uses what only Hasura Enterprise acts on (CE stores it and ignores it)."""
+        return bool(self.read_replica_envs or self.connection_set or self.template)
 
     # ------------------------------------------------------------ metadata
     def _connection(self, env: str) -> dict[str, Any]:
@@ -119,7 +133,7 @@ class SourceSettings:
             config["connection_set"] = [{"name": member, "connection_info": self._connection(env)}
                                         for member, env in self.connection_set]
         if self.template is not None:
-            config["connection_template"] = {"template": self.template}
+            config["connection_template"] = {"version": TEMPLATE_VERSION, "template": self.template}
         return config
 
     def routing_cases(self) -> list[RoutingCase]:
@@ -134,7 +148,8 @@ class SourceSettings:
                     **({"forbid": str(c.forbid)} if c.forbid else {})}
 
         return json.dumps({
-            "edition": self.edition, "pool": self.pool.as_metadata(), "isolation_level": self.isolation_level,
+            "edition": self.edition, "pool": asdict(self.pool),  # None kept: "wait forever"
+            "isolation_level": self.isolation_level,
             "read_replica_envs": list(self.read_replica_envs),
             "connection_set": {member: env for member, env in self.connection_set},
             "template": self.template, "cases": [case(c) for c in self.cases],
@@ -173,39 +188,72 @@ class SourceSettings:
 
 
 # ---------------------------------------------------------------- comparing with an export
+# What Hasura exports for a configuration it was sent (graphql-engine Backends/Postgres/Connection/Settings.hs):
+# `PostgresSourceConnInfo` always carries use_prepared_statements (default false) and isolation_level (default
+# read-committed); `PostgresPoolSettings` keeps only the keys given, except connection_lifetime, which goes
+# through `parseConnLifeTime` (Hasura/Server/Utils.hs): absent -> 600, 0 -> none (so omitted on export);
+# `ConnectionTemplate` is exported with its version (default 1); extensions_schema "public" is omitted.
 CONNECTION_DEFAULTS = {"isolation_level": "read-committed", "use_prepared_statements": False}
-POOL_DEFAULTS = {"max_connections": 50, "idle_timeout": 180, "pool_timeout": 360, "connection_lifetime": 600,
-                 "retries": 1}
+DEFAULT_LIFETIME = 600
+TEMPLATE_VERSION = 1
 
 
-def _normal_connection(info: dict[str, Any]) -> dict[str, Any]:
-    """Hasura omits defaults on export: fill them in so an exported and a desired connection compare equal."""
-    info = {**CONNECTION_DEFAULTS, **info}
-    info["pool_settings"] = {**POOL_DEFAULTS, **(info.get("pool_settings") or {})}
-    return info
-
-
-def normalize(config: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: v for k, v in config.items() if k not in ("connection_info", *ENTERPRISE_KEYS)}
-    out["connection_info"] = _normal_connection(config.get("connection_info") or {})
-    replicas = config.get("read_replicas") or []
-    if replicas:
-        out["read_replicas"] = [_normal_connection(r) for r in replicas]
-    members = sorted(config.get("connection_set") or [], key=lambda m: m.get("name", ""))
-    if members:
-        out["connection_set"] = [{"name": m.get("name"), "connection_info": _normal_connection(
-            m.get("connection_info") or {})} for m in members]
-    template = (config.get("connection_template") or {}).get("template")
-    if template is not None:
-        out["connection_template"] = {"template": template}
+def _stored_connection(info: dict[str, Any]) -> dict[str, Any]:
+    """The connection Hasura stores (and exports) for a connection_info it was sent."""
+    out = {**CONNECTION_DEFAULTS, **{k: v for k, v in info.items() if v is not None}}
+    pool = info.get("pool_settings")
+    if pool is not None:
+        pool = {k: v for k, v in pool.items() if v is not None}
+        lifetime = pool.pop("connection_lifetime", DEFAULT_LIFETIME)
+        if lifetime != 0:
+            pool["connection_lifetime"] = lifetime
+        out["pool_settings"] = pool
     return out
 
 
+def _exported_connection(info: dict[str, Any]) -> dict[str, Any]:
+    """An exported connection, with the defaults an older export may leave out filled in (pools as they are)."""
+    return {**CONNECTION_DEFAULTS, **{k: v for k, v in info.items() if v is not None}}
+
+
+def _configuration(config: dict[str, Any], connection) -> dict[str, Any]:  # noqa: ANN001 - one of the two above
+    out: dict[str, Any] = {k: v for k, v in config.items()
+                           if k not in ("connection_info", "extensions_schema", *ENTERPRISE_KEYS)}
+    if config.get("extensions_schema") not in (None, "public"):
+        out["extensions_schema"] = config["extensions_schema"]
+    out["connection_info"] = connection(config.get("connection_info") or {})
+    if config.get("read_replicas"):
+        out["read_replicas"] = [connection(r) for r in config["read_replicas"]]
+    if config.get("connection_set"):  # a hash map in Hasura: its export order means nothing
+        out["connection_set"] = sorted(({"name": m.get("name"), "connection_info": connection(
+            m.get("connection_info") or {})} for m in config["connection_set"]), key=lambda m: str(m["name"]))
+    template = config.get("connection_template")
+    if template is not None:
+        out["connection_template"] = {"version": template.get("version", TEMPLATE_VERSION),
+                                      "template": template.get("template")}
+    return out
+
+
+def stored(config: dict[str, Any]) -> dict[str, Any]:
+    """What Hasura's export shows after a `pg_add_source` with this configuration."""
+    return _configuration(config, _stored_connection)
+
+
+def as_exported(config: dict[str, Any]) -> dict[str, Any]:
+    """An exported configuration, comparable with `stored(...)`."""
+    return _configuration(config, _exported_connection)
+
+
 def plan_source_command(source: dict[str, Any], desired: SourceSettings) -> dict[str, Any] | None:
-    """One `pg_add_source` (replace_configuration) when the exported `source` differs from `desired`, else None."""
+    """One `pg_add_source` (replace_configuration) when the exported `source` differs from `desired`, else None.
+
+    replace_configuration also replaces the source's customization with the request's (empty when absent:
+    `runAddSource`, RQL/DDL/Schema/Source.hs), so the exported one is sent back unchanged."""
     exported = source.get("configuration") or {}
     want = desired.configuration(exported)
-    if normalize(exported) == normalize(want):
+    if as_exported(exported) == stored(want):
         return None
-    return {"type": "pg_add_source",
-            "args": {"name": source["name"], "configuration": want, "replace_configuration": True}}
+    args: dict[str, Any] = {"name": source["name"], "configuration": want, "replace_configuration": True}
+    if source.get("customization"):
+        args["customization"] = source["customization"]
+    return {"type": "pg_add_source", "args": args}
