@@ -6,12 +6,13 @@ from pathlib import Path
 import pulumi
 
 from app.settings import ACTION_NAME, TABLE
-from components.async_flow import AsyncFlow, AsyncFlowArgs
+from components.async_flow import AsyncFlow, AsyncFlowArgs, kafka_ca_reads
 from components.config import load_stack_config
 from components.hasura import Hasura, HasuraArgs
 from components.images import ServiceImages, ServiceImagesArgs
 from components.kafka import KafkaAccess, KafkaAccessArgs
 from components.kafka_access import ServicePrincipals
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
 from components.vault_access import VaultAccess, VaultAccessArgs
 from components.verify import DeploymentVerification, DeploymentVerificationArgs
@@ -27,12 +28,14 @@ hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, k
 edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
                                                 origin=hasura_args.url)) if cfg.cloudflare.enabled else None
 
-kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka_admin_password, principals=principals))
+kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka_admin_password, principals=principals,
+                                             kv_mount=mount))
 
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, vault=cfg.vault, database_url=cfg.database_url,
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
-    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads}))
+    kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads, **kafka_ca_reads(cfg.kafka)},
+    database_port=cfg.network.database_port))
 
 connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault,
                             cloudflare=cfg.cloudflare), opts=pulumi.ResourceOptions(depends_on=[vault]))
@@ -41,8 +44,13 @@ images = ServiceImages("images", ServiceImagesArgs(config=cfg.images, context=RO
 
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
-    kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals),
+    kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals,
+    database_roles_version=vault.database_roles_version),
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
+
+# default deny in and out, then exactly the drawing's flows
+NetworkPolicies("network", NetworkPoliciesArgs(namespace=ns, network=cfg.network, vault_address=cfg.vault.address,
+                                               kafka_servers=cfg.kafka.bootstrap_servers))
 
 if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(

@@ -6,6 +6,7 @@ only the metadata commands that differ from `export_metadata`, as one `bulk` cal
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -16,6 +17,7 @@ import psycopg
 
 from app import logs
 from app.db import apply_schema, is_transient
+from app.db_roles import apply_service_roles
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
@@ -46,9 +48,14 @@ def _retry(what: str, attempt, deadline: float, transient) -> Any:
 
 
 def bootstrap_database(settings: BootstrapSettings) -> None:
+    verifiers = json.loads(settings.async_database_roles.get_secret_value()) if settings.async_database_roles else {}
+
     def attempt() -> None:
         with psycopg.connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as conn:
             apply_schema(conn)
+            if verifiers:
+                roles = apply_service_roles(conn, verifiers)
+                log.info("service database roles in place", extra={"roles": roles})
 
     _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)
     log.info("table graphql.client_async_messages is in place")

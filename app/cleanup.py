@@ -1,7 +1,8 @@
 """Cleanup: delete expired rows in bounded primary-key batches, each its own short transaction.
 
 Safe beside the writer, the publisher and another cleanup: rows another transaction holds are
-skipped (SKIP LOCKED) and picked up by a later batch or run. No ctid: YugabyteDB has none.
+skipped (SKIP LOCKED) and picked up by a later batch or run. No ctid: YugabyteDB has none. The delete
+is the function graphql.delete_expired_messages (schema.sql): the only thing the cleanup's role may do.
 """
 
 from __future__ import annotations
@@ -21,15 +22,8 @@ from app.settings import CleanupSettings
 
 log = logging.getLogger("app.cleanup")
 
-DELETE_EXPIRED_BATCH = """
-DELETE FROM graphql.client_async_messages
- WHERE request_id IN (
-       SELECT request_id FROM graphql.client_async_messages
-        WHERE expires_at < now()
-        ORDER BY expires_at
-        LIMIT %s
-        FOR UPDATE SKIP LOCKED)
-"""
+# schema.sql: the same bounded, SKIP LOCKED delete, as the one function the cleanup's role may run
+DELETE_EXPIRED_BATCH = "SELECT graphql.delete_expired_messages(%s)"
 
 
 @dataclass
@@ -63,7 +57,7 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
                 if conn is None or conn.closed:
                     conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
                                            application_name="graphql-async-cleanup")
-                deleted = conn.execute(DELETE_EXPIRED_BATCH, (batch_size,)).rowcount
+                deleted = conn.execute(DELETE_EXPIRED_BATCH, (batch_size,)).fetchone()[0]
             except psycopg.Error as exc:
                 if not is_transient(exc):
                     raise

@@ -36,3 +36,20 @@ CREATE INDEX IF NOT EXISTS client_async_messages_expires_idx
 -- the outbox relay's scan of rows not yet on Kafka
 CREATE INDEX IF NOT EXISTS client_async_messages_unpublished_idx
     ON graphql.client_async_messages (created_at) WHERE status = 'pending';
+
+-- the cleanup's only privilege: delete expired rows, in a bounded batch, skipping rows another transaction holds.
+-- SECURITY DEFINER: its role needs no table privilege (FOR UPDATE would demand an UPDATE grant); search_path pinned.
+CREATE OR REPLACE FUNCTION graphql.delete_expired_messages(batch_size integer) RETURNS integer
+    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH gone AS (
+        DELETE FROM graphql.client_async_messages
+         WHERE request_id IN (
+               SELECT request_id FROM graphql.client_async_messages
+                WHERE expires_at < now()
+                ORDER BY expires_at
+                LIMIT batch_size
+                FOR UPDATE SKIP LOCKED)
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+REVOKE ALL ON FUNCTION graphql.delete_expired_messages(integer) FROM PUBLIC;

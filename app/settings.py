@@ -90,6 +90,8 @@ class KafkaSettings(_Base):
     kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-256"
     kafka_username: str | None = None
     kafka_password: SecretStr | None = None
+    # PEM of the CA that signed the brokers' certificates (SASL_SSL): the file the Vault agent renders
+    kafka_ssl_ca_location: str | None = None
     async_requests_topic: str = REQUESTS_TOPIC
     async_responses_topic: str = RESPONSES_TOPIC
     async_dlq_topic: str = DLQ_TOPIC
@@ -97,6 +99,13 @@ class KafkaSettings(_Base):
     def client_config(self) -> dict[str, str]:
         """librdkafka settings shared by every producer and consumer."""
         config = {"bootstrap.servers": self.kafka_bootstrap_servers, "security.protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.endswith("SSL"):
+            # librdkafka checks the broker's certificate and hostname (ssl.endpoint.identification.algorithm https,
+            # its default) against this CA, not the image's trust store
+            if not self.kafka_ssl_ca_location:
+                raise SettingsError(
+                    f"KafkaSettings: KAFKA_SSL_CA_LOCATION is required with {self.kafka_security_protocol}")
+            config |= {"ssl.ca.location": self.kafka_ssl_ca_location, "ssl.endpoint.identification.algorithm": "https"}
         if self.kafka_security_protocol.startswith("SASL"):
             if not self.kafka_username or self.kafka_password is None:
                 raise SettingsError(
@@ -199,6 +208,8 @@ class CleanupSettings(DatabaseSettings):
 class BootstrapSettings(DatabaseSettings):
     hasura_endpoint: str = "http://hasura.graphql.svc.cluster.local:8080"
     hasura_admin_secret: SecretStr
+    # JSON {role: SCRAM-SHA-256 verifier} for the services' own database roles (app/db_roles.py); unset: none made
+    async_database_roles: SecretStr | None = None
     hasura_source: str = "default"
     action_handler_url: str = (
         "http://graphql-async-request-publisher.graphql.svc.cluster.local:8080/action/publish_async_request"

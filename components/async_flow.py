@@ -1,5 +1,5 @@
 """The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer StatefulSet,
-cleanup CronJob, their service accounts, and a network policy that lets only Hasura reach the publisher."""
+cleanup CronJob and their service accounts (who may reach them: components/network_policy.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,30 @@ import pulumi_kubernetes as k8s
 
 from components.config import AsyncFlowConfig, HasuraConfig, KafkaConfig
 from components.k8s import (
+    IMAGE_PULL_POLICY,
     Resources,
     VaultFile,
     child,
     container_security,
+    disruption_budget,
     labels,
     pod_security,
     selector,
+    spread,
     vault_agent_annotations,
+    vault_token_volume,
 )
 from components.kafka_access import AsyncTopics, ServicePrincipals
 from components.monitoring import FlowMonitoringArgs, ScrapeTarget, declare_monitoring
-from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, kafka_entry, vault_file
+from components.vault_access import (
+    ACTION_SECRET,
+    DATABASE_ROLE_VERIFIERS,
+    DATABASE_URL,
+    HASURA_ADMIN_SECRET,
+    database_entry,
+    kafka_entry,
+    vault_file,
+)
 
 APP_UID = 10001  # the images' numeric user (app/Dockerfile)
 PUBLISHER = "graphql-async-request-publisher"
@@ -41,7 +53,7 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     configuration (pool, replicas, routing) change."""
     digest = hashlib.sha256(handler_url.encode())
     digest.update(source_settings.encode())
-    files = [app_dir / "schema.sql", app_dir / "bootstrap.py",
+    files = [app_dir / "schema.sql", app_dir / "bootstrap.py", app_dir / "db_roles.py",
              *sorted(p for p in (app_dir / "hasura").rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
     for path in files:  # the whole Hasura model package: a change to any of its modules re-runs the Job
         digest.update(path.relative_to(app_dir).as_posix().encode())
@@ -49,19 +61,33 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     return digest.hexdigest()[:10]
 
 
-def workload_vault_files(kv_mount: str) -> dict[str, list[VaultFile]]:
+KAFKA_CA_FILE = "kafka_ca.pem"  # /vault/secrets/kafka_ca.pem: KAFKA_SSL_CA_LOCATION (app/settings.py)
+
+
+def kafka_ca_reads(kafka: KafkaConfig) -> dict[str, list[str]]:
+    """With SASL_SSL the Kafka clients also read the brokers' CA entry (their policies grant it)."""
+    return {PUBLISHER: [kafka.ca_entry], WRITER: [kafka.ca_entry]} if kafka.ca_entry else {}
+
+
+def workload_vault_files(kv_mount: str, kafka_ca_entry: str | None = None) -> dict[str, list[VaultFile]]:
     """Workload -> the files its Vault agent renders under /vault/secrets/<setting name> (app/settings.py)."""
-    database = vault_file(kv_mount, DATABASE_URL, "async_database_url")
+    def database(service: str) -> VaultFile:  # the service's own role (app/db_roles.py)
+        return vault_file(kv_mount, database_entry(service), "async_database_url")
 
     def kafka_login(service: str) -> list[VaultFile]:
+        ca = [vault_file(kv_mount, kafka_ca_entry, KAFKA_CA_FILE)] if kafka_ca_entry else []
         return [vault_file(kv_mount, kafka_entry(service, "username"), "kafka_username"),
-                vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password")]
+                vault_file(kv_mount, kafka_entry(service, "password"), "kafka_password"), *ca]
 
     return {
-        PUBLISHER: [database, vault_file(kv_mount, ACTION_SECRET, "async_action_secret"), *kafka_login("publisher")],
-        WRITER: [database, *kafka_login("writer")],
-        CLEANUP: [database],
-        BOOTSTRAP: [database, vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
+        PUBLISHER: [database("publisher"), vault_file(kv_mount, ACTION_SECRET, "async_action_secret"),
+                    *kafka_login("publisher")],
+        WRITER: [database("writer"), *kafka_login("writer")],
+        CLEANUP: [database("cleanup")],
+        # the owner role (table DDL, CREATE ROLE) and the verifiers it creates the services' roles with
+        BOOTSTRAP: [vault_file(kv_mount, DATABASE_URL, "async_database_url"),
+                    vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret"),
+                    vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles")],
     }
 
 
@@ -77,10 +103,11 @@ class AsyncFlowArgs:
     hasura: HasuraConfig  # its source's pool, replicas and routing, and the row limit: applied by the bootstrap
     app_dir: Path
     principals: ServicePrincipals  # the writer's consumer group and transactional id prefix
+    database_roles_version: pulumi.Input[str] = ""  # VaultAccess: a new service password re-runs the bootstrap
 
     @property
     def vault_files(self) -> dict[str, list[VaultFile]]:
-        return workload_vault_files(self.kv_mount)
+        return workload_vault_files(self.kv_mount, self.kafka.ca_entry)
 
     @property
     def publisher_url(self) -> str:
@@ -94,17 +121,18 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
     container = {
         "name": app.removeprefix("graphql-async-"),
         "image": image,
+        "imagePullPolicy": IMAGE_PULL_POLICY,
         "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
         "resources": resources.spec(),
-        "securityContext": container_security(),
+        "securityContext": container_security(APP_UID),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         **({"command": command} if command else {}),
         **({"ports": ports} if ports else {}),
         **(probes or {}),
     }
-    spec = {"serviceAccountName": app, "securityContext": pod_security(APP_UID),
+    spec = {"serviceAccountName": app, "automountServiceAccountToken": False, "securityContext": pod_security(APP_UID),
             "terminationGracePeriodSeconds": 45, "containers": [container],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}]}
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}, vault_token_volume()]}
     if restart:
         spec["restartPolicy"] = restart
     return spec
@@ -148,6 +176,7 @@ class AsyncFlow(pulumi.ComponentResource):
             "ASYNC_REQUESTS_TOPIC": topics.requests,
             "ASYNC_RESPONSES_TOPIC": topics.responses,
             "ASYNC_DLQ_TOPIC": topics.dlq,
+            **({"KAFKA_SSL_CA_LOCATION": f"/vault/secrets/{KAFKA_CA_FILE}"} if kafka.ca_entry else {}),
         }
 
     def _after(self, app: str, *others: pulumi.Resource) -> pulumi.ResourceOptions:
@@ -160,7 +189,8 @@ class AsyncFlow(pulumi.ComponentResource):
         source_settings = args.hasura.source_settings().to_json()
         row_limit = str(args.hasura.subscriptions.user_row_limit)
         fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url, source_settings + row_limit)
-        self.bootstrap_job = f"{BOOTSTRAP}-{fingerprint}"
+        self.bootstrap_job = pulumi.Output.from_input(args.database_roles_version).apply(
+            lambda roles: f"{BOOTSTRAP}-{hashlib.sha256((fingerprint + roles).encode()).hexdigest()[:10]}")
         env = {"HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
                "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
                "HASURA_SOURCE_SETTINGS": source_settings, "HASURA_USER_ROW_LIMIT": row_limit}
@@ -192,7 +222,7 @@ class AsyncFlow(pulumi.ComponentResource):
         return Resources("100m", "128Mi", str(processes), f"{512 * processes}Mi")
 
     def _publisher(self) -> None:
-        """The action handler, reachable only from Hasura."""
+        """The action handler, reachable only from Hasura (components/network_policy.py)."""
         args = self.args
         health = {"readinessProbe": {"httpGet": {"path": "/readyz", "port": PUBLISHER_PORT}, "periodSeconds": 5},
                   "livenessProbe": {"httpGet": {"path": "/healthz", "port": PUBLISHER_PORT}, "periodSeconds": 10,
@@ -206,18 +236,15 @@ class AsyncFlow(pulumi.ComponentResource):
                                                 ports=[{"name": "http", "containerPort": PUBLISHER_PORT},
                                                        *({"name": name, "containerPort": port}
                                                          for name, port in self._publisher_metrics_ports)],
-                                                probes=health, resources=self._publisher_resources)}},
+                                                probes=health, resources=self._publisher_resources)
+                               | spread(PUBLISHER)}},
             opts=self._after(PUBLISHER, self.bootstrap))
+        self.publisher_budget = disruption_budget("publisher-pdb", PUBLISHER, args.namespace, "async",
+                                                  args.config.publisher_replicas, self)
         self.publisher_service = k8s.core.v1.Service(
             "publisher-svc", metadata=self._metadata(PUBLISHER),
             spec={"selector": selector(PUBLISHER),
                   "ports": [{"name": "http", "port": PUBLISHER_PORT, "targetPort": "http"}]},
-            opts=child(self))
-        self.publisher_policy = k8s.networking.v1.NetworkPolicy(
-            "publisher-from-hasura-only", metadata=self._metadata(PUBLISHER, f"{PUBLISHER}-from-hasura"),
-            spec={"podSelector": {"matchLabels": selector(PUBLISHER)}, "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"podSelector": {"matchLabels": selector("hasura")}}],
-                               "ports": [{"protocol": "TCP", "port": PUBLISHER_PORT}]}]},
             opts=child(self))
 
     def _writer(self) -> None:
@@ -225,7 +252,10 @@ class AsyncFlow(pulumi.ComponentResource):
         it is the instance part of the transactional.id, so a replacement pod fences its predecessor's open
         transaction, and Kubernetes never runs two pods of one identity at once."""
         args = self.args
-        health = {"livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
+        # ready once its health server listens: a rolling update moves to the next replica only then; alive while
+        # it makes progress (a stuck writer is restarted, app/writer.py serve_health)
+        health = {"readinessProbe": {"tcpSocket": {"port": WRITER_HEALTH_PORT}, "periodSeconds": 10},
+                  "livenessProbe": {"httpGet": {"path": "/healthz", "port": WRITER_HEALTH_PORT},
                                     "periodSeconds": 15, "initialDelaySeconds": 10, "failureThreshold": 4}}
         pod = pod_spec(WRITER, args.images["writer"], self._kafka_env | {
             "WRITER_GROUP_ID": args.principals.writer_group,
@@ -245,8 +275,10 @@ class AsyncFlow(pulumi.ComponentResource):
             "writer", metadata=self._metadata(WRITER),
             spec={"replicas": args.config.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
                   "selector": {"matchLabels": selector(WRITER)},
-                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod}},
+                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod | spread(WRITER)}},
             opts=self._after(WRITER, self.bootstrap, self.writer_service))
+        self.writer_budget = disruption_budget("writer-pdb", WRITER, args.namespace, "async",
+                                               args.config.writer_replicas, self)
 
     def _cleanup(self) -> None:
         """Batched delete of expired rows; never two at once."""

@@ -7,8 +7,10 @@ is declared. Components receive these objects; none of them reads `pulumi.Config
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
+from urllib.parse import urlsplit
 
 import pulumi
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
@@ -98,6 +100,9 @@ class KafkaConfig(_Model):
     bootstrap_servers: list[str] = Field(min_length=1)
     security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL"] = "SASL_PLAINTEXT"
     sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    # SASL_SSL: the KV entry (key `value`) holding the PEM of the CA that signed the brokers' certificates; the
+    # provider, the publisher and the writer verify the brokers against it (written by whoever runs Kafka)
+    ca_entry: str | None = Field(None, pattern=KV_ENTRY)
     admin_username: str = Field(min_length=1)
     # the seed's broker may run without an authorizer: ACLs are declared only when it has one
     authorizer_enabled: bool
@@ -131,6 +136,14 @@ class KafkaConfig(_Model):
             raise ValueError("minInsyncReplicas cannot exceed replicationFactor")
         return self
 
+    @model_validator(mode="after")
+    def _tls(self) -> KafkaConfig:
+        if self.security_protocol == "SASL_SSL" and not self.ca_entry:
+            raise ValueError("securityProtocol SASL_SSL needs caEntry (the KV entry with the brokers' CA)")
+        if self.security_protocol != "SASL_SSL" and self.ca_entry:
+            raise ValueError("caEntry is only for securityProtocol SASL_SSL")
+        return self
+
 
 class VaultConfig(_Model):
     address: str = Field(pattern=r"^https?://")
@@ -138,6 +151,18 @@ class VaultConfig(_Model):
     kubernetes_auth_path: str = "kubernetes"
     # the ExternalSecret reads this key of the tunnel token entry (the seed's manual step wrote `vaule`)
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
+
+    @field_validator("address")
+    @classmethod
+    def _tls_off_cluster(cls, value: str) -> str:
+        """Plain HTTP only to an in-cluster Service or loopback (dev's Vault, the rehearsal's OpenBao): Vault
+        tokens and secrets never cross a network the cluster does not own in clear text."""
+        host = urlsplit(value).hostname or ""
+        if value.startswith("http://") and not (host.endswith((".svc", ".svc.cluster.local"))
+                                                or host in ("127.0.0.1", "localhost", "::1")):
+            raise ValueError("must be https:// outside the cluster (http:// only for an in-cluster "
+                             "<service>.<namespace>.svc address or loopback)")
+        return value
 
 
 class PoolConfig(_Model):
@@ -299,7 +324,7 @@ class HasuraConfig(_Model):
         for variable, entry in value.items():
             if not VAULT_ENV.match(variable):
                 raise ValueError(f"{variable!r} is not one of HASURA_GRAPHQL_JWT_SECRET(S), _AUTH_HOOK, *REDIS*")
-            if len(f"agent-inject-template-{variable.lower()}.env") > 63:  # Kubernetes annotation name limit
+            if len(f"agent-inject-template-{variable.lower()}") > 63:  # Kubernetes annotation name limit
                 raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
             if not re.match(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")
@@ -397,6 +422,65 @@ class AsyncFlowConfig(_Model):
     metrics: MetricsConfig = MetricsConfig()
 
 
+class PeerConfig(_Model):
+    """Where a dependency outside the namespace lives, as a NetworkPolicy peer: address blocks (outside the
+    cluster), or pods of a namespace (inside it)."""
+
+    cidrs: list[str] = Field(default_factory=list)
+    namespace: str | None = Field(None, pattern=K8S_NAME.pattern)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr)  # a ValueError names the bad block
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PeerConfig:
+        if bool(self.cidrs) == bool(self.namespace):
+            raise ValueError("give either cidrs or namespace (with podLabels)")
+        if self.pod_labels and not self.namespace:
+            raise ValueError("podLabels need a namespace")
+        return self
+
+
+class ExtraEgressConfig(PeerConfig):
+    """A destination Hasura needs beyond the drawing (Enterprise Redis, a JWT issuer's JWK URL), on TCP ports."""
+
+    ports: list[int] = Field(min_length=1)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: list[int]) -> list[int]:
+        if not all(1 <= p <= 65535 for p in value):
+            raise ValueError("ports are 1-65535")
+        return value
+
+
+class NetworkConfig(_Model):
+    """Where the workloads' dependencies live, for the namespace's NetworkPolicies (components/network_policy.py):
+    they differ per cluster, so each stack says."""
+
+    dns: PeerConfig = PeerConfig(namespace="kube-system", pod_labels={"k8s-app": "kube-dns"})
+    vault: PeerConfig
+    kafka: PeerConfig
+    database: PeerConfig
+    database_port: int = Field(5432, ge=1, le=65535)  # the URL is a secret: its port is said here
+    # cloudflared dials Cloudflare's edge on the internet; these (the cluster's own ranges) stay excluded
+    cluster_cidrs: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
+    # what hasura.secretEnvFromVault's settings make Hasura call (Redis, a JWK URL): nothing unless listed here
+    hasura_extra_egress: list[ExtraEgressConfig] = Field(default_factory=list)
+
+    @field_validator("cluster_cidrs")
+    @classmethod
+    def _cluster(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr)
+        return value
+
+
 class VerifyConfig(_Model):
     """The post-deploy verification (components/verify.py)."""
 
@@ -418,6 +502,7 @@ class StackConfig(_Model):
     images: ImagesConfig
     async_flow: AsyncFlowConfig = AsyncFlowConfig()
     verify: VerifyConfig = VerifyConfig()
+    network: NetworkConfig
     # secrets: set with `pulumi config set --secret`; kept as Outputs so they stay secret
     database_url: pulumi.Output[str] = Field(exclude=True)
     kafka_admin_password: pulumi.Output[str] = Field(exclude=True)
@@ -472,7 +557,7 @@ class StackConfig(_Model):
 
 
 PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion")
-OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify")
+OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify", "network")
 SECRET_KEYS = ("databaseUrl", "kafkaAdminPassword")
 
 

@@ -1,14 +1,16 @@
 """Hasura GraphQL Engine: env-file ConfigMap, Deployment with Vault-injected secrets, Service.
 
-Start-up order inside the container: Vault-rendered secret exports first, then the ConfigMap's
-env file, whose lines only fill variables that are still unset (`VAR="${VAR:-default}"`). So
-container env and Vault secrets always win over the file's defaults.
+Start-up order inside the container: each Vault-rendered file is read as data into its variable
+(`VAR="$(cat file)"`: the value is never evaluated by the shell), then the ConfigMap's env file,
+whose lines only fill variables that are still unset (`VAR="${VAR:-default}"`). So container env
+and Vault secrets always win over the file's defaults.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from dataclasses import dataclass
 
 import pulumi
@@ -17,27 +19,28 @@ import pulumi_kubernetes as k8s
 from app.hasura.source import connection_set_url_env
 from components.config import HasuraConfig
 from components.k8s import (
+    IMAGE_PULL_POLICY,
     Resources,
     VaultFile,
     child,
     container_security,
+    disruption_budget,
     labels,
     pod_security,
     selector,
+    spread,
     vault_agent_annotations,
+    vault_token_volume,
 )
 from components.vault_access import ACTION_SECRET, DATABASE_URL, HASURA_ADMIN_SECRET, vault_file
 
 ENV_FILE_MOUNT = "/etc/hasura/hasura.env"
 ENV_FILE_KEY = "hasura.env"
 PORT = 8080
-START_COMMAND = (
-    "set -a; "
-    "for f in /vault/secrets/*.env; do [ -f \"$f\" ] && . \"$f\"; done; "
-    f". {ENV_FILE_MOUNT}; "
-    "set +a; "
-    "exec graphql-engine serve"
-)
+# any non-root uid works (graphql-engine reads its binary, writes only /tmp, an emptyDir); a high one matches no
+# account on the node (checkov CKV_K8S_40, kube-score container-security-context-user-group-id)
+HASURA_UID = 10001
+SECRETS_DIR = "/vault/secrets"
 
 
 # Hasura's pinned settings: they win over the env file
@@ -46,7 +49,7 @@ PINNED_ENV = {"HASURA_GRAPHQL_UNAUTHORIZED_ROLE": "anonymous", "HASURA_GRAPHQL_S
 
 @dataclass(frozen=True)
 class SecretEnv:
-    """A setting Hasura reads from a KV entry managed outside this program (file name: an annotation suffix)."""
+    """A setting Hasura reads from a KV entry, rendered bare into /vault/secrets/<file_name> (an annotation suffix)."""
 
     variable: str
     entry: str
@@ -57,26 +60,40 @@ def hasura_secret_env(config: HasuraConfig) -> list[SecretEnv]:
     """JWT/auth hook/Redis settings, read replica and connection-set URLs, the Enterprise license key."""
     routing = config.routing.connection_set if config.routing else {}
     return [
-        *(SecretEnv(variable, entry, f"{variable.lower()}.env")
+        *(SecretEnv(variable, entry, variable.lower())
           for variable, entry in sorted(config.secret_env_from_vault.items())),
-        *(SecretEnv(variable, entry, f"replica-{i}.env")
+        *(SecretEnv(variable, entry, f"replica-{i}")
           for i, (variable, entry) in enumerate(config.replica_env().items(), start=1)),
-        *(SecretEnv(connection_set_url_env(member), entry, f"db-{member}.env")
+        *(SecretEnv(connection_set_url_env(member), entry, f"db-{member}")
           for member, entry in sorted(routing.items())),
-        *([SecretEnv("HASURA_GRAPHQL_EE_LICENSE_KEY", config.ee_license_key_entry, "ee-license-key.env")]
+        *([SecretEnv("HASURA_GRAPHQL_EE_LICENSE_KEY", config.ee_license_key_entry, "ee-license-key")]
           if config.ee_license_key_entry else []),
     ]
 
 
+# the entries this program writes that Hasura reads
+OWN_SECRET_ENV = (
+    SecretEnv("HASURA_GRAPHQL_DATABASE_URL", DATABASE_URL, "database-url"),
+    SecretEnv("HASURA_GRAPHQL_ADMIN_SECRET", HASURA_ADMIN_SECRET, "admin-secret"),
+    SecretEnv("ASYNC_ACTION_SECRET", ACTION_SECRET, "action-secret"),  # the action sends it (value_from_env)
+)
+
+
 def hasura_vault_files(kv_mount: str, secret_env: list[SecretEnv]) -> list[VaultFile]:
-    """What the Vault agent renders for Hasura: each as `export VAR="…"`, sourced before the env file."""
-    return [
-        vault_file(kv_mount, DATABASE_URL, "database-url.env", export_as="HASURA_GRAPHQL_DATABASE_URL"),
-        vault_file(kv_mount, HASURA_ADMIN_SECRET, "admin-secret.env", export_as="HASURA_GRAPHQL_ADMIN_SECRET"),
-        # the action sends it to the publisher (value_from_env)
-        vault_file(kv_mount, ACTION_SECRET, "action-secret.env", export_as="ASYNC_ACTION_SECRET"),
-        *(vault_file(kv_mount, s.entry, s.file_name, export_as=s.variable) for s in secret_env),
-    ]
+    """What the Vault agent renders for Hasura: each value bare, in its own file."""
+    return [vault_file(kv_mount, s.entry, s.file_name) for s in (*OWN_SECRET_ENV, *secret_env)]
+
+
+def start_script(secret_env: list[SecretEnv], secrets_dir: str = SECRETS_DIR, env_file: str = ENV_FILE_MOUNT) -> str:
+    """Hasura's start command. A value is the output of `cat`, assigned inside double quotes: the shell never
+    parses it, so `$(...)`, backticks and quotes in a Vault value reach Hasura as they are. The assignment
+    stands alone (not `export VAR="$(cat …)"`) so a missing file fails the start under `set -e`."""
+    lines = ["set -eu"]
+    for s in (*OWN_SECRET_ENV, *secret_env):
+        lines.append(f'{s.variable}="$(cat {shlex.quote(f"{secrets_dir}/{s.file_name}")})"; export {s.variable}')
+    # our generated env file (no secrets): it only fills what is still unset
+    lines += ["set -a", f". {shlex.quote(env_file)}", "set +a", "exec graphql-engine serve"]
+    return "\n".join(lines)
 
 
 @dataclass
@@ -128,7 +145,6 @@ class Hasura(pulumi.ComponentResource):
             (args.env_file + json.dumps(args.container_env, sort_keys=True)).encode()).hexdigest()
         annotations = {"checksum/hasura-env": env_checksum,
                        **vault_agent_annotations(args.vault_role, args.vault_files)}
-        probe = {"httpGet": {"path": "/healthz", "port": PORT}}
         self.deployment = k8s.apps.v1.Deployment(
             "hasura",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},
@@ -140,19 +156,25 @@ class Hasura(pulumi.ComponentResource):
                     "metadata": {"labels": labels(app, "graphql"), "annotations": annotations},
                     "spec": {
                         "serviceAccountName": app,
-                        "securityContext": pod_security(1001),
+                        "automountServiceAccountToken": False,  # Hasura never calls the Kubernetes API
+                        "securityContext": pod_security(HASURA_UID),
                         "terminationGracePeriodSeconds": 75,
                         "containers": [{
                             "name": "graphql-engine",
                             "image": args.config.image,
-                            "command": ["/bin/sh", "-c", START_COMMAND],
+                            "imagePullPolicy": IMAGE_PULL_POLICY,
+                            "command": ["/bin/sh", "-c", start_script(args.secret_env)],
                             "env": [{"name": k, "value": v} for k, v in sorted(args.container_env.items())],
                             "ports": [{"name": "http", "containerPort": PORT}],
-                            "readinessProbe": probe | {"periodSeconds": 5, "failureThreshold": 3},
-                            "livenessProbe": probe | {"initialDelaySeconds": 30, "periodSeconds": 10,
-                                                      "failureThreshold": 6},
+                            # /healthz fails while the database is unreachable: that takes a replica out of the
+                            # Service; liveness only asks whether the server accepts connections, so a database
+                            # outage never restarts every replica at once
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 5,
+                                               "failureThreshold": 3},
+                            "livenessProbe": {"tcpSocket": {"port": PORT}, "initialDelaySeconds": 30,
+                                              "periodSeconds": 10, "failureThreshold": 6},
                             "resources": Resources("250m", "512Mi", "2", "2Gi").spec(),
-                            "securityContext": container_security(),
+                            "securityContext": container_security(HASURA_UID),
                             "volumeMounts": [
                                 {"name": "hasura-env", "mountPath": ENV_FILE_MOUNT, "subPath": ENV_FILE_KEY,
                                  "readOnly": True},
@@ -162,11 +184,14 @@ class Hasura(pulumi.ComponentResource):
                         "volumes": [
                             {"name": "hasura-env", "configMap": {"name": f"{app}-env"}},
                             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                            vault_token_volume(),
                         ],
+                        **spread(app),
                     },
                 },
             },
             opts=child(self, depends_on=[self.config_map, self.service_account]))
+        self.budget = disruption_budget("hasura-pdb", app, ns, "graphql", args.config.replicas, self)
         self.service = k8s.core.v1.Service(
             "hasura-svc",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "graphql")},

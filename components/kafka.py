@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kafka as kafka
 import pulumi_random as random
+import pulumi_vault as vault
 
 from components.config import KafkaConfig
 from components.k8s import child
@@ -22,6 +23,25 @@ class KafkaAccessArgs:
     config: KafkaConfig
     admin_password: pulumi.Input[str]
     principals: ServicePrincipals
+    kv_mount: str = "secret"  # where config.ca_entry lives (SASL_SSL)
+
+    def ca_cert(self) -> pulumi.Output[str] | None:
+        """The brokers' CA, read from Vault at deploy time: the provider verifies the brokers as the services do.
+
+        A preview that cannot read it (an offline fresh-stack preview, `dev.sh preview-fresh`) goes on with a
+        placeholder and says so; an `up` never does: it reads the entry or fails."""
+        entry = self.config.ca_entry
+        if not entry:
+            return None
+        try:
+            data = vault.kv.get_secret_v2(mount=self.kv_mount, name=entry).data
+        except Exception as exc:  # noqa: BLE001 - any failure to read it: the provider's own error types
+            if not pulumi.runtime.is_dry_run():
+                raise
+            pulumi.log.warn(f"kafka.caEntry {entry!r} is not readable from Vault in this preview ({exc}); "
+                            "previewing with a placeholder CA: `pulumi up` reads the real one or fails")
+            return pulumi.Output.secret(PREVIEW_PLACEHOLDER)
+        return pulumi.Output.secret(data["value"])
 
 
 PREVIEW_PLACEHOLDER = "preview-placeholder-password-not-applied"
@@ -55,7 +75,7 @@ class KafkaAccess(pulumi.ComponentResource):
         provider = kafka.Provider(
             "kafka", bootstrap_servers=cfg.bootstrap_servers, sasl_mechanism=SCRAM_MECHANISM[cfg.sasl_mechanism],
             sasl_username=cfg.admin_username, sasl_password=args.admin_password,
-            tls_enabled=cfg.security_protocol == "SASL_SSL", opts=child(self))
+            tls_enabled=cfg.security_protocol == "SASL_SSL", ca_cert=args.ca_cert(), opts=child(self))
         on_broker = child(self, provider=provider)
 
         topic_retention = {self.topic_names.requests: cfg.retention_ms, self.topic_names.responses: cfg.retention_ms,

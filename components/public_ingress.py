@@ -14,9 +14,24 @@ import pulumi_cloudflare as cloudflare
 import pulumi_kubernetes as k8s
 
 from components.config import CloudflareConfig, VaultConfig
-from components.k8s import Resources, child, container_security, labels, pod_security, selector
+from components.k8s import (
+    IMAGE_PULL_POLICY,
+    VAULT_AUDIENCE,
+    Resources,
+    child,
+    container_security,
+    disruption_budget,
+    labels,
+    pod_security,
+    selector,
+    spread,
+)
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN
 
+CLOUDFLARED = "cloudflared"  # the connector Deployment, its pods' app.kubernetes.io/name
+CLOUDFLARED_UID = 65532  # the nonroot user of cloudflared's distroless image
+METRICS_PORT = 2000
+TOKEN_DIR = "/etc/cloudflared/tunnel-token"
 # Hasura's one admin API under the public prefix (POST v1/graphql/explain, admin only: hasura/graphql-engine
 # server/src-lib/Hasura/Server/App.hs), with any run of slashes before it and anything after it
 ADMIN_UNDER_PUBLIC_PATH = r"^/v1/graphql/+explain"
@@ -107,7 +122,9 @@ class TunnelConnector(pulumi.ComponentResource):
             spec={"provider": {"vault": {
                 "server": args.vault.address, "path": args.vault.kv_mount, "version": "v2",
                 "auth": {"kubernetes": {"mountPath": args.vault.kubernetes_auth_path, "role": args.vault_role,
-                                        "serviceAccountRef": {"name": args.service_account}}}}}},
+                                        # ESO requests a token for Vault's audience, as the agents get
+                                        "serviceAccountRef": {"name": args.service_account,
+                                                              "audiences": [VAULT_AUDIENCE]}}}}}},
             opts=child(self, depends_on=[self.service_account]))
         self.external_secret = k8s.apiextensions.CustomResource(
             "tunnel-token", api_version="external-secrets.io/v1", kind="ExternalSecret",
@@ -118,7 +135,7 @@ class TunnelConnector(pulumi.ComponentResource):
                   "data": [{"secretKey": "token",
                             "remoteRef": {"key": args.token_entry, "property": args.vault.tunnel_token_key}}]},
             opts=child(self, depends_on=[self.secret_store]))
-        app = "cloudflared"
+        app = CLOUDFLARED
         self.deployment = k8s.apps.v1.Deployment(
             "cloudflared",
             metadata={"name": app, "namespace": ns, "labels": labels(app, "ingress")},
@@ -128,24 +145,37 @@ class TunnelConnector(pulumi.ComponentResource):
                 "template": {
                     "metadata": {"labels": labels(app, "ingress")},
                     "spec": {
-                        "securityContext": pod_security(65532),
+                        "securityContext": pod_security(CLOUDFLARED_UID),
                         "automountServiceAccountToken": False,
                         "containers": [{
                             "name": "cloudflared",
                             "image": args.cloudflare.cloudflared_image,
-                            "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
-                            # a reference to the ExternalSecret's Secret, never the token itself
-                            "env": [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
-                                "name": args.token_secret, "key": "token"}}}],
-                            "ports": [{"name": "metrics", "containerPort": 2000}],
-                            "livenessProbe": {"httpGet": {"path": "/ready", "port": 2000},
+                            "imagePullPolicy": IMAGE_PULL_POLICY,
+                            # a file, not an env var every child inherits and /proc/<pid>/environ shows
+                            # (--token-file since cloudflared 2025.4.0: cmd/cloudflared/tunnel/subcommands.go)
+                            "args": ["tunnel", "--no-autoupdate", "--metrics", f"0.0.0.0:{METRICS_PORT}", "run",
+                                     "--token-file", f"{TOKEN_DIR}/token"],
+                            "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+                            # /ready: at least one edge connection (take it out of rotation, not restart it);
+                            # /healthcheck: the process answers (metrics/metrics.go)
+                            "readinessProbe": {"httpGet": {"path": "/ready", "port": METRICS_PORT},
+                                               "periodSeconds": 5, "failureThreshold": 3},
+                            "livenessProbe": {"httpGet": {"path": "/healthcheck", "port": METRICS_PORT},
                                               "initialDelaySeconds": 10, "periodSeconds": 10,
                                               "failureThreshold": 3},
                             "resources": Resources("20m", "64Mi", "500m", "256Mi").spec(),
-                            "securityContext": container_security(),
+                            "securityContext": container_security(CLOUDFLARED_UID),
+                            "volumeMounts": [{"name": "tunnel-token", "mountPath": TOKEN_DIR, "readOnly": True}],
                         }],
+                        # a reference to the ExternalSecret's Secret, never the token itself
+                        "volumes": [{"name": "tunnel-token", "secret": {
+                            "secretName": args.token_secret, "defaultMode": 0o440,
+                            "items": [{"key": "token", "path": "token"}]}}],
+                        **spread(app),
                     },
                 },
             },
             opts=child(self, depends_on=[self.external_secret]))
+        self.budget = disruption_budget("cloudflared-pdb", app, ns, "ingress", args.cloudflare.cloudflared_replicas,
+                                        self)
         self.register_outputs({"deployment": self.deployment.metadata["name"]})

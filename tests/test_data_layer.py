@@ -51,14 +51,15 @@ def test_pool_replicas_and_routing_of_the_stack_file_reach_the_bootstrap(prod):
 def test_replica_and_connection_set_urls_come_from_vault_into_hasura_only(prod):
     hasura = PROD[P + "hasura"]
     annotations = k8s(prod, "Deployment", "hasura")["spec"]["template"]["metadata"]["annotations"]
-    expected = {"replica-1.env": ("HASURA_READ_REPLICA_1_URL", hasura["readReplicas"][0]),
-                "replica-2.env": ("HASURA_READ_REPLICA_2_URL", hasura["readReplicas"][1]),
-                "db-reporting.env": ("HASURA_CONNECTION_SET_REPORTING_URL",
-                                     hasura["routing"]["connectionSet"]["reporting"]),
-                "ee-license-key.env": ("HASURA_GRAPHQL_EE_LICENSE_KEY", hasura["eeLicenseKeyEntry"])}
+    expected = {"replica-1": ("HASURA_READ_REPLICA_1_URL", hasura["readReplicas"][0]),
+                "replica-2": ("HASURA_READ_REPLICA_2_URL", hasura["readReplicas"][1]),
+                "db-reporting": ("HASURA_CONNECTION_SET_REPORTING_URL",
+                                 hasura["routing"]["connectionSet"]["reporting"]),
+                "ee-license-key": ("HASURA_GRAPHQL_EE_LICENSE_KEY", hasura["eeLicenseKeyEntry"])}
+    script = k8s(prod, "Deployment", "hasura")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
     for file_name, (variable, entry) in expected.items():
         assert annotations[f"vault.hashicorp.com/agent-inject-secret-{file_name}"] == f"secret/data/{entry}"
-        assert f'export {variable}="' in annotations[f"vault.hashicorp.com/agent-inject-template-{file_name}"]
+        assert f'{variable}="$(cat /vault/secrets/{file_name})"' in script  # read as data, never sourced
         assert len(f"agent-inject-template-{file_name}") <= 63
     grants = {name: policy_paths(prod.one("vault:index/policy:Policy", name).inputs["policy"])
               for name in ("hasura", "graphql-async-bootstrap", "graphql-async-request-publisher",

@@ -72,7 +72,9 @@ def test_every_seed_object_exists(run):
         ("kubernetes:batch/v1:Job", "bootstrap"), ("kubernetes:apps/v1:Deployment", "publisher"),
         ("kubernetes:core/v1:Service", "publisher-svc"), ("kubernetes:apps/v1:StatefulSet", "writer"),
         ("kubernetes:batch/v1:CronJob", "cleanup"),
-        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "publisher-from-hasura-only"),
+        ("graphql:index:NetworkPolicies", "network"),
+        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "default-deny"),
+        ("kubernetes:networking.k8s.io/v1:NetworkPolicy", "graphql-async-request-publisher-flows"),
         ("docker:index/image:Image", "image-publisher"), ("docker:index/image:Image", "image-writer"),
         ("docker:index/image:Image", "image-cleanup"),
     }
@@ -84,7 +86,7 @@ def test_every_seed_object_exists(run):
 def test_children_are_parented_to_their_component(run):
     components = {"graphql:index:" + c for c in ("VaultAccess", "KafkaAccess", "PublicEdge", "TunnelConnector",
                                                   "Hasura", "AsyncFlow", "ServiceImages",
-                                                  "DeploymentVerification")}
+                                                  "DeploymentVerification", "NetworkPolicies")}
     for r in run.resources:
         if r.type in components or r.type == "pulumi:pulumi:Stack":
             assert r.parent in (None, f"pulumi:pulumi:Stack::graphql-entrypoint-{run.stack}")
@@ -105,7 +107,9 @@ def test_vault_entries_policies_and_roles(run):
     assert set(entries) == {"graphql-hasura-database-url", "graphql-hasura-admin-secret",
                             "graphql-async-action-secret", "cloudflare-tunnel-token",
                             "graphql-kafka-async-publisher-username", "graphql-kafka-async-publisher-password",
-                            "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password"}
+                            "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password",
+                            "graphql-async-publisher-database-url", "graphql-async-writer-database-url",
+                            "graphql-async-cleanup-database-url", "graphql-async-database-role-verifiers"}
     assert all(e["mount"] == mount for e in entries.values())
     # the token is written from the tunnel the program creates, under the configured key
     token_key = cfg(run, "vault")["tunnelTokenKey"]
@@ -114,15 +118,15 @@ def test_vault_entries_policies_and_roles(run):
         "value": ServicePrincipals().writer}
 
     policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
-    assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read", "list"],
-                                               f"{mount}/metadata/cloudflare-tunnel-token": ["read", "list"]}
+    assert policies[EXTERNAL_SECRETS_ROLE] == {f"{mount}/data/cloudflare-tunnel-token": ["read"]}  # no list
     # Hasura also reads the entries the stack names for it (replicas, connection set, license, JWT ...)
     hasura = cfg(run, "hasura")
     hasura_reads = {*hasura.get("readReplicas", []), *hasura.get("routing", {}).get("connectionSet", {}).values(),
                     *([hasura["eeLicenseKeyEntry"]] if "eeLicenseKeyEntry" in hasura else []),
                     *hasura.get("secretEnvFromVault", {}).values()}
+    ca = cfg(run, "kafka").get("caEntry")
     for consumer, wanted in CONSUMER_ENTRIES.items():
-        extra = hasura_reads if consumer == "hasura" else set()
+        extra = hasura_reads if consumer == "hasura" else {ca} if ca and consumer in (PUBLISHER, WRITER) else set()
         assert policies[consumer] == {f"{mount}/data/{e}": ["read"] for e in (*wanted, *extra)}
     roles = {r.name: r.inputs for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")}
     assert set(roles) == set(policies)
@@ -131,6 +135,48 @@ def test_vault_entries_policies_and_roles(run):
         assert role["boundServiceAccountNamespaces"] == [ns]
         assert role["backend"] == cfg(run, "vault")["kubernetesAuthPath"]
     assert roles[EXTERNAL_SECRETS_ROLE]["boundServiceAccountNames"] == ["cloudflare-tunnel-secretstore"]
+
+
+def bootstrap_fingerprint_of(run: StackRun) -> str:
+    """The Job's content fingerprint, recomputed as components/async_flow.py does from the stack file."""
+    from components.async_flow import bootstrap_fingerprint
+    from components.config import HasuraConfig
+
+    hasura = HasuraConfig.model_validate(cfg(run, "hasura"))
+    url = f"http://graphql-async-request-publisher.{cfg(run, 'namespace')}.svc.cluster.local:8080/action/" \
+          "publish_async_request"
+    return bootstrap_fingerprint(REPO / "app", url, hasura.source_settings().to_json()
+                                 + str(hasura.subscriptions.user_row_limit))
+
+
+def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifiers(run):
+    """The owner's URL is Hasura's and the bootstrap's; publisher, writer and cleanup each read a URL with their own
+    role (tests/test_db_roles.py: what those roles may do), and the bootstrap gets only the roles' verifiers."""
+    from urllib.parse import unquote, urlsplit
+
+    from app.db_roles import ROLE_OF, scram_verifier
+
+    mount = cfg(run, "vault")["kvMount"]
+    policies = {r.name: policy_paths(r.inputs["policy"]) for r in run.of_type("vault:index/policy:Policy")}
+    readers = {path: {name for name, grants in policies.items() if path in grants}
+               for grants in policies.values() for path in grants}
+    assert readers[f"{mount}/data/graphql-hasura-database-url"] == {"hasura", "graphql-async-bootstrap"}
+    assert readers[f"{mount}/data/graphql-async-database-role-verifiers"] == {"graphql-async-bootstrap"}
+    entries = {r.name: json.loads(r.inputs["dataJson"])["value"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
+    owner = urlsplit(entries["graphql-hasura-database-url"])
+    verifiers = json.loads(entries["graphql-async-database-role-verifiers"])
+    for service, consumer in (("publisher", PUBLISHER), ("writer", WRITER), ("cleanup", CLEANUP)):
+        entry = f"graphql-async-{service}-database-url"
+        assert readers[f"{mount}/data/{entry}"] == {consumer}
+        url = urlsplit(entries[entry])
+        assert (url.username, url.hostname, url.port, url.path) == (ROLE_OF[service], owner.hostname, owner.port,
+                                                                   owner.path)
+        assert url.password != owner.password and verifiers[ROLE_OF[service]] == scram_verifier(unquote(url.password))
+    # a replaced password changes the verifiers, and so the bootstrap Job's name: it re-runs and sets the new one
+    roles_version = hashlib.sha256(entries["graphql-async-database-role-verifiers"].encode()).hexdigest()[:8]
+    [job] = [o for o in run.kubernetes_objects() if o["kind"] == "Job"]
+    assert job["metadata"]["name"] == "graphql-async-bootstrap-" + hashlib.sha256(
+        (bootstrap_fingerprint_of(run) + roles_version).encode()).hexdigest()[:10]
 
 
 def test_each_pod_reads_exactly_what_its_vault_policy_grants(run):
@@ -205,7 +251,8 @@ def test_tunnel_connector_objects(run):
     store = k8s(run, "SecretStore", "vault-graphql")["spec"]["provider"]["vault"]
     assert store["server"] == vault["address"] and store["path"] == vault["kvMount"] and store["version"] == "v2"
     assert store["auth"]["kubernetes"] == {"mountPath": vault["kubernetesAuthPath"], "role": EXTERNAL_SECRETS_ROLE,
-                                           "serviceAccountRef": {"name": "cloudflare-tunnel-secretstore"}}
+                                           "serviceAccountRef": {"name": "cloudflare-tunnel-secretstore",
+                                                                 "audiences": ["vault"]}}
     secret = k8s(run, "ExternalSecret", "cloudflare-tunnel-token")["spec"]
     assert secret["data"] == [{"secretKey": "token", "remoteRef": {"key": "cloudflare-tunnel-token",
                                                                     "property": vault["tunnelTokenKey"]}}]
@@ -213,9 +260,18 @@ def test_tunnel_connector_objects(run):
     tunnel = k8s(run, "Deployment", "cloudflared")
     assert tunnel["metadata"]["namespace"] == ns
     [container] = tunnel["spec"]["template"]["spec"]["containers"]
-    assert container["env"] == [{"name": "TUNNEL_TOKEN", "valueFrom": {"secretKeyRef": {
-        "name": "cloudflare-tunnel-token", "key": "token"}}}]
-    assert container["args"][-1] == "run" and "--no-autoupdate" in container["args"]
+    # the token reaches cloudflared as a file from the ExternalSecret's Secret, never as an env var
+    assert "env" not in container
+    assert container["args"][-3:] == ["run", "--token-file", "/etc/cloudflared/tunnel-token/token"]
+    assert "--no-autoupdate" in container["args"]
+    [volume] = tunnel["spec"]["template"]["spec"]["volumes"]
+    assert volume["secret"]["secretName"] == "cloudflare-tunnel-token" and volume["secret"]["items"] == [
+        {"key": "token", "path": "token"}]
+    assert container["volumeMounts"] == [{"name": volume["name"], "mountPath": "/etc/cloudflared/tunnel-token",
+                                          "readOnly": True}]
+    # out of rotation without an edge connection (/ready); restarted only when the process stops answering
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthcheck"
 
 
 def test_tunnel_token_key_follows_stack_config():
@@ -240,15 +296,21 @@ def test_hasura_env_file_configmap_and_deployment(run):
     assert {"name": "hasura-env", "mountPath": "/etc/hasura/hasura.env", "subPath": "hasura.env",
             "readOnly": True} in container["volumeMounts"]
     script = container["command"][-1]
-    # Vault exports first, then the file (which only fills unset variables), then the engine
+    # Vault values first (read as data, tests/test_secret_loading.py), then the file (which only fills unset
+    # variables), then the engine
     assert script.index("/vault/secrets/") < script.index(". /etc/hasura/hasura.env") < script.index(
         "exec graphql-engine serve")
     annotations = pod["metadata"]["annotations"]
     assert annotations["vault.hashicorp.com/role"] == "hasura"
-    templates = " ".join(v for k, v in annotations.items() if "agent-inject-template" in k)
-    for variable in ("HASURA_GRAPHQL_DATABASE_URL", "HASURA_GRAPHQL_ADMIN_SECRET", "ASYNC_ACTION_SECRET"):
-        assert f"export {variable}=" in templates
+    for variable, file_name in (("HASURA_GRAPHQL_DATABASE_URL", "database-url"), ("ASYNC_ACTION_SECRET",
+                                "action-secret"), ("HASURA_GRAPHQL_ADMIN_SECRET", "admin-secret")):
+        assert f'{variable}="$(cat /vault/secrets/{file_name})"' in script
+        template = annotations[f"vault.hashicorp.com/agent-inject-template-{file_name}"]
+        assert template.count("{{ .Data.data.value }}") == 1
+    assert not any("export" in v for k, v in annotations.items() if "agent-inject-template" in k)
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    # a database outage fails /healthz: it must take replicas out of the Service, never restart them all
+    assert "httpGet" not in container["livenessProbe"] and container["livenessProbe"]["tcpSocket"] == {"port": 8080}
     service = k8s(run, "Service", "hasura")
     assert service["spec"]["ports"][0]["port"] == 8080 and service["spec"]["selector"] == {
         "app.kubernetes.io/name": "hasura"}
@@ -263,12 +325,12 @@ def test_jwt_and_redis_settings_come_from_vault_when_configured():
     assert policy["secret/data/graphql-hasura-redis-url"] == policy["secret/data/graphql-hasura-jwt-secret"] == [
         "read"]
     annotations = k8s(with_redis, "Deployment", "hasura")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["vault.hashicorp.com/agent-inject-secret-hasura_graphql_redis_url.env"] == (
+    assert annotations["vault.hashicorp.com/agent-inject-secret-hasura_graphql_redis_url"] == (
         "secret/data/graphql-hasura-redis-url")
-    assert 'export HASURA_GRAPHQL_REDIS_URL="' in annotations[
-        "vault.hashicorp.com/agent-inject-template-hasura_graphql_redis_url.env"]
-    assert 'export HASURA_GRAPHQL_JWT_SECRET="' in annotations[
-        "vault.hashicorp.com/agent-inject-template-hasura_graphql_jwt_secret.env"]
+    script = k8s(with_redis, "Deployment", "hasura")["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    for variable in ("HASURA_GRAPHQL_REDIS_URL", "HASURA_GRAPHQL_JWT_SECRET"):
+        assert f'{variable}="$(cat /vault/secrets/{variable.lower()})"' in script
+        assert "agent-inject-template-" + variable.lower() in " ".join(annotations)
     test_each_pod_reads_exactly_what_its_vault_policy_grants(with_redis)
     with pytest.raises(Exception, match=r"secretEnvFromVault.*HASURA_GRAPHQL_ADMIN_SECRET.*is not one of"):
         run_stack("dev", {P + "hasura": {**hasura, "secretEnvFromVault": {"HASURA_GRAPHQL_ADMIN_SECRET": "x"}}})
@@ -381,10 +443,11 @@ def test_async_flow_workloads(run):
 
 
 def test_publisher_is_reachable_from_hasura_only(run):
-    policy = k8s(run, "NetworkPolicy", f"{PUBLISHER}-from-hasura")["spec"]
+    """The whole flow matrix is tests/test_network_policy.py; here the publisher's ingress rule by itself."""
+    policy = k8s(run, "NetworkPolicy", f"{PUBLISHER}-flows")["spec"]
     publisher_labels = k8s(run, "Deployment", PUBLISHER)["spec"]["template"]["metadata"]["labels"]
     hasura_labels = k8s(run, "Deployment", "hasura")["spec"]["template"]["metadata"]["labels"]
-    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert policy["podSelector"]["matchLabels"].items() <= publisher_labels.items()
     [rule] = policy["ingress"]
     [source] = rule["from"]
@@ -445,7 +508,9 @@ def test_every_container_is_bounded_non_root_and_pinned(run):
         pod = template["spec"]
         for container in pod["containers"]:
             resources = container["resources"]
-            assert set(resources["requests"]) == {"cpu", "memory"} == set(resources["limits"]), name
+            assert set(resources["requests"]) == {"cpu", "memory", "ephemeral-storage"} == set(
+                resources["limits"]), name
+            assert container["imagePullPolicy"] == "Always", name  # the pull credentials are checked each start
             non_root = container.get("securityContext", {}).get("runAsNonRoot",
                                                                 pod.get("securityContext", {}).get("runAsNonRoot"))
             assert non_root is True, name
@@ -606,3 +671,91 @@ def test_preview_text_is_normalized_to_a_stable_order():
     two = normalize("\n".join([head, *b, *a, *tail]).replace("0a1b2c3d-0000-4000-8000-000000000001",
                                                                  "ffffffff-1111-4111-8111-111111111111"))
     assert one == two and "::default::<id>]" in one and one.endswith("warning: a\nwarning: z")
+
+
+def test_multi_replica_workloads_have_a_disruption_budget_and_spread(run):
+    """A drain or a lost node/zone never takes every replica of a serving workload at once."""
+    budgets = {o["metadata"]["name"]: o["spec"] for o in run.kubernetes_objects() if o["kind"] == "PodDisruptionBudget"}
+    serving = [("Deployment", "hasura"), ("Deployment", "cloudflared"), ("Deployment", PUBLISHER),
+               ("StatefulSet", WRITER)]
+    for kind, name in serving:
+        workload = k8s(run, kind, name)
+        pod = workload["spec"]["template"]
+        if workload["spec"]["replicas"] >= 2:
+            assert budgets[name] == {"maxUnavailable": 1, "selector": workload["spec"]["selector"]}, name
+        else:
+            assert name not in budgets
+        [preferred] = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+        assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+        assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        [zones] = pod["spec"]["topologySpreadConstraints"]
+        assert zones["topologyKey"] == "topology.kubernetes.io/zone"
+    assert len(budgets) == sum(k8s(run, kind, name)["spec"]["replicas"] >= 2 for kind, name in serving)
+
+
+def test_vault_is_reached_over_tls_unless_it_is_in_the_cluster():
+    """Dev's in-cluster Vault Service may be plain HTTP (README, Security); anything else must be https://."""
+    from components.config import ConfigError
+
+    vault = load_stack_file("dev")[P + "vault"]
+    with pytest.raises(ConfigError, match=r"vault\.address.*must be https:// outside the cluster"):
+        run_stack("dev", {P + "vault": {**vault, "address": "http://vault.prod.suncoast.systems:8200"}})
+    assert run_stack("dev", {P + "vault": {**vault, "address": "https://vault.prod.suncoast.systems"}}).resources
+
+
+def test_kafka_clients_verify_the_brokers_against_the_ca_from_vault_where_the_stack_uses_tls(run):
+    """prod: SASL_SSL; the provider, the publisher and the writer verify the brokers against the CA entry the stack
+    names, rendered by each pod's Vault agent (tests/test_kafka_tls.py: the same settings on a real TLS broker)."""
+    kafka = cfg(run, "kafka")
+    provider = run.one("pulumi:providers:kafka", "kafka")
+    tls = kafka.get("securityProtocol") == "SASL_SSL"
+    assert (provider.inputs.get("tlsEnabled") in (True, "true")) is tls
+    if run.stack == "prod":
+        assert tls and kafka["caEntry"]
+    for kind, name in (("Deployment", PUBLISHER), ("StatefulSet", WRITER)):
+        pod = k8s(run, kind, name)["spec"]["template"]
+        env = env_of(pod["spec"]["containers"][0])
+        annotations = pod["metadata"]["annotations"]
+        assert env["KAFKA_SECURITY_PROTOCOL"] == kafka.get("securityProtocol", "SASL_PLAINTEXT")
+        if tls:
+            assert env["KAFKA_SSL_CA_LOCATION"] == "/vault/secrets/kafka_ca.pem"
+            assert annotations["vault.hashicorp.com/agent-inject-secret-kafka_ca.pem"] == (
+                f"{cfg(run, 'vault')['kvMount']}/data/{kafka['caEntry']}")
+            assert "caCert" in provider.inputs and "caCert" in provider.secret_paths
+        else:
+            assert "KAFKA_SSL_CA_LOCATION" not in env
+
+
+def test_sasl_ssl_needs_the_brokers_ca_entry():
+    from components.config import ConfigError
+
+    kafka = load_stack_file("dev")[P + "kafka"]
+    with pytest.raises(ConfigError, match="SASL_SSL needs caEntry"):
+        run_stack("dev", {P + "kafka": {**kafka, "securityProtocol": "SASL_SSL"}})
+    with pytest.raises(ConfigError, match="caEntry is only for securityProtocol SASL_SSL"):
+        run_stack("dev", {P + "kafka": {**kafka, "caEntry": "graphql-kafka-ca-certificate"}})
+
+
+def test_the_providers_ca_is_read_from_vault_and_only_a_preview_may_go_on_without_it(monkeypatch):
+    """An offline preview (`dev.sh preview-fresh`) cannot read the CA entry: it warns and previews with a
+    placeholder; `pulumi up` must read it or fail, never run the provider without the brokers' CA."""
+    import pulumi
+    import pulumi_vault
+
+    from components.config import KafkaConfig
+    from components.kafka import KafkaAccessArgs
+    from components.kafka_access import ServicePrincipals
+
+    config = KafkaConfig.model_validate({**load_stack_file("prod")[P + "kafka"]})
+    args = KafkaAccessArgs(config, admin_password="x", principals=ServicePrincipals(), kv_mount="secret")
+
+    def unreachable(**_kwargs):
+        raise ConnectionError("vault.prod.suncoast.systems: no route")
+
+    monkeypatch.setattr(pulumi_vault.kv, "get_secret_v2", unreachable)
+    monkeypatch.setattr(pulumi.log, "warn", lambda *_a, **_k: None)
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: False)
+    with pytest.raises(ConnectionError):
+        args.ca_cert()
+    monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: True)
+    assert args.ca_cert() is not None

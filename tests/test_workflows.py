@@ -22,7 +22,7 @@ import yaml
 from tests.conftest import REPO
 
 WORKFLOWS = {path.name: path for path in sorted((REPO / ".github" / "workflows").glob("*.yml"))}
-CHECKOV = REPO / ".cache" / "checkov" / "bin" / "checkov"
+CHECKOV = REPO / ".cache" / "scanners-venv" / "bin" / "checkov"
 SHA_PIN = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+\.\d+\.\d+$")
 SAME_REPO = "github.event.pull_request.head.repo.full_name == github.repository"
 # steps that may see a secret: the Pulumi CLI, the registry login, writing the kubeconfig
@@ -189,7 +189,7 @@ def zizmor(target: Path) -> subprocess.CompletedProcess:
 
 def checkov(target: Path) -> subprocess.CompletedProcess:
     if not CHECKOV.exists():
-        pytest.fail("checkov missing: `bash scripts/dev.sh test` installs it into .cache/checkov")
+        pytest.fail("checkov missing: `bash scripts/dev.sh test` installs it into .cache/scanners-venv")
     return subprocess.run([str(CHECKOV), "-d", str(target), "--framework", "github_actions", "--compact",
                            "--quiet", "--skip-download"], capture_output=True, text=True)
 

@@ -75,15 +75,16 @@ def test_each_kubernetes_auth_role_binds_one_service_account_to_its_policy():
         assert data["bound_service_account_namespaces"] == ["graphql"]
         assert len(data["bound_service_account_names"]) == 1
         assert data["token_policies"] == [role]
+        assert data["audience"] == "vault"  # the projected tokens' audience; any other token is refused
 
 
-def test_external_secrets_role_reads_and_lists_the_tunnel_token_entry_only():
+def test_external_secrets_role_reads_the_tunnel_token_entry_only():
     address, token = state()["openbao"]["address"], bao_token([EXTERNAL_SECRETS_ROLE])
     headers = {"X-Vault-Token": token}
     assert httpx.get(f"{address}/v1/secret/data/cloudflare-tunnel-token", headers=headers).status_code == 200
-    assert httpx.get(f"{address}/v1/secret/metadata/cloudflare-tunnel-token", headers=headers).status_code == 200
+    assert httpx.get(f"{address}/v1/secret/metadata/cloudflare-tunnel-token", headers=headers).status_code == 403
     assert httpx.request("LIST", f"{address}/v1/secret/metadata/cloudflare-tunnel-token",
-                         headers=headers).status_code in (200, 404)  # allowed; a leaf has no children
+                         headers=headers).status_code == 403
     assert httpx.get(f"{address}/v1/secret/data/graphql-hasura-admin-secret", headers=headers).status_code == 403
     assert httpx.request("LIST", f"{address}/v1/secret/metadata/", headers=headers).status_code == 403
 
@@ -109,12 +110,8 @@ def test_vault_agent_renders_every_template_as_the_service_expects(tmp_path):
         for name in files:
             entry = pod_annotations[f"vault.hashicorp.com/agent-inject-secret-{name}"].removeprefix("secret/data/")
             value = kv_value(entry)
-            rendered = (folder / name).read_text()
-            export = re.fullmatch(r'export ([A-Z0-9_]+)="(.*)"', rendered, re.DOTALL)
-            if name.endswith(".env"):  # Hasura sources these: export VAR="value"
-                assert export and export.group(2) == value, (role, name)
-            else:  # the services read the bare value from /vault/secrets/<setting name>
-                assert rendered == value, (role, name)
+            # every file holds the bare value: read as data by the services and by Hasura's start script
+            assert (folder / name).read_text() == value, (role, name)
 
 
 def kafka_client(user: str, password: str) -> dict:
@@ -187,20 +184,19 @@ def test_no_secret_in_outputs_or_rendered_manifests():
 
 
 def test_the_bootstrap_configures_hasura_with_exactly_the_urls_its_vault_agent_exports():
-    """The rendered bootstrap Job names replica and connection-set URLs by env var; Hasura's rendered Vault
-    templates must export exactly those variables, from the entries the stack file lists."""
+    """The rendered bootstrap Job names replica and connection-set URLs by env var; Hasura's start script must
+    load exactly those variables from the files its Vault agent renders, from the entries the stack file lists."""
     [job] = [o for o in rendered_objects() if o["kind"] == "Job"]
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     settings = json.loads(env["HASURA_SOURCE_SETTINGS"])
     wanted = {*settings["read_replica_envs"], *settings["connection_set"].values()}
     assert wanted and settings["edition"] == "ee" and settings["cases"]
     hasura = pod_templates()["hasura"]
-    exported = {}
-    for key, template in hasura.items():
-        if key.startswith("vault.hashicorp.com/agent-inject-template-"):
-            match = re.search(r'export ([A-Z0-9_]+)="', template)
-            if match:
-                exported[match.group(1)] = hasura[key.replace("-template-", "-secret-")].removeprefix("secret/data/")
+    [deployment] = [o for o in rendered_objects() if o["kind"] == "Deployment" and o["metadata"]["name"] == "hasura"]
+    script = deployment["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    exported = {}  # variable -> KV entry, through the file Hasura's start script reads it from
+    for variable, file_name in re.findall(r'([A-Z0-9_]+)="\$\(cat /vault/secrets/([a-z0-9_.-]+)\)"', script):
+        exported[variable] = hasura[f"vault.hashicorp.com/agent-inject-secret-{file_name}"].removeprefix("secret/data/")
     assert wanted <= set(exported)
     assert {exported[v] for v in wanted} | {exported["HASURA_GRAPHQL_EE_LICENSE_KEY"]} == set(
         state()["external_entries"])

@@ -1,0 +1,123 @@
+"""Each service's own database role, created by the bootstrap on the real PostgreSQL, can run exactly its own
+SQL (the statements the services execute, imported from them) and nothing else: the publisher cannot DELETE,
+the writer cannot INSERT or DELETE, the cleanup cannot UPDATE or even SELECT. Logins use the URL the program
+writes to each service's Vault entry; the bootstrap only ever saw SCRAM verifiers."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from app import store, writer
+from app.bootstrap import bootstrap_database
+from app.cleanup import DELETE_EXPIRED_BATCH
+from app.db_roles import ROLE_OF, SERVICE_ROLES, apply_service_roles, scram_verifier, service_url
+from app.settings import BootstrapSettings
+
+DENIED = psycopg.errors.InsufficientPrivilege
+
+
+@pytest.fixture(scope="module")
+def passwords() -> dict[str, str]:
+    return {r.role: secrets.token_hex(24) for r in SERVICE_ROLES}
+
+
+@pytest.fixture(scope="module")
+def roles(pg, passwords):
+    """What the bootstrap Job does with the verifiers from its Vault entry."""
+    import json
+
+    verifiers = {role: scram_verifier(password) for role, password in passwords.items()}
+    settings = BootstrapSettings(async_database_url=pg.url, hasura_admin_secret="x" * 16,
+                                 async_database_roles=json.dumps(verifiers))
+    bootstrap_database(settings)
+    return {service: service_url(pg.url, role, passwords[role]) for service, role in ROLE_OF.items()}
+
+
+def connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True, connect_timeout=5)
+
+
+def insert_row(db, *, expired: bool = False) -> str:
+    request_id = f"roles-{uuid.uuid4().hex[:12]}"
+    db.execute("INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, expires_at) "
+               "VALUES (%s, 'c', 'h', 'op', now() + %s * interval '1 hour')", (request_id, -1 if expired else 1))
+    return request_id
+
+
+def test_the_publisher_role_inserts_reads_and_marks_but_cannot_delete(roles, db):
+    with connect(roles["publisher"]) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == "graphql_async_publisher"
+        request_id = f"roles-{uuid.uuid4().hex[:12]}"
+        conn.execute(store.INSERT_PENDING, (request_id, "c", "h", "op", "normal", Jsonb({}), Jsonb({}), Jsonb({}), 60))
+        assert conn.execute(store.SELECT_ONE, (request_id,)).fetchone()
+        with conn.transaction():
+            conn.execute(store.CLAIM_UNPUBLISHED, (0, 10)).fetchall()
+        assert conn.execute(store.MARK_PUBLISHED, ([request_id],)).rowcount == 1
+        conn.execute(store.PARK_UNPUBLISHABLE, ([request_id], ["too large"]))
+        for forbidden in ("DELETE FROM graphql.client_async_messages WHERE request_id = %s",
+                          "UPDATE graphql.client_async_messages SET response = '{}' WHERE request_id = %s",
+                          "UPDATE graphql.client_async_messages SET payload = '{}' WHERE request_id = %s",
+                          "TRUNCATE graphql.client_async_messages"):
+            with pytest.raises(DENIED):
+                conn.execute(forbidden, (request_id,) if "%s" in forbidden else None)
+
+
+def test_the_writer_role_records_outcomes_but_cannot_insert_or_delete(roles, db):
+    request_id = insert_row(db)
+    with connect(roles["writer"]) as conn:
+        done = conn.execute(writer.WRITE_OUTCOMES, ([request_id], ["completed"], [Jsonb({"ok": True})], [None],
+                                                    ["2026-01-01T00:00:00Z"])).fetchall()
+        assert done == [(request_id,)]
+        assert conn.execute(writer.EXISTING, ([request_id],)).fetchall() == [(request_id,)]
+        for forbidden in ("DELETE FROM graphql.client_async_messages WHERE request_id = %s",
+                          "INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, "
+                          "expires_at) VALUES (%s, 'c', 'h', 'op', now())",
+                          "UPDATE graphql.client_async_messages SET client_id = 'other' WHERE request_id = %s",
+                          "SELECT payload FROM graphql.client_async_messages WHERE request_id = %s"):
+            with pytest.raises(DENIED):
+                conn.execute(forbidden, (request_id,))
+
+
+def test_the_cleanup_role_deletes_expired_rows_only_and_cannot_update(roles, db):
+    db.execute("DELETE FROM graphql.client_async_messages WHERE expires_at < now()")
+    expired, live = insert_row(db, expired=True), insert_row(db)
+    with connect(roles["cleanup"]) as conn:
+        assert conn.execute(DELETE_EXPIRED_BATCH, (100,)).fetchone()[0] == 1
+        for forbidden in ("UPDATE graphql.client_async_messages SET status = 'failed' WHERE request_id = %s",
+                          "DELETE FROM graphql.client_async_messages WHERE request_id = %s",
+                          "SELECT client_id FROM graphql.client_async_messages WHERE request_id = %s"):
+            with pytest.raises(DENIED):
+                conn.execute(forbidden, (live,))
+    remaining = db.execute("SELECT request_id FROM graphql.client_async_messages WHERE request_id = ANY(%s)",
+                           ([expired, live],)).fetchall()
+    assert remaining == [(live,)]
+
+
+def test_a_wrong_password_is_refused_and_roles_have_no_attributes(roles, db, pg):
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect(service_url(pg.url, "graphql_async_writer", "not-the-password"))
+    attributes = db.execute("SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolcanlogin "
+                            "FROM pg_roles WHERE rolname LIKE 'graphql_async_%' ORDER BY 1").fetchall()
+    assert attributes == [(role, False, False, False, False, True) for role in sorted(ROLE_OF.values())]
+
+
+def test_a_rerun_resets_grants_to_exactly_the_list(roles, db, passwords):
+    db.execute("GRANT DELETE ON graphql.client_async_messages TO graphql_async_publisher")  # drift
+    apply_service_roles(db, {role: scram_verifier(password) for role, password in passwords.items()})
+    with connect(roles["publisher"]) as conn, pytest.raises(DENIED):
+        conn.execute("DELETE FROM graphql.client_async_messages WHERE false")
+
+
+def test_service_url_swaps_only_the_credentials():
+    url = service_url("postgresql://owner:s3cr%40t@db.example.test:5433/app?sslmode=verify-full",
+                      "graphql_async_writer", "p@ss/word")
+    assert url == "postgresql://graphql_async_writer:p%40ss%2Fword@db.example.test:5433/app?sslmode=verify-full"
+    with pytest.raises(ValueError, match="postgresql://"):
+        service_url("host=db user=x", "r", "p")
+    with pytest.raises(ValueError, match="network.databasePort"):  # the NetworkPolicies would block it
+        service_url("postgresql://o:p@db:5432/app", "r", "p", expect_port=5433)
