@@ -21,27 +21,21 @@ ROOT = Path(__file__).parent
 HASURA_ENV = (ROOT / "config" / "hasura" / "hasura.env").read_text()
 
 cfg = load_stack_config()
-ns, mount = cfg.namespace, cfg.vault.kv_mount
-principals = ServicePrincipals()
+ns, mount, principals = cfg.namespace, cfg.vault.kv_mount, ServicePrincipals()
 hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, kv_mount=mount)
 
 edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
                                                 origin=hasura_args.url)) if cfg.cloudflare.enabled else None
-
-kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, admin_password=cfg.kafka_admin_password, principals=principals,
-                                             kv_mount=mount))
-
+kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, cfg.kafka_admin_password, principals, kv_mount=mount))
 vault = VaultAccess("vault", VaultAccessArgs(
-    namespace=ns, vault=cfg.vault, database_url=cfg.database_url,
+    namespace=ns, vault=cfg.vault, database_url=cfg.database_url, workers=cfg.kafka.workers,
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
     kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads, **kafka_ca_reads(cfg.kafka)},
     database_port=cfg.network.database_port))
-
 connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault,
                             cloudflare=cfg.cloudflare), opts=pulumi.ResourceOptions(depends_on=[vault]))
 hasura = Hasura("hasura", hasura_args, opts=pulumi.ResourceOptions(depends_on=[vault]))
 images = ServiceImages("images", ServiceImagesArgs(config=cfg.images, context=ROOT / "app", project_root=ROOT))
-
 flow = AsyncFlow("async-flow", AsyncFlowArgs(
     namespace=ns, config=cfg.async_flow, kafka=cfg.kafka, topics=kafka.topic_names, images=images.digests,
     kv_mount=mount, hasura_url=hasura.url, hasura=cfg.hasura, app_dir=ROOT / "app", principals=principals,
@@ -49,9 +43,7 @@ flow = AsyncFlow("async-flow", AsyncFlowArgs(
     opts=pulumi.ResourceOptions(depends_on=[vault, kafka, hasura]))
 
 # default deny in and out, then exactly the drawing's flows
-NetworkPolicies("network", NetworkPoliciesArgs(namespace=ns, network=cfg.network, vault_address=cfg.vault.address,
-                                               kafka_servers=cfg.kafka.bootstrap_servers))
-
+NetworkPolicies("network", NetworkPoliciesArgs(ns, cfg.network, cfg.vault.address, cfg.kafka.bootstrap_servers))
 if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(
         graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_config=hasura.config_checksum,

@@ -94,6 +94,16 @@ class WorkerConfig(_Model):
 
     name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")  # principal graphql-async-worker-<name>
     consumer_group: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,200}$")  # default: the principal's name
+    # where the worker runs: a Vault Kubernetes auth role bound to exactly this account (audience vault);
+    # without them only the policy is declared, for the team to attach to its own auth
+    kubernetes_namespace: str | None = Field(None, pattern=K8S_NAME.pattern)
+    service_account: str | None = Field(None, pattern=K8S_NAME.pattern)
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> WorkerConfig:
+        if (self.kubernetes_namespace is None) != (self.service_account is None):
+            raise ValueError(f"worker {self.name!r}: kubernetesNamespace and serviceAccount go together")
+        return self
 
 
 class KafkaConfig(_Model):

@@ -11,7 +11,7 @@ import pulumi_random as random
 import pulumi_vault as vault
 
 from app.db_roles import ROLE_OF, scram_verifier, service_url
-from components.config import VaultConfig
+from components.config import VaultConfig, WorkerConfig
 from components.k8s import VAULT_AUDIENCE, VaultFile, child
 
 # KV entry names (the seed's naming); each holds its value under the key `value`
@@ -89,6 +89,7 @@ class VaultAccessArgs:
     tunnel_token: pulumi.Input[str]
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
     database_port: int | None = None  # the port the NetworkPolicies open: the URL must use it
+    workers: list[WorkerConfig] = field(default_factory=list)  # other teams' workers: a policy (and role) each
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
     # consumer (policy and role name) -> its Kubernetes service account; each workload's account is its name
@@ -155,6 +156,20 @@ class VaultAccess(pulumi.ComponentResource):
                 audience=VAULT_AUDIENCE,
                 token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,
                 opts=child(self))
+
+        for worker in args.workers:  # its own Kafka credentials, nothing else; its role only where it runs
+            consumer = f"graphql-async-worker-{worker.name}"
+            grants = [(data_path(mount, kafka_entry(f"worker-{worker.name}", f)), ["read"])
+                      for f in ("username", "password")]
+            self.policies[consumer] = vault.Policy(consumer, name=consumer, policy=policy_hcl(grants),
+                                                   opts=child(self))
+            if worker.service_account:
+                self.roles[consumer] = vault.kubernetes.AuthBackendRole(
+                    consumer, backend=args.vault.kubernetes_auth_path, role_name=consumer,
+                    bound_service_account_names=[worker.service_account],
+                    bound_service_account_namespaces=[worker.kubernetes_namespace], audience=VAULT_AUDIENCE,
+                    token_policies=[self.policies[consumer].name], token_ttl=3600, token_max_ttl=14400,
+                    opts=child(self))
 
         self.paths = {entry: data_path(mount, entry) for entry in sorted(values)}
         self.register_outputs({"paths": self.paths, "roles": sorted(self.roles)})

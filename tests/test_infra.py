@@ -370,7 +370,8 @@ def test_topics_users_and_acls(run):
 
 
 def test_a_worker_principal_gets_its_user_acls_and_vault_entries_and_nothing_more():
-    kafka = {**load_stack_file("dev")[P + "kafka"], "workers": [{"name": "billing"}]}
+    kafka = {**load_stack_file("dev")[P + "kafka"], "workers": [
+        {"name": "billing", "kubernetesNamespace": "billing", "serviceAccount": "billing-worker"}, {"name": "mail"}]}
     run = run_stack("dev", {P + "kafka": kafka})
     users = {r.inputs["username"] for r in run.of_type("kafka:index/userScramCredential:UserScramCredential")}
     assert "graphql-async-worker-billing" in users
@@ -384,6 +385,19 @@ def test_a_worker_principal_gets_its_user_acls_and_vault_entries_and_nothing_mor
     entries = {r.inputs["name"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
     assert {"graphql-kafka-async-worker-billing-username", "graphql-kafka-async-worker-billing-password"} <= entries
     assert run.outputs["kafka_principals"]["worker-billing"] == "graphql-async-worker-billing"
+    # its policy reads its own two entries and nothing else; its role binds exactly its account, audience vault
+    policy = run.one("vault:index/policy:Policy", "graphql-async-worker-billing").inputs["policy"]
+    assert re.findall(r'path "([^"]+)"', policy) == [
+        "secret/data/graphql-kafka-async-worker-billing-username",
+        "secret/data/graphql-kafka-async-worker-billing-password"]
+    assert '["read"]' in policy and "list" not in policy
+    role = run.one("vault:kubernetes/authBackendRole:AuthBackendRole", "graphql-async-worker-billing").inputs
+    assert (role["boundServiceAccountNames"], role["boundServiceAccountNamespaces"], role["audience"]) == (
+        ["billing-worker"], ["billing"], "vault")
+    assert not [r for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")
+                if r.name == "graphql-async-worker-mail"]  # no account given: the policy only
+    for other in ("graphql-async-request-publisher", "graphql-async-response-writer", "hasura"):
+        assert "worker-billing" not in run.one("vault:index/policy:Policy", other).inputs["policy"]
     with pytest.raises(Exception, match="worker names must be unique"):
         run_stack("dev", {P + "kafka": {**kafka, "workers": [{"name": "a"}, {"name": "a"}]}})
 
