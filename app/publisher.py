@@ -203,6 +203,8 @@ class Publisher:
         task = asyncio.create_task(self._settle(request_id, delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if not self.settings.publish_wait_seconds:
+            return False  # answered from the committed row; the send goes on, the relay covers a failure
         try:
             await asyncio.wait_for(asyncio.shield(delivery), self.settings.publish_wait_seconds)
         except Exception:  # noqa: BLE001 - not acked in time, or refused: _settle logs it, the relay retries

@@ -127,7 +127,9 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     publisher_host: str = "0.0.0.0"
     publisher_port: int = Field(8080, ge=1, le=65535)
     # how long the action waits for Kafka's ack before answering with the row still `pending`
-    publish_wait_seconds: float = Field(2.0, gt=0)
+    # 0: answer as soon as the row is committed (status `pending`; the outbox guarantees the publish), one
+    # Kafka round trip less per call
+    publish_wait_seconds: float = Field(2.0, ge=0)
     # producer gives up on a message after this; the outbox relay takes over
     publish_timeout_seconds: float = Field(10.0, gt=0)
     relay_interval_seconds: float = Field(1.0, gt=0)

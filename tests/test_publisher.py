@@ -176,3 +176,14 @@ def test_health_endpoints(publisher):
     url, _ = publisher
     assert httpx.get(f"{url}/healthz").status_code == 200
     assert httpx.get(f"{url}/readyz").json() == {"status": "ready"}
+
+
+def test_no_publish_wait_answers_from_the_committed_row_and_still_publishes(publisher_settings, db, kafka, topics):
+    settings = publisher_settings.model_copy(update={"publish_wait_seconds": 0})
+    with running_publisher(settings) as (url, _app):
+        request_id = rid()
+        response = call_action(url, ACTION_SECRET, action_body({**VALID, "request_id": request_id}, user_id="u-0"))
+        assert response.status_code == 200 and response.json()["status"] == "pending"  # did not wait for Kafka
+        assert len(requests_for(kafka, topics.requests, request_id, expect=1)) == 1  # but it was sent
+        wait_until(lambda: db.execute("SELECT status FROM graphql.client_async_messages WHERE request_id = %s",
+                                      (request_id,)).fetchone()[0] == "published", what="the row marked published")
