@@ -23,14 +23,15 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING {ROW_COLUMNS}
 """
 
-# group commit: many calls' rows in one statement (one commit); a request_id twice in one batch inserts once
+# group commit: many calls' rows in one statement (one commit); a request_id twice in one batch inserts once;
+# %b: arrays in binary, several times cheaper to send than psycopg's text form
 INSERT_PENDING_MANY = f"""
 INSERT INTO graphql.client_async_messages
     (request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at)
 SELECT r.request_id, r.client_id, r.handler, r.operation, 'pending', r.priority, r.payload, r.metadata,
        r.correlation, now() + make_interval(secs => r.expires_in)
-  FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::jsonb[],
-              %s::float8[])
+  FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::jsonb[],
+              %b::float8[])
        AS r(request_id, client_id, handler, operation, priority, payload, metadata, correlation, expires_in)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING {ROW_COLUMNS}

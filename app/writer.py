@@ -39,10 +39,11 @@ from app.settings import SettingsError, WriterSettings
 log = logging.getLogger("app.writer")
 T = TypeVar("T")
 
+# %b: arrays sent in binary; psycopg's text dump of a 1000-element jsonb[] costs ~11 ms, binary ~2 ms
 WRITE_OUTCOMES = """
 UPDATE graphql.client_async_messages AS m
    SET status = r.status, response = r.result, error = r.error, completed_at = r.completed_at, updated_at = now()
-  FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::jsonb[], %s::timestamptz[])
+  FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[])
        AS r(request_id, status, result, error, completed_at)
  WHERE m.request_id = r.request_id AND m.status IN ('pending', 'published')
 RETURNING m.request_id
