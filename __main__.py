@@ -12,6 +12,7 @@ from components.hasura import Hasura, HasuraArgs
 from components.images import ServiceImages, ServiceImagesArgs
 from components.kafka import KafkaAccess, KafkaAccessArgs
 from components.kafka_access import ServicePrincipals
+from components.no_kubelet import register as no_kubelet
 from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
 from components.vault_access import VaultAccess, VaultAccessArgs
 from components.verify import DeploymentVerification, DeploymentVerificationArgs
@@ -20,6 +21,7 @@ ROOT = Path(__file__).parent
 HASURA_ENV = (ROOT / "config" / "hasura" / "hasura.env").read_text()
 
 cfg = load_stack_config()
+no_kubelet(cfg.kubelet)  # the local rehearsal's bare API server only: no readiness waits that need a kubelet
 ns, mount = cfg.namespace, cfg.vault.kv_mount
 principals = ServicePrincipals()
 hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, kv_mount=mount)
