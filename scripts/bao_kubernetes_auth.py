@@ -69,11 +69,11 @@ def check_logins(kube: Kube, bao_address: str, namespace: str, pairs: dict[str, 
     for role, account in sorted(pairs.items()):
         try:
             policies = login(bao_address, role, tokens[account], mount)
+            if policies != sorted({"default", role}):
+                failures.append(f"{account} -> {role}: policies {policies}, want default + {role}")
         except LoginRefused as refused:
+            policies = []
             failures.append(f"{account} refused for its own role {role}: {refused}")
-            continue
-        if policies != sorted({"default", role}):
-            failures.append(f"{account} -> {role}: policies {policies}, want default + {role}")
         refused_others = 0
         for other, token in sorted(tokens.items()):
             if other == account:
