@@ -171,7 +171,7 @@ _PLURALS: dict[tuple[str, str], tuple[str, bool]] = {}
 def object_path(kube: Kube, obj: dict) -> str:
     """The REST path of an object, from the server's discovery (resource name, namespaced or not)."""
     api_version, kind = obj["apiVersion"], obj["kind"]
-    if (api_version, kind) not in _PLURALS:
+    if (api_version, kind) not in _PLURALS:  # asked again on a miss: a CRD may have added the kind since
         base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
         for resource in kube.get(base)["resources"]:
             if "/" not in resource["name"]:

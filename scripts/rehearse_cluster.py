@@ -76,10 +76,9 @@ class Cluster:
             return answer.json()["data"]["data"][key]
 
         lines = []
-        ready = kube.wait("SecretStore Valid", lambda: external_secrets.condition(kube.get(
+        kube.wait("SecretStore Valid", lambda: external_secrets.condition(kube.get(
             f"/apis/external-secrets.io/v1/namespaces/{ns}/secretstores/{store['metadata']['name']}")).get(
             "reason") == "Valid", 60)
-        assert ready
         synced = external_secrets.wait_status(kube, ns, name, "SecretSynced", 60)
         external_secrets.wait_value(kube, ns, target, secret_key, current(), 10)
         lines.append(f"SecretStore {store['metadata']['name']} Valid; ExternalSecret {name}: {synced['reason']}; "

@@ -15,6 +15,7 @@ admitted here was really seen by the injector.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 from pathlib import Path
@@ -92,10 +93,14 @@ class VaultInjector(Process):
         self.start(command, self._ready, timeout=60, env=env)
 
     def _ready(self) -> bool:
-        """Serving (its own health endpoint) and the caBundle patched into the webhook configuration."""
-        # 204 once it serves a certificate (subcommand/injector/command.go: handleReady)
-        if httpx.get(f"https://127.0.0.1:{self.port}/health/ready", verify=False, timeout=2).status_code != 204:
-            return False
+        """The caBundle patched into the webhook configuration by the injector, and the injector serving its
+        health endpoint with a certificate from that CA (204 once it has one: subcommand/injector/command.go,
+        handleReady) — what the API server will check when it calls the webhook."""
         config = self.plane.kube.get(
             f"/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/{WEBHOOK_CONFIG}")
-        return bool(config["webhooks"][0]["clientConfig"].get("caBundle"))
+        bundle = config["webhooks"][0]["clientConfig"].get("caBundle")
+        if not bundle:
+            return False
+        ca = self.root.parent / "vault-injector-ca.crt"
+        ca.write_bytes(base64.b64decode(bundle))
+        return httpx.get(f"https://127.0.0.1:{self.port}/health/ready", verify=str(ca), timeout=2).status_code == 204
