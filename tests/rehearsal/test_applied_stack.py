@@ -1,7 +1,8 @@
 """Checks after a real `pulumi up` of the local stack (run by `bash scripts/dev.sh rehearse`, never by `test`).
 
 Everything here talks to what the real providers created: SCRAM users and ACLs on the Kafka broker, KV
-entries, policies and roles on OpenBao, the manifests the Kubernetes provider rendered to disk.
+entries, policies and roles on OpenBao, the Kubernetes objects the program declared (as the stack's state holds them;
+the rehearsal applied them to a real API server).
 """
 
 from __future__ import annotations
