@@ -98,13 +98,20 @@ def attack(url: str, rate: int, seconds: int, prefix: str) -> tuple[dict[str, fl
 
 def terminal_times(pg_url: str, prefix: str, expected: int, deadline_s: float = 120) -> dict[str, float]:
     """Wait (bounded) until every accepted call's row is terminal; request_id → updated_at (epoch seconds)."""
+    return {rid: stages[-1] for rid, stages in row_stages(pg_url, prefix, expected, deadline_s).items()}
+
+
+def row_stages(pg_url: str, prefix: str, expected: int, deadline_s: float = 120) -> dict[str, tuple[float, ...]]:
+    """request_id → (created_at, published_at, updated_at) in epoch seconds, once every row is terminal."""
     deadline = time.monotonic() + deadline_s
-    rows: dict[str, float] = {}
+    rows: dict[str, tuple[float, ...]] = {}
     with psycopg.connect(pg_url, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            rows = dict(conn.execute(
-                "SELECT request_id, extract(epoch FROM updated_at)::float8 FROM graphql.client_async_messages "
-                "WHERE request_id LIKE %s AND status IN ('completed', 'failed')", (f"{prefix}-%",)).fetchall())
+            rows = {r[0]: tuple(r[1:]) for r in conn.execute(
+                "SELECT request_id, extract(epoch FROM created_at)::float8, "
+                "extract(epoch FROM coalesce(published_at, created_at))::float8, "
+                "extract(epoch FROM updated_at)::float8 FROM graphql.client_async_messages "
+                "WHERE request_id LIKE %s AND status IN ('completed', 'failed')", (f"{prefix}-%",)).fetchall()}
             if len(rows) >= expected:
                 break
             time.sleep(0.5)
@@ -172,11 +179,15 @@ def main() -> None:
             for rate in rates:
                 prefix = f"e2e-{rate}-{uuid.uuid4().hex[:6]}"
                 sent, codes = attack(f"{url}/action/publish_async_request", rate, args.seconds, prefix)
-                rows = terminal_times(pg.url, prefix, len(sent))
-                waits = [(rows[rid] - at) * 1000 for rid, at in sent.items() if rid in rows]
+                stages = row_stages(pg.url, prefix, len(sent))
+                waits = [(stages[rid][2] - at) * 1000 for rid, at in sent.items() if rid in stages]
+                # where the wait goes: call → row stored, stored → marked published, published → answer written
+                breakdown = {name: percentiles([(s[b] - (sent[rid] if a < 0 else s[a])) * 1000
+                                                for rid, s in stages.items() if rid in sent])["p50_ms"]
+                             for name, a, b in (("stored", -1, 0), ("published", 0, 1), ("answered", 1, 2))}
                 results.append({"rate_per_s": rate, "calls": rate * args.seconds, "codes": codes,
                                 "terminal": len(waits), "not_terminal": len(sent) - len(waits),
-                                **percentiles(waits),
+                                **percentiles(waits), "p50_ms_by_stage": breakdown,
                                 "bound_bare_round_trip": bare_round_trip(kafka, rate, args.seconds)})
     crossing = next((r["rate_per_s"] for r in results if r["p99_ms"] is None or r["p99_ms"] >= GOAL_P99_MS), None)
     at_goal = next((r for r in results if r["rate_per_s"] == GOAL_RATE), None)
