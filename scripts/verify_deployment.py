@@ -128,11 +128,13 @@ def cacheable(cache_control: str) -> bool:
         name, _, value = part.strip().partition("=")
         if name:
             directives[name] = value.strip().strip('"')
-    if {"no-store", "private", "no-cache"} & set(directives):
+    # a field-named no-cache ("no-cache=Set-Cookie") still lets the rest be stored (RFC 9111 5.2.2.4)
+    if {"no-store", "private"} & set(directives) or directives.get("no-cache") == "":
         return False
-    ages = [directives[d] for d in ("s-maxage", "max-age") if d in directives]
-    if ages:
-        return any(not age.isdigit() or int(age) > 0 for age in ages)
+    # a shared cache takes s-maxage over max-age (RFC 9111 5.2.2.10)
+    age = directives.get("s-maxage", directives.get("max-age"))
+    if age is not None:
+        return not age.isdigit() or int(age) > 0
     return "public" in directives
 
 
@@ -190,9 +192,12 @@ async def _acknowledged(socket, settings: VerifySettings) -> None:
         kind = message.get("type")
         if kind == "connection_ack":
             return
-        if kind == "ping":  # graphql-transport-ws: answer at once, payload optional
+        # each protocol's own keep-alives only: graphql-transport-ws ping/pong (PROTOCOL.md; a `ka` there is
+        # an unknown type the graphql-ws server would close with 4400), the legacy graphql-ws `ka`
+        transport_ws = socket.subprotocol == "graphql-transport-ws"
+        if kind == "ping" and transport_ws:  # answer at once, payload optional
             await socket.send(json.dumps({"type": "pong"}))
-        elif kind not in ("ka", "pong"):  # graphql-ws sends `ka` keep-alives, possibly before the ack
+        elif not ((transport_ws and kind == "pong") or (not transport_ws and kind == "ka")):
             raise Failed(f"got {kind!r} instead of connection_ack: {_short(message)}")
 
 

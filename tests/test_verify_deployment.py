@@ -10,6 +10,7 @@ confirmed with a real client library (gql) doing the same thing.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shlex
 import subprocess
@@ -132,6 +133,8 @@ def test_an_answer_a_cache_may_keep_fails(behaviour, reason):
     ("public, max-age=60", True), ("s-maxage=30", True), ("max-age=60", True), ("public", True),
     ("no-store", False), ("private, max-age=60", False), ("no-cache", False), ("max-age=0", False),
     ("public, max-age=0", False), ("", False), ("max-age=junk", True),
+    # a shared cache takes s-maxage over max-age; a field-named no-cache still lets the rest be stored
+    ("s-maxage=0, max-age=60", False), ("max-age=0, s-maxage=60", True), ('no-cache="Set-Cookie", max-age=60', True),
 ])
 def test_cacheable_cache_control(value, expected):
     assert cacheable(value) is expected
@@ -241,3 +244,36 @@ def test_the_rehearsal_s_project_copy_has_the_interpreter_the_command_names(tmp_
     done = subprocess.run([str(interpreter), "-c", "import httpx, websockets"], env={"PATH": "/usr/bin:/bin"},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+class _Socket:
+    """Just enough of a websockets connection for the handshake: a subprotocol and a queue of frames."""
+
+    def __init__(self, subprotocol: str, frames: list[dict]):
+        self.subprotocol, self.frames, self.sent = subprotocol, list(frames), []
+
+    async def send(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def recv(self) -> str:
+        return json.dumps(self.frames.pop(0))
+
+
+@pytest.mark.parametrize(("subprotocol", "frames", "accepted"), [
+    ("graphql-transport-ws", [{"type": "ping"}, {"type": "connection_ack"}], True),
+    ("graphql-transport-ws", [{"type": "ka"}, {"type": "connection_ack"}], False),  # not this protocol's
+    ("graphql-ws", [{"type": "ka"}, {"type": "connection_ack"}], True),
+    ("graphql-ws", [{"type": "ping"}, {"type": "connection_ack"}], False),  # Apollo's protocol has no ping
+])
+def test_keep_alives_are_each_protocols_own(subprotocol, frames, accepted):
+    import asyncio
+
+    from scripts.verify_deployment import Failed, _acknowledged
+
+    socket = _Socket(subprotocol, frames)
+    settings = VerifySettings(graphql_url="https://example.test/v1/graphql")
+    if accepted:
+        asyncio.run(_acknowledged(socket, settings))
+    else:
+        with pytest.raises(Failed):
+            asyncio.run(_acknowledged(socket, settings))
