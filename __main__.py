@@ -30,11 +30,11 @@ edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostn
 kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, cfg.kafka_admin_password, principals, kv_mount=mount))
 vault = VaultAccess("vault", VaultAccessArgs(
     namespace=ns, vault=cfg.vault, database_url=cfg.database_url, workers=cfg.kafka.workers,
-    tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token,
+    tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token, kafka_ca_entry=cfg.kafka.ca_entry,
     kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads, **kafka_ca_reads(cfg.kafka)},
     database_port=cfg.network.database_port))
-connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(namespace=ns, vault=cfg.vault,
-                            cloudflare=cfg.cloudflare), opts=pulumi.ResourceOptions(depends_on=[vault]))
+connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(ns, cfg.vault, cfg.cloudflare),
+                            opts=pulumi.ResourceOptions(depends_on=[vault]))
 hasura = Hasura("hasura", hasura_args, opts=pulumi.ResourceOptions(depends_on=[vault]))
 images = ServiceImages("images", ServiceImagesArgs(config=cfg.images, context=ROOT / "app", project_root=ROOT))
 flow = AsyncFlow("async-flow", AsyncFlowArgs(

@@ -90,6 +90,7 @@ class VaultAccessArgs:
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
     database_port: int | None = None  # the port the NetworkPolicies open: the URL must use it
     workers: list[WorkerConfig] = field(default_factory=list)  # other teams' workers: a policy (and role) each
+    kafka_ca_entry: str | None = None  # SASL_SSL: the brokers' CA, which every Kafka client (workers too) reads
     # entries managed outside this program that a consumer also reads (e.g. Hasura's Redis URLs)
     extra_reads: dict[str, list[str]] = field(default_factory=dict)
     # consumer (policy and role name) -> its Kubernetes service account; each workload's account is its name
@@ -159,8 +160,8 @@ class VaultAccess(pulumi.ComponentResource):
 
         for worker in args.workers:  # its own Kafka credentials, nothing else; its role only where it runs
             consumer = f"graphql-async-worker-{worker.name}"
-            grants = [(data_path(mount, kafka_entry(f"worker-{worker.name}", f)), ["read"])
-                      for f in ("username", "password")]
+            entries = [kafka_entry(f"worker-{worker.name}", f) for f in ("username", "password")]
+            grants = [(data_path(mount, e), ["read"]) for e in (*entries, *filter(None, [args.kafka_ca_entry]))]
             self.policies[consumer] = vault.Policy(consumer, name=consumer, policy=policy_hcl(grants),
                                                    opts=child(self))
             if worker.service_account:

@@ -396,6 +396,11 @@ def test_a_worker_principal_gets_its_user_acls_and_vault_entries_and_nothing_mor
         ["billing-worker"], ["billing"], "vault")
     assert not [r for r in run.of_type("vault:kubernetes/authBackendRole:AuthBackendRole")
                 if r.name == "graphql-async-worker-mail"]  # no account given: the policy only
+    # with SASL_SSL (prod) a worker also reads the brokers' CA, as every Kafka client must
+    prod_kafka = {**load_stack_file("prod")[P + "kafka"], "workers": [{"name": "billing"}]}
+    prod_policy = run_stack("prod", {P + "kafka": prod_kafka}).one("vault:index/policy:Policy",
+                                                                   "graphql-async-worker-billing").inputs["policy"]
+    assert f'secret/data/{prod_kafka["caEntry"]}' in prod_policy
     for other in ("graphql-async-request-publisher", "graphql-async-response-writer", "hasura"):
         assert "worker-billing" not in run.one("vault:index/policy:Policy", other).inputs["policy"]
     with pytest.raises(Exception, match="worker names must be unique"):
