@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -21,6 +22,7 @@ from components.k8s import child, labels
 RULES_FILE = Path(__file__).resolve().parent.parent / "config" / "prometheus" / "rules.yaml"
 RUNBOOK = "docs/runbook.md"
 CLEANUP_ALERT = "AsyncCleanupNotRun"
+CLEANUP_APP = "graphql-async-cleanup"  # the CronJob's pods' app.kubernetes.io/name (components/async_flow.py)
 MONITORING_API = "monitoring.coreos.com/v1"
 
 
@@ -80,6 +82,18 @@ def declare_monitoring(parent: pulumi.Resource, args: FlowMonitoringArgs) -> lis
                       "kubernetes.io/metadata.name": cfg.prometheus_namespace}}}],
                       "ports": [{"protocol": "TCP", "port": p}
                                 for p in sorted({port for t in args.targets for _, port in t.ports})]}]},
+            opts=child(parent)))
+    if cfg.pushgateway_url:
+        # the namespace denies all egress by default: the cleanup's push needs its own way out, to the Pushgateway
+        # in Prometheus's namespace on the URL's port, nothing else
+        parts = urlsplit(cfg.pushgateway_url)
+        declared.append(k8s.networking.v1.NetworkPolicy(
+            "cleanup-to-pushgateway", metadata=metadata("graphql-async-cleanup-to-pushgateway"),
+            spec={"podSelector": {"matchLabels": {"app.kubernetes.io/name": CLEANUP_APP}}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"namespaceSelector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": cfg.prometheus_namespace}}}],
+                      "ports": [{"protocol": "TCP",
+                                 "port": parts.port or (443 if parts.scheme == "https" else 80)}]}]},
             opts=child(parent)))
     if cfg.prometheus_rule:
         declared.append(k8s.apiextensions.CustomResource(

@@ -5,6 +5,7 @@ is config/prometheus/rules.yaml, the scrape NetworkPolicy; all strictly valid ag
 from __future__ import annotations
 
 import copy
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -84,6 +85,17 @@ def test_without_a_pushgateway_the_cleanup_alert_is_left_out_and_the_cronjob_pus
 def test_the_cleanup_pushes_to_the_configured_pushgateway(run):
     cleanup = pod_template(run, "CronJob", CLEANUP)["spec"]["containers"][0]
     assert {e["name"]: e.get("value") for e in cleanup["env"]}["CLEANUP_PUSHGATEWAY_URL"] == PUSHGATEWAY
+
+
+def test_the_cleanup_may_reach_the_pushgateway_and_nothing_else_is_opened(run):
+    # the namespace's default deny would drop the push: one egress policy, cleanup only, to Prometheus's namespace
+    policy = objects(run, "NetworkPolicy")["graphql-async-cleanup-to-pushgateway"]["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": CLEANUP}}
+    assert policy["policyTypes"] == ["Egress"] and "ingress" not in policy
+    [rule] = policy["egress"]
+    assert rule["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": urlsplit(PUSHGATEWAY).port or 80}]
+    assert "graphql-async-cleanup-to-pushgateway" not in objects(with_metrics(pushgatewayUrl=None), "NetworkPolicy")
 
 
 def test_only_the_metrics_ports_are_opened_and_only_to_prometheus(run):
