@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import httpx
 
+from components.k8s import VAULT_AUDIENCE
 from scripts.control_plane import ControlPlane, Kube
 
 REVIEWER_NAMESPACE = "kube-system"
@@ -52,11 +53,11 @@ def login(bao_address: str, role: str, jwt: str, mount: str = "kubernetes") -> l
     return sorted(auth["token_policies"])
 
 
-def workload_token(kube: Kube, namespace: str, account: str) -> str:
-    """What the kubelet mounts for the pod (kube-api-access, the API server's audience): the token the injected
-    Vault agent logs in with (vault-k8s agent-inject/agent/agent.go: serviceaccount(), the mount whose path
-    contains `serviceaccount`)."""
-    return kube.service_account_token(namespace, account)
+def workload_token(kube: Kube, namespace: str, account: str, audience: str | None = VAULT_AUDIENCE) -> str:
+    """What the injected Vault agent logs in with: the pod's projected token for Vault's audience (the program's
+    `vault-token` volume, vault-k8s agent-inject/agent/agent.go serviceaccount(); ESO's token request names the
+    same audience). `audience=None` is the API server's own token, which every role must refuse."""
+    return kube.service_account_token(namespace, account, audience=audience)
 
 
 def check_logins(kube: Kube, bao_address: str, namespace: str, pairs: dict[str, str],
@@ -74,6 +75,11 @@ def check_logins(kube: Kube, bao_address: str, namespace: str, pairs: dict[str, 
         except LoginRefused as refused:
             policies = []
             failures.append(f"{account} refused for its own role {role}: {refused}")
+        try:  # the kubelet's default token (the API server's audience) must not open Vault
+            login(bao_address, role, workload_token(kube, namespace, account, audience=None), mount)
+            failures.append(f"{account}'s API-server-audience token was ACCEPTED for role {role}")
+        except LoginRefused:
+            pass
         refused_others = 0
         for other, token in sorted(tokens.items()):
             if other == account:

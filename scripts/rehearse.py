@@ -42,13 +42,17 @@ BUCKET = "pulumi-state"
 PHASES = 12
 
 
+# colours only on a terminal (a CI log or a pipe gets plain text)
+BOLD, GREEN, RESET = ("\033[1m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
 def phase(number: int, text: str) -> float:
-    print(f"\033[1m==> [{number}/{PHASES}] {text}\033[0m", flush=True)
+    print(f"{BOLD}==> [{number}/{PHASES}] {text}{RESET}", flush=True)
     return time.monotonic()
 
 
 def done(started: float, text: str = "ok") -> None:
-    print(f"    \033[32m{text}\033[0m ({time.monotonic() - started:.1f}s)", flush=True)
+    print(f"    {GREEN}{text}{RESET} ({time.monotonic() - started:.1f}s)", flush=True)
 
 
 def pulumi_env() -> dict[str, str]:
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         done(t)
         if refused:
             raise SystemExit("admission refused (the injector's messages):\n  " + "\n  ".join(refused))
-        print(f"\n\033[1mrehearsal passed in {time.monotonic() - total:.0f}s\033[0m", flush=True)
+        print(f"\n{BOLD}rehearsal passed in {time.monotonic() - total:.0f}s{RESET}", flush=True)
         return 0
     finally:
         for server in (cluster, s3, bao, broker):

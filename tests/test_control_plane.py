@@ -16,6 +16,7 @@ import shutil
 import httpx
 import pytest
 
+from components.k8s import VAULT_AUDIENCE
 from components.vault_access import CONSUMER_ENTRIES, EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN, policy_grants, policy_hcl
 from scripts import admission, bao_kubernetes_auth, external_secrets
 from scripts.control_plane import ControlPlane, KubeError, find_binary
@@ -72,7 +73,8 @@ def _vault_roles(bao, service_accounts: dict[str, str]) -> None:
                   json={"policy": policy_hcl(grants)}).raise_for_status()
         httpx.post(f"{bao.address}/v1/auth/kubernetes/role/{consumer}", headers=headers, json={
             "bound_service_account_names": [service_accounts[consumer]],
-            "bound_service_account_namespaces": [NAMESPACE], "token_policies": [consumer]}).raise_for_status()
+            "bound_service_account_namespaces": [NAMESPACE], "audience": VAULT_AUDIENCE,
+            "token_policies": [consumer]}).raise_for_status()
 
 
 def _apply(plane, objects, kinds):
