@@ -96,13 +96,9 @@ def attack(url: str, rate: int, seconds: int, prefix: str) -> tuple[dict[str, fl
     return sent, codes
 
 
-def terminal_times(pg_url: str, prefix: str, expected: int, deadline_s: float = 120) -> dict[str, float]:
-    """Wait (bounded) until every accepted call's row is terminal; request_id → updated_at (epoch seconds)."""
-    return {rid: stages[-1] for rid, stages in row_stages(pg_url, prefix, expected, deadline_s).items()}
-
-
 def row_stages(pg_url: str, prefix: str, expected: int, deadline_s: float = 120) -> dict[str, tuple[float, ...]]:
-    """request_id → (created_at, published_at, updated_at) in epoch seconds, once every row is terminal."""
+    """Wait (bounded) until every accepted call's row is terminal; request_id → (created_at, published_at,
+    updated_at) in epoch seconds."""
     deadline = time.monotonic() + deadline_s
     rows: dict[str, tuple[float, ...]] = {}
     with psycopg.connect(pg_url, autocommit=True) as conn:
@@ -175,7 +171,7 @@ def main() -> None:
                 service("scripts.demo_worker", env):
             # warm-up: connections, partitions assigned, the first round trip made
             attack(f"{url}/action/publish_async_request", 50, 2, "warmup")
-            terminal_times(pg.url, "warmup", 1, 60)
+            row_stages(pg.url, "warmup", 1, 60)
             for rate in rates:
                 prefix = f"e2e-{rate}-{uuid.uuid4().hex[:6]}"
                 sent, codes = attack(f"{url}/action/publish_async_request", rate, args.seconds, prefix)
