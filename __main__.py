@@ -29,10 +29,10 @@ edge = PublicEdge("public-edge", PublicEdgeArgs(cloudflare=cfg.cloudflare, hostn
                                                 origin=hasura_args.url)) if cfg.cloudflare.enabled else None
 kafka = KafkaAccess("kafka", KafkaAccessArgs(cfg.kafka, cfg.kafka_admin_password, principals, kv_mount=mount))
 vault = VaultAccess("vault", VaultAccessArgs(
-    namespace=ns, vault=cfg.vault, database_url=cfg.database_url, workers=cfg.kafka.workers,
+    namespace=ns, vault=cfg.vault, database_url=cfg.database_url, database_role_admin_url=cfg.database_role_admin_url,
     tunnel_token=edge.tunnel_token if edge else cfg.local_tunnel_token, kafka_ca_entry=cfg.kafka.ca_entry,
     kafka_credentials=kafka.credentials, extra_reads={"hasura": hasura_args.vault_reads, **kafka_ca_reads(cfg.kafka)},
-    database_port=cfg.network.database_port))
+    database_port=cfg.network.database_port, workers=cfg.kafka.workers))
 connector = TunnelConnector("tunnel-connector", TunnelConnectorArgs(ns, cfg.vault, cfg.cloudflare),
                             opts=pulumi.ResourceOptions(depends_on=[vault]))
 hasura = Hasura("hasura", hasura_args, opts=pulumi.ResourceOptions(depends_on=[vault]))

@@ -17,7 +17,7 @@ import psycopg
 
 from app import logs
 from app.db import apply_schema, is_transient
-from app.db_roles import apply_service_roles
+from app.db_roles import create_service_logins, grant_service_privileges, owner_privilege_problems
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
@@ -47,14 +47,30 @@ def _retry(what: str, attempt, deadline: float, transient) -> Any:
             delay = min(delay * 2, 5)
 
 
+class OwnerTooPrivileged(RuntimeError):
+    """Hasura's database role could create roles or reach the database host: refused before any change."""
+
+
 def bootstrap_database(settings: BootstrapSettings) -> None:
+    """The table as the owner; with service roles, their logins as the role administrator, then their grants as
+    the owner. The owner is checked first: Hasura holds its URL, so it must hold nothing beyond its tables."""
     verifiers = json.loads(settings.async_database_roles.get_secret_value()) if settings.async_database_roles else {}
+    admin_url = settings.async_database_role_admin_url
 
     def attempt() -> None:
-        with psycopg.connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as conn:
-            apply_schema(conn)
+        with psycopg.connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as owner:
             if verifiers:
-                roles = apply_service_roles(conn, verifiers)
+                problems = owner_privilege_problems(owner)
+                if problems:
+                    raise OwnerTooPrivileged(
+                        "the owner role (databaseUrl, which Hasura holds) must not create roles or reach the database "
+                        f"host: {'; '.join(problems)}. Create the service roles with databaseRoleAdminUrl instead, "
+                        "and revoke these (e.g. ALTER ROLE <owner> NOCREATEROLE)")
+            apply_schema(owner)
+            if verifiers:
+                with psycopg.connect(admin_url.get_secret_value(), connect_timeout=5) as admin:
+                    roles = create_service_logins(admin, verifiers)
+                grant_service_privileges(owner)
                 log.info("service database roles in place", extra={"roles": roles})
 
     _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)

@@ -2,8 +2,11 @@
 
 The program generates each role's password, writes the service's own connection URL to a Vault entry only that
 service reads, and hands the bootstrap nothing but SCRAM-SHA-256 verifiers: the bootstrap can create the roles
-without ever holding a password that logs in as them. Pure SQL text and hashing here; no Pulumi, no I/O but the
-connection the caller passes. YugabyteDB YSQL compatible (column grants, SCRAM verifiers: PostgreSQL 10+).
+without ever holding a password that logs in as them. Two administrators, two jobs: the role administrator
+(CREATEROLE, a URL only the bootstrap reads) creates the logins; the table's owner (Hasura's role, which must not
+hold CREATEROLE: before PostgreSQL 16 that grants itself pg_execute_server_program) grants on its table. Pure SQL
+text and hashing here; no Pulumi, no I/O but the connections the caller passes. YugabyteDB YSQL compatible
+(column grants, SCRAM verifiers: PostgreSQL 10+).
 """
 
 from __future__ import annotations
@@ -75,28 +78,96 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
     return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
 
 
+def checked_url(url: str, expect_port: int | None = None, key: str = "databaseUrl") -> str:
+    """A stack's database URL, refused (naming the key, never the value) unless a postgresql:// URL on the port the
+    NetworkPolicies open."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
+        raise ValueError(f"{key} must be a postgresql://user:password@host[:port]/database URL")
+    if expect_port is not None and (parts.port or 5432) != expect_port:
+        raise ValueError(f"{key}'s port is {parts.port or 5432}, but network.databasePort (what the "
+                         f"NetworkPolicies open) is {expect_port}")
+    return url
+
+
 def service_url(database_url: str, role: str, password: str, expect_port: int | None = None) -> str:
     """The stack's database URL with this service's role and password in place of the owner's."""
-    parts = urlsplit(database_url)
-    if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
-        raise ValueError("databaseUrl must be a postgresql://user:password@host[:port]/database URL")
-    if expect_port is not None and (parts.port or 5432) != expect_port:
-        raise ValueError(f"databaseUrl's port is {parts.port or 5432}, but network.databasePort (what the "
-                         f"NetworkPolicies open) is {expect_port}")
+    parts = urlsplit(checked_url(database_url, expect_port))
     host = parts.netloc.rsplit("@", 1)[-1]
     return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"))
 
 
-def apply_service_roles(conn: psycopg.Connection, verifiers: dict[str, str]) -> list[str]:
-    """Create or update each service's role (login, nothing inherited, no attributes) and reset its grants to
-    exactly SERVICE_ROLES. Needs CREATEROLE; the table and the cleanup function must exist. Returns the roles."""
-    with conn.transaction():
+# a CREATEROLE administrator may set these on CREATE and ALTER; SUPERUSER, REPLICATION and BYPASSRLS (even their
+# NO- forms) are a superuser's to change on an existing role, so an ALTER leaves them and the check below refuses
+LOGIN_ATTRIBUTES = "LOGIN NOINHERIT NOCREATEDB NOCREATEROLE"
+CREATE_ONLY_ATTRIBUTES = "NOSUPERUSER NOREPLICATION NOBYPASSRLS"
+OVERPOWERED = ("SELECT rolname FROM pg_catalog.pg_roles "
+               "WHERE rolname = ANY(%s) AND (rolsuper OR rolreplication OR rolbypassrls)")
+
+
+class ServiceRoleTooPrivileged(RuntimeError):
+    """A service role exists with an attribute only a superuser can take away."""
+
+
+def create_service_logins(admin: psycopg.Connection, verifiers: dict[str, str]) -> list[str]:
+    """As the role administrator (CREATEROLE, the bootstrap's alone): create or update each service's role with
+    login, nothing inherited, no attributes, and the password whose verifier the program wrote. Returns the roles."""
+    names = [r.role for r in SERVICE_ROLES]
+    with admin.transaction():
         for service_role in SERVICE_ROLES:
             verifier = verifiers[service_role.role]
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (service_role.role,)).fetchone()
-            conn.execute(sql.SQL("{} ROLE {} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                                 "PASSWORD {}").format(sql.SQL("ALTER" if exists else "CREATE"),
-                                                       sql.Identifier(service_role.role), sql.Literal(verifier)))
+            exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (service_role.role,)).fetchone()
+            attributes = LOGIN_ATTRIBUTES if exists else f"{LOGIN_ATTRIBUTES} {CREATE_ONLY_ATTRIBUTES}"
+            admin.execute(sql.SQL("{} ROLE {} {} PASSWORD {}").format(
+                sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(service_role.role), sql.SQL(attributes),
+                sql.Literal(verifier)))
+        overpowered = [row[0] for row in admin.execute(OVERPOWERED, (names,)).fetchall()]
+        if overpowered:
+            raise ServiceRoleTooPrivileged(
+                f"{', '.join(overpowered)} has SUPERUSER, REPLICATION or BYPASSRLS, which only a superuser can remove "
+                "(ALTER ROLE ... NOSUPERUSER NOREPLICATION NOBYPASSRLS)")
+    return names
+
+
+def grant_service_privileges(owner: psycopg.Connection) -> None:
+    """As the table's owner: reset each service role's grants to exactly SERVICE_ROLES (the roles, the table and
+    the cleanup function must exist). An owner may grant on its own objects to any role: it needs no CREATEROLE."""
+    with owner.transaction():
+        for service_role in SERVICE_ROLES:
             for statement in service_role.statements():
-                conn.execute(statement)
-    return [r.role for r in SERVICE_ROLES]
+                owner.execute(statement)
+
+
+def apply_service_roles(admin: psycopg.Connection, owner: psycopg.Connection, verifiers: dict[str, str]) -> list[str]:
+    """Logins by the role administrator, grants by the owner (two connections, two roles)."""
+    roles = create_service_logins(admin, verifiers)
+    grant_service_privileges(owner)
+    return roles
+
+
+# roles whose members run programs or read/write files on the database host (PostgreSQL's predefined roles)
+HOST_ACCESS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
+# what any member of a role holding them could become: CREATEROLE can grant itself HOST_ACCESS_ROLES before PG 16
+OWNER_PRIVILEGE_PROBLEMS = sql.SQL("""
+SELECT CASE WHEN r.rolsuper THEN 'SUPERUSER' WHEN r.rolcreaterole THEN 'CREATEROLE' ELSE 'member of' END, r.rolname
+  FROM pg_catalog.pg_roles AS r
+ WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
+   AND (r.rolsuper OR r.rolcreaterole OR r.rolname = ANY(%s))
+ ORDER BY 2
+""")
+
+
+def owner_privilege_problems(owner: psycopg.Connection) -> list[str]:
+    """Why the owner role (Hasura's, the public entrypoint's) holds more than its tables need: itself, or a role
+    it can SET ROLE to, is a superuser, has CREATEROLE, or may touch the database host. Empty when it is fine."""
+    me, is_super = owner.execute(
+        "SELECT current_user::text, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
+    if is_super:  # a superuser is a member of every role: one line says it all
+        return [f"{me} is a SUPERUSER"]
+    problems = []
+    for what, name in owner.execute(OWNER_PRIVILEGE_PROBLEMS, (list(HOST_ACCESS_ROLES),)).fetchall():
+        if name == me:
+            problems.append(f"{me} has {what}")
+        else:
+            problems.append(f"{me} is a member of {name}" + ("" if what == "member of" else f", which has {what}"))
+    return problems

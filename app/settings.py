@@ -65,6 +65,17 @@ class _Base(BaseSettings):
             raise SystemExit(2) from None
 
 
+def libpq_parsable(value: SecretStr) -> SecretStr:
+    """Refuse at start-up, without echoing it, instead of retrying a URL libpq can never parse."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(value.get_secret_value())
+    except Exception:  # noqa: BLE001 - its message quotes the URL, password included
+        raise ValueError("not a valid libpq connection string or URL (check %-escapes)") from None
+    return value
+
+
 class DatabaseSettings(_Base):
     async_database_url: SecretStr = Field(description="libpq URL of the Hasura database (Postgres/YugabyteDB YSQL)")
     db_pool_min_size: int = Field(1, ge=1)
@@ -74,14 +85,7 @@ class DatabaseSettings(_Base):
     @field_validator("async_database_url")
     @classmethod
     def _parsable(cls, value: SecretStr) -> SecretStr:
-        # refuse at start-up, without echoing it, instead of retrying a URL libpq can never parse
-        from psycopg.conninfo import conninfo_to_dict
-
-        try:
-            conninfo_to_dict(value.get_secret_value())
-        except Exception:  # noqa: BLE001 - its message quotes the URL, password included
-            raise ValueError("not a valid libpq connection string or URL (check %-escapes)") from None
-        return value
+        return libpq_parsable(value)
 
 
 class KafkaSettings(_Base):
@@ -212,6 +216,8 @@ class BootstrapSettings(DatabaseSettings):
     hasura_admin_secret: SecretStr
     # JSON {role: SCRAM-SHA-256 verifier} for the services' own database roles (app/db_roles.py); unset: none made
     async_database_roles: SecretStr | None = None
+    # libpq URL of a role with CREATEROLE that creates those roles (the owner, Hasura's role, must not have it)
+    async_database_role_admin_url: SecretStr | None = None
     hasura_source: str = "default"
     action_handler_url: str = (
         "http://graphql-async-request-publisher.graphql.svc.cluster.local:8080/action/publish_async_request"
@@ -221,6 +227,18 @@ class BootstrapSettings(DatabaseSettings):
     # the source's pool, read replicas and routing as the program wrote them (app/hasura/source.py); empty: defaults
     hasura_source_settings: SourceSettings = Field(default_factory=SourceSettings)
     hasura_user_row_limit: int = Field(100, ge=1, le=10_000)
+
+    @field_validator("async_database_role_admin_url")
+    @classmethod
+    def _admin_parsable(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else libpq_parsable(value)
+
+    @model_validator(mode="after")
+    def _roles_need_their_admin(self) -> BootstrapSettings:
+        if self.async_database_roles is not None and self.async_database_role_admin_url is None:
+            raise ValueError("ASYNC_DATABASE_ROLES needs ASYNC_DATABASE_ROLE_ADMIN_URL: the service roles are created "
+                             "by a role administrator, never by the owner role Hasura holds")
+        return self
 
     @field_validator("hasura_source_settings", mode="before")
     @classmethod

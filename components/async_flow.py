@@ -29,6 +29,7 @@ from components.kafka_access import AsyncTopics, ServicePrincipals
 from components.monitoring import FlowMonitoringArgs, ScrapeTarget, declare_monitoring
 from components.vault_access import (
     ACTION_SECRET,
+    DATABASE_ROLE_ADMIN_URL,
     DATABASE_ROLE_VERIFIERS,
     DATABASE_URL,
     HASURA_ADMIN_SECRET,
@@ -84,10 +85,11 @@ def workload_vault_files(kv_mount: str, kafka_ca_entry: str | None = None) -> di
                     *kafka_login("publisher")],
         WRITER: [database("writer"), *kafka_login("writer")],
         CLEANUP: [database("cleanup")],
-        # the owner role (table DDL, CREATE ROLE) and the verifiers it creates the services' roles with
+        # the owner role (table DDL, grants), the role administrator and the verifiers it creates the roles with
         BOOTSTRAP: [vault_file(kv_mount, DATABASE_URL, "async_database_url"),
                     vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret"),
-                    vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles")],
+                    vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles"),
+                    vault_file(kv_mount, DATABASE_ROLE_ADMIN_URL, "async_database_role_admin_url")],
     }
 
 

@@ -519,6 +519,8 @@ class StackConfig(_Model):
     network: NetworkConfig
     # secrets: set with `pulumi config set --secret`; kept as Outputs so they stay secret
     database_url: pulumi.Output[str] = Field(exclude=True)
+    # a role with CREATEROLE for the bootstrap alone: it creates the services' roles (databaseUrl's must not)
+    database_role_admin_url: pulumi.Output[str] = Field(exclude=True)
     kafka_admin_password: pulumi.Output[str] = Field(exclude=True)
     local_tunnel_token: pulumi.Output[str] | None = Field(None, exclude=True)
 
@@ -572,7 +574,7 @@ class StackConfig(_Model):
 
 PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion", "kubelet")
 OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify", "network")
-SECRET_KEYS = ("databaseUrl", "kafkaAdminPassword")
+SECRET_KEYS = ("databaseUrl", "databaseRoleAdminUrl", "kafkaAdminPassword")
 
 
 def load_stack_config() -> StackConfig:

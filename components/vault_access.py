@@ -10,7 +10,7 @@ import pulumi
 import pulumi_random as random
 import pulumi_vault as vault
 
-from app.db_roles import ROLE_OF, scram_verifier, service_url
+from app.db_roles import ROLE_OF, checked_url, scram_verifier, service_url
 from components.config import VaultConfig, WorkerConfig
 from components.k8s import VAULT_AUDIENCE, VaultFile, child
 
@@ -23,6 +23,8 @@ TUNNEL_TOKEN = "cloudflare-tunnel-token"
 
 # the SCRAM verifiers of the services' database roles: what the bootstrap creates them with (app/db_roles.py)
 DATABASE_ROLE_VERIFIERS = "graphql-async-database-role-verifiers"
+# the role administrator (CREATEROLE) that creates them: the bootstrap's alone, never Hasura's
+DATABASE_ROLE_ADMIN_URL = "graphql-async-database-role-admin-url"
 
 
 def kafka_entry(service: str, field: str) -> str:
@@ -44,7 +46,7 @@ CONSUMER_ENTRIES: dict[str, tuple[str, ...]] = {
     "graphql-async-response-writer": (database_entry("writer"), kafka_entry("writer", "username"),
                                       kafka_entry("writer", "password")),
     "graphql-async-cleanup": (database_entry("cleanup"),),
-    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET, DATABASE_ROLE_VERIFIERS),
+    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET, DATABASE_ROLE_VERIFIERS, DATABASE_ROLE_ADMIN_URL),
 }
 EXTERNAL_SECRETS_ROLE = "externalsecrets-graphql"
 
@@ -86,6 +88,7 @@ class VaultAccessArgs:
     namespace: str
     vault: VaultConfig  # KV mount, Kubernetes auth mount, the tunnel token entry's key
     database_url: pulumi.Input[str]
+    database_role_admin_url: pulumi.Input[str]
     tunnel_token: pulumi.Input[str]
     kafka_credentials: dict[str, KafkaCredential]  # "publisher" / "writer"
     database_port: int | None = None  # the port the NetworkPolicies open: the URL must use it
@@ -113,7 +116,10 @@ class VaultAccess(pulumi.ComponentResource):
             "async-action-secret", length=48, special=False, opts=child(self)).result
 
         values: dict[str, tuple[pulumi.Input[str], str]] = {
-            DATABASE_URL: (args.database_url, "value"),
+            DATABASE_URL: (pulumi.Output.from_input(args.database_url).apply(
+                lambda url: checked_url(url, args.database_port)), "value"),
+            DATABASE_ROLE_ADMIN_URL: (pulumi.Output.from_input(args.database_role_admin_url).apply(
+                lambda url: checked_url(url, args.database_port, "databaseRoleAdminUrl")), "value"),
             HASURA_ADMIN_SECRET: (self.hasura_admin_secret, "value"),
             ACTION_SECRET: (self.action_secret, "value"),
             TUNNEL_TOKEN: (args.tunnel_token, args.vault.tunnel_token_key),

@@ -70,6 +70,15 @@ def offline_stack_file(stack: str, project: Path) -> None:
     (project / f"Pulumi.{stack}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
 
 
+def placeholder_secrets(stack: str) -> dict[str, str]:
+    """Stand-ins of the right shape (the program checks the database URLs' port against network.databasePort)."""
+    network = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"][f"{PROJECT}:network"]
+    db = f"db.preview.invalid:{network.get('databasePort', 5432)}"
+    return {"databaseUrl": f"postgresql://hasura:preview-placeholder-{secrets.token_hex(4)}@{db}/hasura",
+            "databaseRoleAdminUrl": f"postgresql://role_admin:preview-placeholder-{secrets.token_hex(4)}@{db}/hasura",
+            "kafkaAdminPassword": f"preview-placeholder-{secrets.token_hex(4)}"}
+
+
 def preview(stack: str, work: Path) -> str:
     project = project_copy(work)
     offline_stack_file(stack, project)
@@ -79,8 +88,8 @@ def preview(stack: str, work: Path) -> str:
     (work / "state").mkdir()
     pulumi = Pulumi(env, project)
     pulumi("stack", "init", stack, "--secrets-provider", "passphrase")
-    for key in ("databaseUrl", "kafkaAdminPassword"):
-        pulumi("config", "set", "--secret", "--stack", stack, key, f"preview-placeholder-{secrets.token_hex(4)}")
+    for key, value in placeholder_secrets(stack).items():
+        pulumi("config", "set", "--secret", "--stack", stack, key, value)
     run = pulumi("preview", "--diff", "--color", "never", "--stack", stack, capture=True, check=False)
     text = "\n".join(line.replace(str(work), "<work>") for line in (run.stdout + run.stderr).splitlines()
                      if not _NOISE.match(line))

@@ -24,6 +24,7 @@ PROJECT = "graphql-entrypoint"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
 # stand-in values for the stack's secret config (a real stack sets them with `pulumi config set --secret`)
 PLACEHOLDER_SECRETS = {"databaseUrl": "postgresql://hasura:mock-db-password@yugabyte.example:5433/hasura",
+                       "databaseRoleAdminUrl": "postgresql://role_admin:mock-admin-password@yugabyte.example:5433/hasura",
                        "kafkaAdminPassword": "mock-kafka-admin-password"}
 
 

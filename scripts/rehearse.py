@@ -270,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         pulumi = Pulumi(env, project)
         pulumi("stack", "init", STACK, "--secrets-provider", "passphrase")
         for key, value in {"databaseUrl": "postgresql://hasura:rehearsal-db-pw@127.0.0.1:5433/hasura",
+                           "databaseRoleAdminUrl": "postgresql://role_admin:rehearsal-admin-pw@127.0.0.1:5433/hasura",
                            "kafkaAdminPassword": broker.client_config()["sasl.password"],
                            "localTunnelToken": secrets.token_urlsafe(32)}.items():
             pulumi("config", "set", "--secret", "--stack", STACK, key, value)

@@ -5,8 +5,11 @@ writes to each service's Vault entry; the bootstrap only ever saw SCRAM verifier
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
+from types import SimpleNamespace
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -26,16 +29,41 @@ def passwords() -> dict[str, str]:
     return {r.role: secrets.token_hex(24) for r in SERVICE_ROLES}
 
 
-@pytest.fixture(scope="module")
-def roles(pg, passwords):
-    """What the bootstrap Job does with the verifiers from its Vault entry."""
-    import json
+def role_url(pg, role: str, password: str, database: str) -> str:
+    return service_url(pg.url.rsplit("/", 1)[0] + f"/{database}", role, password)
 
+
+@pytest.fixture(scope="module")
+def cluster(pg):
+    """What a production database offers the stack: an owner role with no attributes that owns the database
+    (databaseUrl, Hasura's), and a role administrator with CREATEROLE only (databaseRoleAdminUrl)."""
+    suffix, password = uuid.uuid4().hex[:8], secrets.token_hex(16)
+    owner, admin, database = f"hasura_owner_{suffix}", f"role_admin_{suffix}", f"roles_{suffix}"
+    with psycopg.connect(pg.url, autocommit=True) as su:
+        su.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{password}'")
+        su.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{password}'")
+        su.execute(f"CREATE DATABASE {database} OWNER {owner}")
+    yield SimpleNamespace(owner=owner, database=database, superuser=pg.url.rsplit("/", 1)[0] + f"/{database}",
+                          owner_url=role_url(pg, owner, password, database),
+                          admin_url=role_url(pg, admin, password, database))
+
+
+@pytest.fixture(scope="module")
+def roles(pg, cluster, passwords):
+    """What the bootstrap Job does with the URLs and verifiers from its Vault entries."""
     verifiers = {role: scram_verifier(password) for role, password in passwords.items()}
-    settings = BootstrapSettings(async_database_url=pg.url, hasura_admin_secret="x" * 16,
-                                 async_database_roles=json.dumps(verifiers))
+    settings = BootstrapSettings(async_database_url=cluster.owner_url, hasura_admin_secret="x" * 16,
+                                 async_database_roles=json.dumps(verifiers),
+                                 async_database_role_admin_url=cluster.admin_url)
     bootstrap_database(settings)
-    return {service: service_url(pg.url, role, passwords[role]) for service, role in ROLE_OF.items()}
+    return {service: role_url(pg, role, passwords[role], cluster.database) for service, role in ROLE_OF.items()}
+
+
+@pytest.fixture
+def db(cluster):
+    """A superuser connection to the stack's database (this module's, not the session's)."""
+    with psycopg.connect(cluster.superuser, autocommit=True) as conn:
+        yield conn
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -98,17 +126,18 @@ def test_the_cleanup_role_deletes_expired_rows_only_and_cannot_update(roles, db)
     assert remaining == [(live,)]
 
 
-def test_a_wrong_password_is_refused_and_roles_have_no_attributes(roles, db, pg):
+def test_a_wrong_password_is_refused_and_roles_have_no_attributes(roles, db, pg, cluster):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
-        connect(service_url(pg.url, "graphql_async_writer", "not-the-password"))
+        connect(role_url(pg, "graphql_async_writer", "not-the-password", cluster.database))
     attributes = db.execute("SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolcanlogin "
                             "FROM pg_roles WHERE rolname LIKE 'graphql_async_%' ORDER BY 1").fetchall()
     assert attributes == [(role, False, False, False, False, True) for role in sorted(ROLE_OF.values())]
 
 
-def test_a_rerun_resets_grants_to_exactly_the_list(roles, db, passwords):
+def test_a_rerun_resets_grants_to_exactly_the_list(roles, db, cluster, passwords):
     db.execute("GRANT DELETE ON graphql.client_async_messages TO graphql_async_publisher")  # drift
-    apply_service_roles(db, {role: scram_verifier(password) for role, password in passwords.items()})
+    with connect(cluster.admin_url) as admin, connect(cluster.owner_url) as owner:
+        apply_service_roles(admin, owner, {role: scram_verifier(password) for role, password in passwords.items()})
     with connect(roles["publisher"]) as conn, pytest.raises(DENIED):
         conn.execute("DELETE FROM graphql.client_async_messages WHERE false")
 
@@ -121,3 +150,74 @@ def test_service_url_swaps_only_the_credentials():
         service_url("host=db user=x", "r", "p")
     with pytest.raises(ValueError, match="network.databasePort"):  # the NetworkPolicies would block it
         service_url("postgresql://o:p@db:5432/app", "r", "p", expect_port=5433)
+
+
+# ------------------------------------------------------ the owner (Hasura's role) holds nothing beyond its tables
+
+
+def test_the_owner_hasura_holds_cannot_create_roles_nor_grant_itself_host_access(roles, cluster):
+    """The attack the split closes: before PostgreSQL 16 a CREATEROLE role grants itself
+    pg_execute_server_program and runs `COPY ... FROM PROGRAM` on the database host."""
+    with connect(cluster.owner_url) as owner:
+        for attempt in ("CREATE ROLE mallory LOGIN", "GRANT pg_execute_server_program TO current_user",
+                        "ALTER ROLE graphql_async_writer PASSWORD 'taken-over'"):
+            with pytest.raises(DENIED):
+                owner.execute(attempt)
+        with pytest.raises(DENIED):
+            owner.execute("COPY (SELECT 1) TO PROGRAM 'true'")
+
+
+@pytest.fixture
+def unsafe_owner(pg, cluster, passwords):
+    """A fresh database whose owner holds one privilege too many (set by each test), and the settings to run."""
+    suffix, password = uuid.uuid4().hex[:8], secrets.token_hex(16)
+    owner, database = f"unsafe_owner_{suffix}", f"unsafe_{suffix}"
+    with psycopg.connect(pg.url, autocommit=True) as su:
+        su.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{password}'")
+        su.execute(f"CREATE DATABASE {database} OWNER {owner}")
+    verifiers = {role: scram_verifier(p) for role, p in passwords.items()}
+    settings = BootstrapSettings(async_database_url=role_url(pg, owner, password, database),
+                                 hasura_admin_secret="x" * 16, async_database_roles=json.dumps(verifiers),
+                                 async_database_role_admin_url=cluster.admin_url, hasura_retry_seconds=0)
+    with psycopg.connect(pg.url, autocommit=True) as su:
+        yield SimpleNamespace(name=owner, settings=settings, su=su,
+                              tables=lambda: psycopg.connect(pg.url.rsplit("/", 1)[0] + f"/{database}").execute(
+                                  "SELECT count(*) FROM pg_tables WHERE schemaname = 'graphql'").fetchone()[0])
+
+
+@pytest.mark.parametrize("grant, reason", [
+    ("ALTER ROLE {owner} CREATEROLE", "{owner} has CREATEROLE"),
+    ("GRANT pg_execute_server_program TO {owner}", "{owner} is a member of pg_execute_server_program"),
+    ("GRANT {admin} TO {owner}", "{owner} is a member of {admin}, which has CREATEROLE"),
+    ("ALTER ROLE {owner} SUPERUSER", "{owner} is a SUPERUSER"),
+])
+def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_any_change(unsafe_owner, cluster,
+                                                                                         grant, reason):
+    from app.bootstrap import OwnerTooPrivileged
+
+    admin = urlsplit(cluster.admin_url).username
+    unsafe_owner.su.execute(grant.format(owner=unsafe_owner.name, admin=admin))
+    with pytest.raises(OwnerTooPrivileged, match="databaseRoleAdminUrl") as refused:
+        bootstrap_database(unsafe_owner.settings)
+    assert reason.format(owner=unsafe_owner.name, admin=admin) in str(refused.value)
+    assert unsafe_owner.tables() == 0  # refused before the schema
+
+
+def test_service_roles_need_the_role_administrators_url():
+    with pytest.raises(ValueError, match="ASYNC_DATABASE_ROLE_ADMIN_URL"):
+        BootstrapSettings(async_database_url="postgresql://o:p@db/app", hasura_admin_secret="x" * 16,
+                          async_database_roles="{}")
+    with pytest.raises(ValueError, match="not a valid libpq"):
+        BootstrapSettings(async_database_url="postgresql://o:p@db/app", hasura_admin_secret="x" * 16,
+                          async_database_roles="{}", async_database_role_admin_url="postgresql://a:%zz@db/app")
+
+
+def test_a_service_role_someone_let_bypass_row_security_is_refused_not_silently_kept(roles, db, cluster, passwords):
+    from app.db_roles import ServiceRoleTooPrivileged, create_service_logins
+
+    db.execute("ALTER ROLE graphql_async_cleanup BYPASSRLS")  # PG refuses the ALTER itself for SUPERUSER/REPLICATION
+    try:
+        with connect(cluster.admin_url) as admin, pytest.raises(ServiceRoleTooPrivileged, match="_cleanup"):
+            create_service_logins(admin, {role: scram_verifier(password) for role, password in passwords.items()})
+    finally:
+        db.execute("ALTER ROLE graphql_async_cleanup NOBYPASSRLS")

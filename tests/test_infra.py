@@ -109,7 +109,8 @@ def test_vault_entries_policies_and_roles(run):
                             "graphql-kafka-async-publisher-username", "graphql-kafka-async-publisher-password",
                             "graphql-kafka-async-writer-username", "graphql-kafka-async-writer-password",
                             "graphql-async-publisher-database-url", "graphql-async-writer-database-url",
-                            "graphql-async-cleanup-database-url", "graphql-async-database-role-verifiers"}
+                            "graphql-async-cleanup-database-url", "graphql-async-database-role-verifiers",
+                            "graphql-async-database-role-admin-url"}
     assert all(e["mount"] == mount for e in entries.values())
     # the token is written from the tunnel the program creates, under the configured key
     token_key = cfg(run, "vault")["tunnelTokenKey"]
@@ -162,6 +163,8 @@ def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifie
                for grants in policies.values() for path in grants}
     assert readers[f"{mount}/data/graphql-hasura-database-url"] == {"hasura", "graphql-async-bootstrap"}
     assert readers[f"{mount}/data/graphql-async-database-role-verifiers"] == {"graphql-async-bootstrap"}
+    # the role administrator (CREATEROLE) is the bootstrap's alone: Hasura's owner role creates no roles
+    assert readers[f"{mount}/data/graphql-async-database-role-admin-url"] == {"graphql-async-bootstrap"}
     entries = {r.name: json.loads(r.inputs["dataJson"])["value"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
     owner = urlsplit(entries["graphql-hasura-database-url"])
     verifiers = json.loads(entries["graphql-async-database-role-verifiers"])
@@ -596,9 +599,17 @@ def test_unpinned_image_is_refused():
         run_stack("dev", {P + "hasura": {"image": "hasura/graphql-engine:latest"}})
 
 
-def test_missing_secret_config_names_the_command():
-    with pytest.raises(Exception, match=r"pulumi config set --secret databaseUrl"):
-        run_stack("dev", drop_keys=(P + "databaseUrl",), )
+@pytest.mark.parametrize("key", ["databaseUrl", "databaseRoleAdminUrl"])
+def test_missing_secret_config_names_the_command(key):
+    with pytest.raises(Exception, match=rf"pulumi config set --secret {key}\b"):
+        run_stack("dev", drop_keys=(P + key,))
+
+
+def test_a_role_admin_url_the_network_policies_would_block_is_refused_without_echoing_it():
+    url = "postgresql://role_admin:do-not-echo@yugabyte.example:5432/hasura"  # dev's databasePort is 5433
+    with pytest.raises(Exception, match=r"databaseRoleAdminUrl's port is 5432.*network.databasePort") as refused:
+        run_stack("dev", {P + "databaseRoleAdminUrl": url})
+    assert "do-not-echo" not in str(refused.value)
 
 
 def test_stack_files_differ_only_where_stacks_should():

@@ -237,6 +237,7 @@ def test_the_scanners_have_teeth(tmp_path):
 
 def committed_ciphertext(config: dict) -> dict:
     return {**config, "graphql-entrypoint:databaseUrl": {"secure": "v1:3xAmPlEcIpHeRtExT=="},
+            "graphql-entrypoint:databaseRoleAdminUrl": {"secure": "v1:rOlEaDmInCiPhEr=="},
             "graphql-entrypoint:kafkaAdminPassword": {"secure": "v1:aNoThErCiPhErTeXt=="}}
 
 
