@@ -15,10 +15,13 @@ import httpx
 
 from components.vault_access import EXTERNAL_SECRETS_ROLE, TUNNEL_TOKEN, policy_hcl
 from scripts import admission, bao_kubernetes_auth, external_secrets
-from scripts.control_plane import ControlPlane, require_binaries
+from scripts.control_plane import ControlPlane, KubeError, require_binaries
 from scripts.vault_injector import VaultInjector
 
 PART_OF = "app.kubernetes.io/part-of=graphql-entrypoint"
+# README "Prerequisites in the cluster": the namespace enforces the Pod Security Standards at restricted
+PSS_ENFORCE = {"pod-security.kubernetes.io/enforce": "restricted",
+               "pod-security.kubernetes.io/enforce-version": "latest"}
 # what the program may leave in its namespace: nothing but what Kubernetes itself puts there
 NAMESPACED = {"pods": "/api/v1", "services": "/api/v1", "configmaps": "/api/v1", "secrets": "/api/v1",
               "serviceaccounts": "/api/v1", "deployments": "/apis/apps/v1", "replicasets": "/apis/apps/v1",
@@ -47,7 +50,10 @@ class Cluster:
     def prerequisites(self, bao_address: str, bao_token: str, auth_mount: str) -> str:
         """What README's "Prerequisites in the cluster" asks of a cluster admin: the namespace, External Secrets
         (CRDs + controller), the Vault Agent Injector (webhook), the Kubernetes auth mount pointed at the cluster."""
-        self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
+        # the API server's own PodSecurity admission then checks every Pod the controllers create, agents included
+        self.kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+            "name": self.namespace, "labels": PSS_ENFORCE}})
+        self._pss_refuses_a_root_pod()
         crds = external_secrets.install_crds(self.kube)
         self.eso = external_secrets.ExternalSecretsController(self.work, self.binaries["external-secrets"],
                                                               self.plane.kubeconfig)
@@ -55,7 +61,8 @@ class Cluster:
         bao_kubernetes_auth.configure(self.plane, bao_address, bao_token, auth_mount)
         self.injector = VaultInjector(self.work, self.binaries["vault-k8s"], self.plane, bao_address)
         self.injector.run()
-        return (f"namespace {self.namespace}, {crds} External Secrets CRDs + controller, auth/{auth_mount} "
+        return (f"namespace {self.namespace} (Pod Security restricted, enforced), {crds} External Secrets CRDs + "
+                f"controller, auth/{auth_mount} "
                 f"reviewing with this API server, injector webhook on 127.0.0.1:{self.injector.port}")
 
     # ------------------------------------------------------------------ the tunnel-token flow
@@ -130,6 +137,19 @@ class Cluster:
             restore()
         external_secrets.wait_status(kube, ns, name, "SecretSynced", seconds(interval) + 30)
         return lines
+
+    def _pss_refuses_a_root_pod(self) -> None:
+        """The enforcement is live: the API server refuses (dry run) a pod that runs as root with no securityContext,
+        so a pod of ours admitted later passed the restricted checks, not an admission that checks nothing."""
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pss-probe", "namespace": self.namespace},
+               "spec": {"containers": [{"name": "c", "image": "busybox@sha256:" + "0" * 64}]}}
+        try:
+            self.kube.post(f"/api/v1/namespaces/{self.namespace}/pods", pod, dryRun="All")
+        except KubeError as exc:
+            if exc.status == 403 and "violates PodSecurity" in str(exc):
+                return
+            raise
+        raise AssertionError(f"namespace {self.namespace}: a root pod was admitted; Pod Security is not enforced")
 
     # ------------------------------------------------------------------ admission
     def admission(self) -> tuple[list[str], list[admission.Outcome]]:
