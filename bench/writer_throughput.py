@@ -35,14 +35,14 @@ def seed_rows(pg, prefix: str, count: int) -> None:
         conn.execute("ANALYZE graphql.client_async_messages")
 
 
-def seed(pg, kafka, prefix: str, count: int) -> None:
+def seed(pg, kafka, prefix: str, count: int, topic: str = RESPONSES) -> None:
     """`count` published rows and one response each on the responses topic."""
     seed_rows(pg, prefix, count)
     producer = Producer(kafka.client_config() | {"linger.ms": 50, "batch.num.messages": 10000,
                                                  "compression.type": "lz4"})
     for i in range(1, count + 1):
         request_id = f"{prefix}{i}"
-        producer.produce(RESPONSES, key=request_id, value=json.dumps({
+        producer.produce(topic, key=request_id, value=json.dumps({
             "spec_version": "async.response.v1", "request_id": request_id, "status": "completed",
             "result": {"invoice_number": f"INV-{i}", "amount": 42.5}}))
         if i % 10000 == 0:
@@ -56,8 +56,9 @@ def completed(pg, prefix: str) -> int:
                             "AND status = 'completed'", (prefix + "%",)).fetchone()[0]
 
 
-def run_writer(pg, kafka, count: int, batch_size: int) -> float:
+def run_writer(pg, kafka, count: int, batch_size: int, topic: str = RESPONSES) -> float:
     settings = WriterSettings(async_database_url=pg.url, kafka_bootstrap_servers=kafka.bootstrap,
+                              async_responses_topic=topic,
                               kafka_username="admin", kafka_password="admin-secret", health_port=0,
                               writer_group_id=f"bench-writer-{uuid.uuid4().hex[:6]}", writer_batch_size=batch_size,
                               writer_instance_id=uuid.uuid4().hex[:6], db_pool_max_size=2)

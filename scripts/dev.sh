@@ -211,7 +211,7 @@ case "$cmd" in
       say "building vegeta $VEGETA_VERSION (Go module proxy, cached in .cache/bin)"
       GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
     fi
-    for b in writer_throughput publisher_load cleanup_rate e2e_latency bounded_json_cost; do
+    for b in writer_throughput publisher_load cleanup_rate e2e_latency bounded_json_cost growth; do
       say "bench/$b.py"
       "$PY" -m "bench.$b" 2>/dev/null
     done
