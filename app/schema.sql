@@ -39,17 +39,47 @@ CREATE INDEX IF NOT EXISTS client_async_messages_unpublished_idx
 
 -- the cleanup's only privilege: delete expired rows, in a bounded batch, skipping rows another transaction holds.
 -- SECURITY DEFINER: its role needs no table privilege (FOR UPDATE would demand an UPDATE grant); search_path pinned.
+-- STRICT: NULL deletes nothing (LIMIT NULL means no limit); the cap is CleanupSettings.cleanup_batch_size's maximum.
 CREATE OR REPLACE FUNCTION graphql.delete_expired_messages(batch_size integer) RETURNS integer
-    LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    LANGUAGE sql STRICT SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     WITH gone AS (
         DELETE FROM graphql.client_async_messages
          WHERE request_id IN (
                SELECT request_id FROM graphql.client_async_messages
                 WHERE expires_at < now()
                 ORDER BY expires_at
-                LIMIT batch_size
+                LIMIT least(batch_size, 100000)
                 FOR UPDATE SKIP LOCKED)
         RETURNING 1)
     SELECT count(*)::integer FROM gone
 $$;
 REVOKE ALL ON FUNCTION graphql.delete_expired_messages(integer) FROM PUBLIC;
+
+-- status moves forward only (pending -> published -> completed|failed, or pending -> completed|failed) and a
+-- terminal row never changes, whatever a service role's column grants allow. The whole rule is the trigger's
+-- WHEN clause, so an allowed update (the writer's thousands of rows/s) never calls the function: it only raises.
+CREATE OR REPLACE FUNCTION graphql.refuse_status_transition() RETURNS trigger
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RAISE EXCEPTION 'request %: status % -> % refused', OLD.request_id, OLD.status, NEW.status
+        USING ERRCODE = 'check_violation';
+END
+$$;
+REVOKE ALL ON FUNCTION graphql.refuse_status_transition() FROM PUBLIC;
+
+-- created only if absent (YSQL is PostgreSQL 11: no CREATE OR REPLACE TRIGGER), so a changed rule needs a new name
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                    WHERE tgrelid = 'graphql.client_async_messages'::regclass
+                      AND tgname = 'client_async_messages_status_transitions_v1') THEN
+        CREATE TRIGGER client_async_messages_status_transitions_v1
+            BEFORE UPDATE ON graphql.client_async_messages FOR EACH ROW
+            WHEN (OLD.status IN ('completed', 'failed')
+                  OR (NEW.status IS DISTINCT FROM OLD.status
+                      AND NOT (OLD.status = 'pending' AND NEW.status IN ('published', 'completed', 'failed'))
+                      AND NOT (OLD.status = 'published' AND NEW.status IN ('completed', 'failed'))))
+            EXECUTE PROCEDURE graphql.refuse_status_transition();
+    END IF;
+END
+$$;

@@ -480,7 +480,8 @@ class NetworkConfig(_Model):
     kafka: PeerConfig
     database: PeerConfig
     database_port: int = Field(5432, ge=1, le=65535)  # the URL is a secret: its port is said here
-    # cloudflared dials Cloudflare's edge on the internet; these (the cluster's own ranges) stay excluded
+    # cloudflared dials Cloudflare's edge on the internet; these (the cluster's own IPv4 ranges) stay excluded, as do
+    # the special-purpose ranges (components/network_policy.py, SPECIAL_PURPOSE_CIDRS) whatever is listed here
     cluster_cidrs: list[str] = Field(default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"])
     # what hasura.secretEnvFromVault's settings make Hasura call (Redis, a JWK URL): nothing unless listed here
     hasura_extra_egress: list[ExtraEgressConfig] = Field(default_factory=list)
@@ -489,7 +490,9 @@ class NetworkConfig(_Model):
     @classmethod
     def _cluster(cls, value: list[str]) -> list[str]:
         for cidr in value:
-            ipaddress.ip_network(cidr)
+            if ipaddress.ip_network(cidr).version == 6:  # an IPv6 except inside 0.0.0.0/0 is refused by the API server
+                raise ValueError(f"{cidr} is IPv6: cloudflared's internet egress is IPv4 only (0.0.0.0/0), so IPv6 "
+                                 f"ranges need no exclusion; list IPv4 ranges only")
         return value
 
 

@@ -1,5 +1,6 @@
 """Prometheus Operator objects for the async flow: a PodMonitor per scraped workload, the PrometheusRule of
-config/prometheus/rules.yaml, and the NetworkPolicy that lets the cluster's Prometheus reach the metrics ports.
+config/prometheus/rules.yaml, and per scraped workload the NetworkPolicy that lets the cluster's Prometheus
+reach that workload's metrics ports.
 
 PodMonitors rather than ServiceMonitors: the publisher's Service carries only the action port Hasura calls,
 and the writer's is the StatefulSet's headless Service; a PodMonitor scrapes each pod's named metrics port
@@ -63,26 +64,23 @@ def declare_monitoring(parent: pulumi.Resource, args: FlowMonitoringArgs) -> lis
     declared: list[pulumi.Resource] = []
     if cfg.pod_monitor:
         for target in args.targets:
+            short = target.app.removeprefix("graphql-async-")
+            pod_selector = {"matchLabels": {"app.kubernetes.io/name": target.app}}
             declared.append(k8s.apiextensions.CustomResource(
-                f"{target.app.removeprefix('graphql-async-')}-podmonitor", api_version=MONITORING_API,
-                kind="PodMonitor", metadata=metadata(target.app),
-                spec={"jobLabel": "app.kubernetes.io/name",
-                      "selector": {"matchLabels": {"app.kubernetes.io/name": target.app}},
+                f"{short}-podmonitor", api_version=MONITORING_API, kind="PodMonitor", metadata=metadata(target.app),
+                spec={"jobLabel": "app.kubernetes.io/name", "selector": pod_selector,
                       "namespaceSelector": {"matchNames": [ns]},
                       "podMetricsEndpoints": [{"port": name, "path": "/metrics", "interval": cfg.scrape_interval}
                                               for name, _ in target.ports]},
                 opts=child(parent)))
-        # NetworkPolicies add up: this one opens only the metrics ports, only to Prometheus's namespace
-        declared.append(k8s.networking.v1.NetworkPolicy(
-            "metrics-from-prometheus", metadata=metadata("graphql-async-metrics-from-prometheus"),
-            spec={"podSelector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In",
-                                                        "values": [t.app for t in args.targets]}]},
-                  "policyTypes": ["Ingress"],
-                  "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
-                      "kubernetes.io/metadata.name": cfg.prometheus_namespace}}}],
-                      "ports": [{"protocol": "TCP", "port": p}
-                                for p in sorted({port for t in args.targets for _, port in t.ports})]}]},
-            opts=child(parent)))
+            # NetworkPolicies add up: one per target, so a pod is opened on its own metrics ports only
+            declared.append(k8s.networking.v1.NetworkPolicy(
+                f"{short}-metrics-from-prometheus", metadata=metadata(f"{target.app}-metrics-from-prometheus"),
+                spec={"podSelector": pod_selector, "policyTypes": ["Ingress"],
+                      "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {
+                          "kubernetes.io/metadata.name": cfg.prometheus_namespace}}}],
+                          "ports": [{"protocol": "TCP", "port": p} for p in sorted({p for _, p in target.ports})]}]},
+                opts=child(parent)))
     if cfg.pushgateway_url:
         # the namespace denies all egress by default: the cleanup's push needs its own way out, to the Pushgateway
         # in Prometheus's namespace on the URL's port, nothing else

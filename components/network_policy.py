@@ -3,7 +3,7 @@
     cloudflared -> Hasura -> publisher          every workload -> DNS
     Hasura, publisher, writer, cleanup, bootstrap -> database and Vault (their agent sidecar)
     publisher, writer -> Kafka                  bootstrap -> Hasura (metadata)
-    cloudflared -> Cloudflare's edge (internet, never the cluster's own ranges)
+    cloudflared -> Cloudflare's edge (internet: never the cluster's own or special-purpose ranges)
 
 One policy per workload holds both directions of its flows; the default deny covers any pod the table
 forgets. Dependencies outside the namespace are peers the stack configures (components/config.py,
@@ -12,6 +12,7 @@ NetworkConfig), because cluster and data-centre addresses differ per stack.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -29,6 +30,8 @@ HASURA = "hasura"
 DNS, VAULT, KAFKA, DATABASE, INTERNET = "dns", "vault", "kafka", "database", "internet"
 # cloudflared's edge connections (QUIC over UDP, HTTP/2 over TCP); updates are off (--no-autoupdate), so no 443
 TUNNEL_PORTS = (("UDP", 7844), ("TCP", 7844))
+# never Cloudflare's edge, yet reachable from a pod: this host, CGNAT (some clusters' pods), loopback, cloud metadata
+SPECIAL_PURPOSE_CIDRS = ("0.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16")
 
 # (source workload, target): the drawing's arrows
 FLOWS: tuple[tuple[str, str], ...] = (
@@ -66,8 +69,13 @@ class NetworkPoliciesArgs:
 
     def external_peer(self, target: str) -> list[dict]:
         if target == INTERNET:
-            return [{"ipBlock": {"cidr": "0.0.0.0/0", "except": list(self.network.cluster_cidrs)}}]
+            return [{"ipBlock": {"cidr": "0.0.0.0/0", "except": internet_except(self.network.cluster_cidrs)}}]
         return peer(getattr(self.network, target))
+
+
+def internet_except(cluster_cidrs: list[str]) -> list[str]:
+    """The cluster's own ranges, then the special-purpose ones, each once."""
+    return list(dict.fromkeys(str(ipaddress.ip_network(c)) for c in (*cluster_cidrs, *SPECIAL_PURPOSE_CIDRS)))
 
 
 def peer(config: PeerConfig) -> list[dict]:

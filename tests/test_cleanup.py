@@ -6,8 +6,10 @@ import threading
 import uuid
 
 import psycopg
+import pytest
 
 from app.cleanup import run_cleanup
+from app.settings import CleanupSettings
 
 
 def seed(db, prefix: str, expired: int, live: int) -> None:
@@ -114,3 +116,16 @@ def test_the_pace_bounds_the_deletion_rate_and_a_stop_ends_the_wait(pg, db):
     paced = run_cleanup(pg.url, batch_size=50, time_budget_seconds=3600, stop=stop, max_rows_per_second=10)
     assert paced.stopped_by == "signal" and paced.deleted == 50  # one batch, then waited for its due time
     assert run_cleanup(pg.url, batch_size=1000, time_budget_seconds=60).deleted == 1_000 - report.deleted - 50
+
+
+def test_one_call_deletes_at_most_the_settings_maximum_batch(db):
+    """A caller's huge batch is capped in SQL at what CleanupSettings allows: one transaction stays bounded."""
+    [cap] = [m.le for m in CleanupSettings.model_fields["cleanup_batch_size"].metadata if hasattr(m, "le")]
+    purge_expired(db)
+    prefix = uuid.uuid4().hex[:8]
+    seed(db, prefix, expired=cap + 1, live=0)
+    assert db.execute("SELECT graphql.delete_expired_messages(%s)", (cap * 10,)).fetchone()[0] == cap
+    assert count(db, f"{prefix}-exp-%") == 1
+    with pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):  # a negative batch is PostgreSQL's own error
+        db.execute("SELECT graphql.delete_expired_messages(-1)")
+    purge_expired(db)

@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from app import store, writer
 from app.bootstrap import bootstrap_database
 from app.cleanup import DELETE_EXPIRED_BATCH
+from app.db import apply_schema
 from app.db_roles import ROLE_OF, SERVICE_ROLES, apply_service_roles, scram_verifier, service_url
 from app.settings import BootstrapSettings
 
@@ -221,3 +222,64 @@ def test_a_service_role_someone_let_bypass_row_security_is_refused_not_silently_
             create_service_logins(admin, {role: scram_verifier(password) for role, password in passwords.items()})
     finally:
         db.execute("ALTER ROLE graphql_async_cleanup NOBYPASSRLS")
+
+
+CHECK = psycopg.errors.CheckViolation
+STATUS_TRIGGER = "client_async_messages_status_transitions_v1"
+
+
+def status_of(db, request_id: str) -> tuple:
+    return db.execute("SELECT status, response, error FROM graphql.client_async_messages WHERE request_id = %s",
+                      (request_id,)).fetchone()
+
+
+def test_the_writer_role_moves_rows_forward_only_and_never_rewrites_a_terminal_one(roles, db):
+    done, published = insert_row(db), insert_row(db)
+    db.execute(store.MARK_PUBLISHED, ([published],))
+    with connect(roles["writer"]) as conn:
+        applied = conn.execute(writer.WRITE_OUTCOMES, (
+            [done, published], ["completed", "failed"], [Jsonb({"n": 1}), None], [None, Jsonb({"code": "x"})],
+            ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"])).fetchall()
+        # pending -> completed, published -> failed; the trigger's function only raises, so the allowed path never
+        # calls it (the rule is its WHEN clause)
+        assert sorted(applied) == sorted([(done,), (published,)])
+        for statement, request_id, move in (
+                ("UPDATE graphql.client_async_messages SET status = 'pending' WHERE request_id = %s", done,
+                 "completed -> pending"),
+                ("UPDATE graphql.client_async_messages SET response = '{\"n\": 2}' WHERE request_id = %s", done,
+                 "completed -> completed"),
+                ("UPDATE graphql.client_async_messages SET status = 'completed' WHERE request_id = %s", published,
+                 "failed -> completed")):
+            with pytest.raises(CHECK, match=f"{request_id}.*{move}"):
+                conn.execute(statement, (request_id,))
+    assert status_of(db, done) == ("completed", {"n": 1}, None)
+    assert status_of(db, published) == ("failed", None, {"code": "x"})
+
+
+def test_the_publisher_role_cannot_unpublish_or_reopen_a_failed_row(roles, db):
+    published, parked = insert_row(db), insert_row(db)
+    with connect(roles["publisher"]) as conn:
+        assert conn.execute(store.MARK_PUBLISHED, ([published],)).rowcount == 1  # pending -> published
+        assert conn.execute(store.PARK_UNPUBLISHABLE, ([parked], ["too large"])).rowcount == 1  # pending -> failed
+        for request_id, status, move in ((published, "pending", "published -> pending"),
+                                         (parked, "pending", "failed -> pending"),
+                                         (parked, "published", "failed -> published")):
+            with pytest.raises(CHECK, match=f"{request_id}.*{move}"):
+                conn.execute("UPDATE graphql.client_async_messages SET status = %s, completed_at = NULL "
+                             "WHERE request_id = %s", (status, request_id))
+    assert status_of(db, published)[0] == "published" and status_of(db, parked)[0] == "failed"
+
+
+def test_re_applying_the_schema_keeps_exactly_one_status_trigger(roles, db):
+    apply_schema(db)
+    apply_schema(db)
+    names = db.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'graphql.client_async_messages'::regclass "
+                       "AND tgfoid = 'graphql.refuse_status_transition'::regproc").fetchall()
+    assert names == [(STATUS_TRIGGER,)]
+
+
+def test_the_cleanup_function_deletes_nothing_when_given_null(roles, db):
+    expired = insert_row(db, expired=True)
+    with connect(roles["cleanup"]) as conn:
+        assert conn.execute(DELETE_EXPIRED_BATCH, (None,)).fetchone()[0] is None
+    assert status_of(db, expired) is not None

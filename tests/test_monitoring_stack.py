@@ -14,6 +14,7 @@ from components.async_flow import CLEANUP, PUBLISHER, WRITER
 from scripts.local_prometheus import RULES
 from scripts.pulumi_harness import load_stack_file, run_stack
 from tests.support.k8s_schemas import validate
+from tests.support.netpol import Endpoint, allowed
 
 P = "graphql-entrypoint:"
 PUSHGATEWAY = "http://prometheus-pushgateway.monitoring.svc.cluster.local:9091"
@@ -98,14 +99,25 @@ def test_the_cleanup_may_reach_the_pushgateway_and_nothing_else_is_opened(run):
     assert "graphql-async-cleanup-to-pushgateway" not in objects(with_metrics(pushgatewayUrl=None), "NetworkPolicy")
 
 
-def test_only_the_metrics_ports_are_opened_and_only_to_prometheus(run):
-    policy = objects(run, "NetworkPolicy")["graphql-async-metrics-from-prometheus"]["spec"]
-    [selector] = policy["podSelector"]["matchExpressions"]
-    assert selector["key"] == "app.kubernetes.io/name" and sorted(selector["values"]) == sorted([PUBLISHER, WRITER])
-    [rule] = policy["ingress"]
-    assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8081}, {"protocol": "TCP", "port": 9102}]
-    assert 8080 not in [p["port"] for p in rule["ports"]]  # the action port stays Hasura's alone
+def test_each_workload_opens_only_its_own_metrics_ports_and_only_to_prometheus(run):
+    policies = list(objects(run, "NetworkPolicy").values())
+    ns = load_stack_file("prod")[P + "namespace"]
+    prometheus = Endpoint("prometheus", "10.244.7.7", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    stranger = Endpoint("stranger", "10.244.7.8", "default", {"app.kubernetes.io/name": "prometheus"})
+    metrics_ports = {}
+    for name, kind in ((PUBLISHER, "Deployment"), (WRITER, "StatefulSet")):
+        template = pod_template(run, kind, name)
+        numbers = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        scraped = objects(run, "PodMonitor")[name]["spec"]["podMetricsEndpoints"]
+        metrics_ports[name] = (Endpoint(name, "10.244.1.1", ns, template["metadata"]["labels"]),
+                               {numbers[e["port"]] for e in scraped})
+    assert metrics_ports[PUBLISHER][1].isdisjoint(metrics_ports[WRITER][1])  # else the next check proves nothing
+    probed = {8080} | metrics_ports[PUBLISHER][1] | metrics_ports[WRITER][1]  # 8080: the action port stays Hasura's
+    for name, (pod, own) in metrics_ports.items():
+        opened = {port for port in probed if allowed(policies, prometheus, pod, "TCP", port)}
+        assert opened == own, name  # the writer is not opened on the publisher's metrics ports, nor the reverse
+        assert not any(allowed(policies, stranger, pod, "TCP", port) for port in own)
+        assert f"{name}-metrics-from-prometheus" in objects(run, "NetworkPolicy")
 
 
 def test_every_object_is_valid_against_the_real_crds_and_kubernetes(run):
@@ -130,7 +142,7 @@ def test_the_crd_validation_has_teeth(run):
 def test_switched_off_by_default_nothing_is_declared():
     run = run_stack("dev")
     assert not [o for o in run.kubernetes_objects() if o["apiVersion"].startswith("monitoring.coreos.com/")]
-    assert "graphql-async-metrics-from-prometheus" not in objects(run, "NetworkPolicy")
+    assert not [name for name in objects(run, "NetworkPolicy") if name.endswith("-metrics-from-prometheus")]
 
 
 def test_a_malformed_scrape_interval_names_the_key():

@@ -107,3 +107,35 @@ def test_hasura_reaches_a_stack_listed_extra_destination_and_nothing_more():
     assert allowed(policies, pods[HASURA], redis, "TCP", 6379)
     assert not allowed(policies, pods[HASURA], redis, "TCP", 6380)
     assert not any(allowed(policies, pods[name], redis, "TCP", 6379) for name in pods if name != HASURA)
+
+
+def cloudflared_policy(**network) -> list[dict]:
+    """cloudflared's policy as the component renders it for dev's network settings (with `network` changes)."""
+    from components.config import NetworkConfig
+    from components.network_policy import NetworkPoliciesArgs, workload_policy
+
+    config = NetworkConfig.model_validate({**load_stack_file("dev")[P + "network"], **network})
+    args = NetworkPoliciesArgs("graphql", config, "https://vault.example.test:8200", ["kafka.example.test:9093"])
+    return [{"metadata": {"namespace": "graphql"}, "spec": workload_policy(args, CLOUDFLARED)}]
+
+
+def test_cloudflared_reaches_cloudflares_edge_but_no_special_purpose_address():
+    policies = cloudflared_policy()
+    cloudflared = Endpoint(CLOUDFLARED, "10.244.1.1", "graphql", {"app.kubernetes.io/name": CLOUDFLARED})
+    assert all(allowed(policies, cloudflared, Endpoint("edge", "198.41.192.7"), protocol, 7844)
+               for protocol in ("TCP", "UDP"))
+    for address in ("169.254.169.254", "100.64.1.1", "127.0.0.1", "0.0.0.1"):  # metadata, CGNAT, loopback, 0/8
+        for protocol, port in (("TCP", 443), ("TCP", 7844), ("UDP", 7844)):
+            assert not allowed(policies, cloudflared, Endpoint("special", address), protocol, port), address
+
+
+def test_cluster_cidrs_are_excluded_alongside_the_special_ranges_each_once():
+    [rule] = [r for r in cloudflared_policy(clusterCidrs=["10.96.0.0/12", "169.254.0.0/16", "10.96.0.0/12"])[0]
+              ["spec"]["egress"] if r["to"][0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"]
+    assert rule["to"][0]["ipBlock"]["except"] == ["10.96.0.0/12", "169.254.0.0/16", "0.0.0.0/8", "100.64.0.0/10",
+                                                  "127.0.0.0/8"]
+
+
+def test_an_ipv6_cluster_range_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="fd00::/8 is IPv6: cloudflared's internet egress is IPv4 only"):
+        cloudflared_policy(clusterCidrs=["10.0.0.0/8", "fd00::/8"])
