@@ -64,7 +64,7 @@ def run_writer(pg, kafka, count: int, batch_size: int, topic: str = RESPONSES) -
                               writer_instance_id=uuid.uuid4().hex[:6], db_pool_max_size=2)
     writer = ResponseWriter(settings)
     first: list[float] = []
-    original = writer.process
+    original = writer.process  # the clock starts when the first batch reaches it
 
     def timed(messages):
         if not first:
@@ -74,12 +74,13 @@ def run_writer(pg, kafka, count: int, batch_size: int, topic: str = RESPONSES) -
     writer.process = timed
     thread = threading.Thread(target=writer.run)
     thread.start()
-    while writer.stats.written < count:
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - first[0]
-    writer.stop_event.set()
-    thread.join(60)
-    return count / elapsed
+    try:
+        while writer.stats.written < count:
+            time.sleep(0.05)
+        return count / (time.perf_counter() - first[0])
+    finally:  # whatever happens here, the writer's thread must not outlive the benchmark
+        writer.stop_event.set()
+        thread.join(60)
 
 
 def run_naive(pg, kafka, prefix: str, count: int) -> float:
