@@ -13,11 +13,11 @@ import time
 from typing import Any
 
 import httpx
-import psycopg
 
 from app import logs
-from app.db import apply_schema, is_transient
-from app.db_roles import create_service_logins, grant_service_privileges, owner_privilege_problems
+from app.db import apply_schema, is_transient, pinned_connect
+from app.db_audit import owner_privilege_problems
+from app.db_roles import create_service_logins, grant_service_privileges
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
@@ -58,9 +58,10 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
     admin_url = settings.async_database_role_admin_url
 
     def attempt() -> None:
-        with psycopg.connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as owner:
+        # both sessions pinned: the owner may have set its database's search_path or planted operators there
+        with pinned_connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as owner:
             if verifiers:
-                problems = owner_privilege_problems(owner)
+                problems = owner_privilege_problems(owner, owner.info.user)
                 if problems:
                     raise OwnerTooPrivileged(
                         "the owner role (databaseUrl, which Hasura holds) must not create roles or reach the database "
@@ -68,7 +69,7 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
                         "and revoke these (e.g. ALTER ROLE <owner> NOCREATEROLE)")
             apply_schema(owner)
             if verifiers:
-                with psycopg.connect(admin_url.get_secret_value(), connect_timeout=5) as admin:
+                with pinned_connect(admin_url.get_secret_value(), connect_timeout=5) as admin:
                     roles = create_service_logins(admin, verifiers)
                 grant_service_privileges(owner)
                 log.info("service database roles in place", extra={"roles": roles})

@@ -73,6 +73,19 @@ def async_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
     )
 
 
+# a session that resolves names in the catalog first and nowhere the database's owner can write: the client's
+# options win over `ALTER DATABASE/ROLE ... SET search_path` (PostgreSQL's GUC source priority), appended last
+PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
+
+
+def pinned_connect(conninfo: str, **kwargs) -> psycopg.Connection:
+    """Connect for the bootstrap's privileged and audit work, with PINNED_SEARCH_PATH after the URL's options."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    options = f"{conninfo_to_dict(conninfo).get('options', '')} {PINNED_SEARCH_PATH}".strip()
+    return psycopg.connect(conninfo, options=options, **kwargs)
+
+
 def apply_schema(conn: psycopg.Connection) -> None:
     """Create the table, constraints and indexes; safe to run any number of times."""
     with conn.transaction():

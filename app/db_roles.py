@@ -20,6 +20,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from app.db_audit import service_role_problems
+
 TABLE = "graphql.client_async_messages"
 CLEANUP_FUNCTION = "graphql.delete_expired_messages(integer)"
 
@@ -98,34 +100,34 @@ def service_url(database_url: str, role: str, password: str, expect_port: int | 
 
 
 # a CREATEROLE administrator may set these on CREATE and ALTER; SUPERUSER, REPLICATION and BYPASSRLS (even their
-# NO- forms) are a superuser's to change on an existing role, so an ALTER leaves them and the check below refuses
-LOGIN_ATTRIBUTES = "LOGIN NOINHERIT NOCREATEDB NOCREATEROLE"
+# NO- forms) are a superuser's to change on an existing role, so an ALTER leaves them and the audit refuses
+LOGIN_ATTRIBUTES = "LOGIN NOINHERIT NOCREATEDB NOCREATEROLE CONNECTION LIMIT -1 VALID UNTIL 'infinity'"
 CREATE_ONLY_ATTRIBUTES = "NOSUPERUSER NOREPLICATION NOBYPASSRLS"
-OVERPOWERED = ("SELECT rolname FROM pg_catalog.pg_roles "
-               "WHERE rolname = ANY(%s) AND (rolsuper OR rolreplication OR rolbypassrls)")
 
 
 class ServiceRoleTooPrivileged(RuntimeError):
-    """A service role exists with an attribute only a superuser can take away."""
+    """A service role exists as more than a login with its own grants; what is wrong needs a person to undo."""
 
 
 def create_service_logins(admin: psycopg.Connection, verifiers: dict[str, str]) -> list[str]:
-    """As the role administrator (CREATEROLE, the bootstrap's alone): create or update each service's role with
-    login, nothing inherited, no attributes, and the password whose verifier the program wrote. Returns the roles."""
+    """As the role administrator (CREATEROLE, the bootstrap's alone; a pinned session: app/db.py): create or update
+    each service's role with login, nothing inherited, no attributes, no per-role settings, and the password whose
+    verifier the program wrote; refuse a role someone made more than that (app/db_audit.py). Returns the roles."""
     names = [r.role for r in SERVICE_ROLES]
     with admin.transaction():
         for service_role in SERVICE_ROLES:
-            verifier = verifiers[service_role.role]
-            exists = admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (service_role.role,)).fetchone()
+            role = sql.Identifier(service_role.role)
+            exists = admin.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) %s",
+                                   (service_role.role,)).fetchone()
             attributes = LOGIN_ATTRIBUTES if exists else f"{LOGIN_ATTRIBUTES} {CREATE_ONLY_ATTRIBUTES}"
             admin.execute(sql.SQL("{} ROLE {} {} PASSWORD {}").format(
-                sql.SQL("ALTER" if exists else "CREATE"), sql.Identifier(service_role.role), sql.SQL(attributes),
-                sql.Literal(verifier)))
-        overpowered = [row[0] for row in admin.execute(OVERPOWERED, (names,)).fetchall()]
-        if overpowered:
-            raise ServiceRoleTooPrivileged(
-                f"{', '.join(overpowered)} has SUPERUSER, REPLICATION or BYPASSRLS, which only a superuser can remove "
-                "(ALTER ROLE ... NOSUPERUSER NOREPLICATION NOBYPASSRLS)")
+                sql.SQL("ALTER" if exists else "CREATE"), role, sql.SQL(attributes),
+                sql.Literal(verifiers[service_role.role])))
+            if exists:  # a search_path or role setting someone added would follow every login
+                admin.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(role))
+        problems = service_role_problems(admin, names)
+        if problems:
+            raise ServiceRoleTooPrivileged("service database roles are more than logins: " + "; ".join(problems))
     return names
 
 
@@ -143,31 +145,3 @@ def apply_service_roles(admin: psycopg.Connection, owner: psycopg.Connection, ve
     roles = create_service_logins(admin, verifiers)
     grant_service_privileges(owner)
     return roles
-
-
-# roles whose members run programs or read/write files on the database host (PostgreSQL's predefined roles)
-HOST_ACCESS_ROLES = ("pg_execute_server_program", "pg_read_server_files", "pg_write_server_files")
-# what any member of a role holding them could become: CREATEROLE can grant itself HOST_ACCESS_ROLES before PG 16
-OWNER_PRIVILEGE_PROBLEMS = sql.SQL("""
-SELECT CASE WHEN r.rolsuper THEN 'SUPERUSER' WHEN r.rolcreaterole THEN 'CREATEROLE' ELSE 'member of' END, r.rolname
-  FROM pg_catalog.pg_roles AS r
- WHERE pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER')
-   AND (r.rolsuper OR r.rolcreaterole OR r.rolname = ANY(%s))
- ORDER BY 2
-""")
-
-
-def owner_privilege_problems(owner: psycopg.Connection) -> list[str]:
-    """Why the owner role (Hasura's, the public entrypoint's) holds more than its tables need: itself, or a role
-    it can SET ROLE to, is a superuser, has CREATEROLE, or may touch the database host. Empty when it is fine."""
-    me, is_super = owner.execute(
-        "SELECT current_user::text, rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").fetchone()
-    if is_super:  # a superuser is a member of every role: one line says it all
-        return [f"{me} is a SUPERUSER"]
-    problems = []
-    for what, name in owner.execute(OWNER_PRIVILEGE_PROBLEMS, (list(HOST_ACCESS_ROLES),)).fetchall():
-        if name == me:
-            problems.append(f"{me} has {what}")
-        else:
-            problems.append(f"{me} is a member of {name}" + ("" if what == "member of" else f", which has {what}"))
-    return problems

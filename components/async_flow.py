@@ -54,7 +54,7 @@ def bootstrap_fingerprint(app_dir: Path, handler_url: str, source_settings: str 
     configuration (pool, replicas, routing) change."""
     digest = hashlib.sha256(handler_url.encode())
     digest.update(source_settings.encode())
-    files = [app_dir / "schema.sql", app_dir / "bootstrap.py", app_dir / "db_roles.py",
+    files = [app_dir / "schema.sql", app_dir / "bootstrap.py", app_dir / "db_roles.py", app_dir / "db_audit.py",
              *sorted(p for p in (app_dir / "hasura").rglob("*") if p.is_file() and "__pycache__" not in p.parts)]
     for path in files:  # the whole Hasura model package: a change to any of its modules re-runs the Job
         digest.update(path.relative_to(app_dir).as_posix().encode())

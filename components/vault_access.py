@@ -73,6 +73,18 @@ def policy_grants(mount: str, extra_reads: dict[str, list[str]] | None = None) -
     return grants
 
 
+def refuse_program_entries(program: dict[str, object], extra_reads: dict[str, list[str]],
+                           kafka_ca_entry: str | None) -> None:
+    """Entries the stack file names for a workload to read (Hasura's replicas and secret env, the Kafka CA) are
+    other teams' entries: naming one of the program's own would hand it to that workload's policy."""
+    named = {(consumer, entry) for consumer, entries in extra_reads.items() for entry in entries}
+    named |= {("kafka.caEntry", kafka_ca_entry)} if kafka_ca_entry else set()
+    taken = sorted((who, entry) for who, entry in named if entry in program)
+    if taken:
+        raise ValueError("the stack file names entries the program writes itself, which would widen a policy: "
+                         + ", ".join(f"{entry} (for {who})" for who, entry in taken))
+
+
 def vault_file(mount: str, entry: str, file_name: str) -> VaultFile:
     return VaultFile(file_name=file_name, kv_path=data_path(mount, entry))
 
@@ -143,6 +155,7 @@ class VaultAccess(pulumi.ComponentResource):
             values[kafka_entry(service, "username")] = (credential.username, "value")
             values[kafka_entry(service, "password")] = (credential.password, "value")
 
+        refuse_program_entries(values, args.extra_reads, args.kafka_ca_entry)
         self.entries: dict[str, vault.kv.SecretV2] = {}
         for entry, (value, key) in values.items():
             data_json = pulumi.Output.from_input(value).apply(lambda v, k=key: json.dumps({k: v}))

@@ -170,27 +170,36 @@ def test_the_owner_hasura_holds_cannot_create_roles_nor_grant_itself_host_access
 
 @pytest.fixture
 def unsafe_owner(pg, cluster, passwords):
-    """A fresh database whose owner holds one privilege too many (set by each test), and the settings to run."""
+    """A fresh database and its owner, to be given one privilege too many (or to plant traps) by each test."""
     suffix, password = uuid.uuid4().hex[:8], secrets.token_hex(16)
     owner, database = f"unsafe_owner_{suffix}", f"unsafe_{suffix}"
     with psycopg.connect(pg.url, autocommit=True) as su:
         su.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{password}'")
         su.execute(f"CREATE DATABASE {database} OWNER {owner}")
     verifiers = {role: scram_verifier(p) for role, p in passwords.items()}
-    settings = BootstrapSettings(async_database_url=role_url(pg, owner, password, database),
-                                 hasura_admin_secret="x" * 16, async_database_roles=json.dumps(verifiers),
+    owner_url = role_url(pg, owner, password, database)
+    settings = BootstrapSettings(async_database_url=owner_url, hasura_admin_secret="x" * 16,
+                                 async_database_roles=json.dumps(verifiers),
                                  async_database_role_admin_url=cluster.admin_url, hasura_retry_seconds=0)
-    with psycopg.connect(pg.url, autocommit=True) as su:
-        yield SimpleNamespace(name=owner, settings=settings, su=su,
-                              tables=lambda: psycopg.connect(pg.url.rsplit("/", 1)[0] + f"/{database}").execute(
-                                  "SELECT count(*) FROM pg_tables WHERE schemaname = 'graphql'").fetchone()[0])
+    # the superuser works in the owner's database: function privileges are per database
+    with psycopg.connect(pg.url.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as su:
+        yield SimpleNamespace(name=owner, settings=settings, su=su, url=owner_url, database=database,
+                              tables=lambda: su.execute("SELECT count(*) FROM pg_tables "
+                                                        "WHERE schemaname = 'graphql'").fetchone()[0])
 
 
 @pytest.mark.parametrize("grant, reason", [
     ("ALTER ROLE {owner} CREATEROLE", "{owner} has CREATEROLE"),
+    ("ALTER ROLE {owner} REPLICATION", "{owner} has REPLICATION"),  # BASE_BACKUP: every database, pg_authid
+    ("ALTER ROLE {owner} BYPASSRLS", "{owner} has BYPASSRLS"),
     ("GRANT pg_execute_server_program TO {owner}", "{owner} is a member of pg_execute_server_program"),
+    ("GRANT pg_read_all_data TO {owner}", "{owner} is a member of pg_read_all_data"),
     ("GRANT {admin} TO {owner}", "{owner} is a member of {admin}, which has CREATEROLE"),
     ("ALTER ROLE {owner} SUPERUSER", "{owner} is a SUPERUSER"),
+    # writes files as the server's user (PostgreSQL's docs warn it can be turned into superuser)
+    ("GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {owner}", "{owner} may run lo_export(oid,text)"),
+    ("CREATE FUNCTION public.run_as_su() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'SELECT'",
+     "{owner} may run public.run_as_su(), a SECURITY DEFINER function of the privileged role"),
 ])
 def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_any_change(unsafe_owner, cluster,
                                                                                          grant, reason):
@@ -202,6 +211,84 @@ def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_an
         bootstrap_database(unsafe_owner.settings)
     assert reason.format(owner=unsafe_owner.name, admin=admin) in str(refused.value)
     assert unsafe_owner.tables() == 0  # refused before the schema
+
+
+# what an owner (or Hasura's admin secret, through run_sql) can plant in its own database for the next bootstrap:
+# a pg_roles view and a name = operator in public that grant host access when a privileged session reads them,
+# and public first in the database's search_path
+TRAP = """
+CREATE FUNCTION public.pwn() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF session_user <> '{owner}' THEN EXECUTE 'GRANT pg_execute_server_program TO {owner}'; END IF;
+    RETURN true;
+END $$;
+CREATE VIEW public.pg_roles AS SELECT r.* FROM pg_catalog.pg_roles AS r WHERE public.pwn();
+CREATE FUNCTION public.name_eq(name, name) RETURNS boolean LANGUAGE sql AS
+    'SELECT public.pwn() AND $1 OPERATOR(pg_catalog.=) $2';
+CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = name, FUNCTION = public.name_eq);
+CREATE FUNCTION public.text_eq(name, text) RETURNS boolean LANGUAGE sql AS
+    'SELECT public.pwn() AND $1::text OPERATOR(pg_catalog.=) $2';
+CREATE OPERATOR public.= (LEFTARG = name, RIGHTARG = text, FUNCTION = public.text_eq);
+ALTER DATABASE {database} SET search_path = public, pg_catalog;
+"""
+
+
+def test_traps_the_owner_planted_in_its_database_never_run_in_the_bootstraps_sessions(unsafe_owner, cluster):
+    with connect(unsafe_owner.url) as owner:
+        owner.execute(TRAP.format(owner=unsafe_owner.name, database=unsafe_owner.database))
+    with connect(unsafe_owner.url) as owner:  # the trap is live for any session that does not pin its path
+        assert owner.execute("SHOW search_path").fetchone()[0] == "public, pg_catalog"
+    bootstrap_database(unsafe_owner.settings)  # admin session in the owner's database (cluster.admin_url's host)
+    member = unsafe_owner.su.execute("SELECT pg_has_role(%s, 'pg_execute_server_program', 'MEMBER')",
+                                     (unsafe_owner.name,)).fetchone()[0]
+    assert member is False
+    assert unsafe_owner.tables() == 1
+
+
+def test_the_admin_session_is_pinned_even_in_the_owners_database(unsafe_owner, cluster):
+    from app.db import pinned_connect
+
+    with connect(unsafe_owner.url) as owner:
+        owner.execute(TRAP.format(owner=unsafe_owner.name, database=unsafe_owner.database))
+    admin_here = cluster.admin_url.rsplit("/", 1)[0] + f"/{unsafe_owner.database}?options=-c%20work_mem%3D8MB"
+    with pinned_connect(admin_here) as admin:
+        assert admin.execute("SHOW search_path").fetchone()[0] == "pg_catalog,pg_temp"
+        assert admin.execute("SHOW work_mem").fetchone()[0] == "8MB"  # the URL's own options are kept
+        admin.execute("SELECT count(*) FROM pg_roles WHERE rolname = 'x'").fetchone()
+    member = unsafe_owner.su.execute("SELECT pg_has_role(%s, 'pg_execute_server_program', 'MEMBER')",
+                                     (unsafe_owner.name,)).fetchone()[0]
+    assert member is False
+
+
+@pytest.mark.parametrize("drift, problem", [
+    ("GRANT pg_execute_server_program TO graphql_async_writer", "graphql_async_writer is a member of "
+                                                                "pg_execute_server_program"),
+    ("GRANT graphql_async_writer TO {admin}", "{admin} may act as graphql_async_writer"),
+])
+def test_a_service_role_with_memberships_either_way_is_refused(roles, db, cluster, passwords, drift, problem):
+    from app.db import pinned_connect
+    from app.db_roles import ServiceRoleTooPrivileged, create_service_logins
+
+    admin_name = urlsplit(cluster.admin_url).username
+    db.execute(drift.format(admin=admin_name))
+    try:
+        with pinned_connect(cluster.admin_url) as admin, pytest.raises(ServiceRoleTooPrivileged) as refused:
+            create_service_logins(admin, {role: scram_verifier(password) for role, password in passwords.items()})
+        assert problem.format(admin=admin_name) in str(refused.value)
+    finally:
+        db.execute(drift.format(admin=admin_name).replace("GRANT", "REVOKE").replace(" TO ", " FROM "))
+
+
+def test_a_rerun_undoes_what_would_keep_a_service_from_logging_in_or_change_its_sessions(roles, db, cluster,
+                                                                                          passwords):
+    db.execute("ALTER ROLE graphql_async_cleanup VALID UNTIL '2000-01-01' CONNECTION LIMIT 0")
+    db.execute("ALTER ROLE graphql_async_cleanup SET search_path = public")
+    with pytest.raises(psycopg.OperationalError):
+        connect(roles["cleanup"])
+    with connect(cluster.admin_url) as admin, connect(cluster.owner_url) as owner:
+        apply_service_roles(admin, owner, {role: scram_verifier(password) for role, password in passwords.items()})
+    with connect(roles["cleanup"]) as conn:
+        assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'  # the server's default again
 
 
 def test_service_roles_need_the_role_administrators_url():

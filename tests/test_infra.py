@@ -339,6 +339,21 @@ def test_jwt_and_redis_settings_come_from_vault_when_configured():
         run_stack("dev", {P + "hasura": {**hasura, "secretEnvFromVault": {"HASURA_GRAPHQL_ADMIN_SECRET": "x"}}})
 
 
+@pytest.mark.parametrize("key, value, entry", [
+    ("hasura", {"secretEnvFromVault": {"HASURA_GRAPHQL_REDIS_URL": "graphql-async-database-role-admin-url"}},
+     "graphql-async-database-role-admin-url (for hasura)"),
+    ("hasura", {"readReplicas": ["graphql-async-writer-database-url"]}, "graphql-async-writer-database-url"),
+    ("kafka", {"caEntry": "graphql-async-database-role-admin-url"},
+     "graphql-async-database-role-admin-url (for kafka.caEntry)"),
+])
+def test_a_stack_file_cannot_hand_the_programs_own_entries_to_another_policy(key, value, entry):
+    """The role administrator's URL read by Hasura, or by every Kafka client as its 'CA', would be a policy widened
+    by one line of config; the program's own entries are never extra reads."""
+    with pytest.raises(Exception, match="entries the program writes itself") as refused:
+        run_stack("prod", {P + key: {**load_stack_file("prod")[P + key], **value}})
+    assert entry in str(refused.value)
+
+
 # ------------------------------------------------------------------ Kafka
 
 
