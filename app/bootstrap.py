@@ -6,7 +6,6 @@ only the metadata commands that differ from `export_metadata`, as one `bulk` cal
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -17,7 +16,7 @@ import httpx
 from app import logs
 from app.db import apply_schema, is_transient, pinned_connect
 from app.db_audit import owner_privilege_problems
-from app.db_roles import create_service_logins, grant_service_privileges
+from app.db_roles import ROLE_OF, grant_service_privileges
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
@@ -52,15 +51,13 @@ class OwnerTooPrivileged(RuntimeError):
 
 
 def bootstrap_database(settings: BootstrapSettings) -> None:
-    """The table as the owner; with service roles, their logins as the role administrator, then their grants as
-    the owner. The owner is checked first: Hasura holds its URL, so it must hold nothing beyond its tables."""
-    verifiers = json.loads(settings.async_database_roles.get_secret_value()) if settings.async_database_roles else {}
-    admin_url = settings.async_database_role_admin_url
+    """The table as the owner; with the services' roles (made by the db-roles Job, app/role_admin.py), their
+    grants as the owner. The owner is audited first: Hasura holds its URL, so it must hold nothing beyond its
+    database. A pinned session: the owner may have set its database's search_path or planted operators there."""
 
     def attempt() -> None:
-        # both sessions pinned: the owner may have set its database's search_path or planted operators there
         with pinned_connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as owner:
-            if verifiers:
+            if settings.async_service_roles:
                 problems = owner_privilege_problems(owner, owner.info.user)
                 if problems:
                     raise OwnerTooPrivileged(
@@ -68,11 +65,9 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
                         f"host: {'; '.join(problems)}. Create the service roles with databaseRoleAdminUrl instead, "
                         "and revoke these (e.g. ALTER ROLE <owner> NOCREATEROLE)")
             apply_schema(owner)
-            if verifiers:
-                with pinned_connect(admin_url.get_secret_value(), connect_timeout=5) as admin:
-                    roles = create_service_logins(admin, verifiers)
+            if settings.async_service_roles:
                 grant_service_privileges(owner)
-                log.info("service database roles in place", extra={"roles": roles})
+                log.info("service database roles granted", extra={"roles": sorted(ROLE_OF.values())})
 
     _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)
     log.info("table graphql.client_async_messages is in place")

@@ -7,6 +7,7 @@ environment variable of the same name wins over the file.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -211,13 +212,41 @@ class CleanupSettings(DatabaseSettings):
     cleanup_pushgateway_url: str | None = Field(None, pattern=r"^https?://[^\s@]+$")
 
 
+class RoleAdminSettings(_Base):
+    """The db-roles Job (app/role_admin.py): the role administrator's URL and the roles' verifiers, nothing else."""
+
+    # libpq URL of a role with CREATEROLE (the owner, Hasura's role, must not have it)
+    async_database_role_admin_url: SecretStr
+    # JSON {role: SCRAM-SHA-256 verifier} for the services' own database roles (app/db_roles.py)
+    async_database_roles: SecretStr
+    db_retry_seconds: float = Field(600.0, ge=0)
+
+    @field_validator("async_database_role_admin_url")
+    @classmethod
+    def _admin_parsable(cls, value: SecretStr) -> SecretStr:
+        return libpq_parsable(value)
+
+    @field_validator("async_database_roles")
+    @classmethod
+    def _verifiers(cls, value: SecretStr) -> SecretStr:
+        from app.db_roles import SERVICE_ROLES
+
+        try:
+            verifiers = json.loads(value.get_secret_value())
+        except ValueError:
+            raise ValueError("not JSON {role: SCRAM-SHA-256 verifier}") from None
+        missing = sorted({r.role for r in SERVICE_ROLES} - set(verifiers if isinstance(verifiers, dict) else {}))
+        if missing:
+            raise ValueError(f"no verifier for {', '.join(missing)}")
+        return value
+
+
 class BootstrapSettings(DatabaseSettings):
     hasura_endpoint: str = "http://hasura.graphql.svc.cluster.local:8080"
     hasura_admin_secret: SecretStr
-    # JSON {role: SCRAM-SHA-256 verifier} for the services' own database roles (app/db_roles.py); unset: none made
-    async_database_roles: SecretStr | None = None
-    # libpq URL of a role with CREATEROLE that creates those roles (the owner, Hasura's role, must not have it)
-    async_database_role_admin_url: SecretStr | None = None
+    # the services' own roles exist (the db-roles Job made them): audit the owner first, then grant them their
+    # privileges as the owner (app/db_roles.py); false for a database without them (local runs, tests)
+    async_service_roles: bool = False
     hasura_source: str = "default"
     action_handler_url: str = (
         "http://graphql-async-request-publisher.graphql.svc.cluster.local:8080/action/publish_async_request"
@@ -227,18 +256,6 @@ class BootstrapSettings(DatabaseSettings):
     # the source's pool, read replicas and routing as the program wrote them (app/hasura/source.py); empty: defaults
     hasura_source_settings: SourceSettings = Field(default_factory=SourceSettings)
     hasura_user_row_limit: int = Field(100, ge=1, le=10_000)
-
-    @field_validator("async_database_role_admin_url")
-    @classmethod
-    def _admin_parsable(cls, value: SecretStr | None) -> SecretStr | None:
-        return None if value is None else libpq_parsable(value)
-
-    @model_validator(mode="after")
-    def _roles_need_their_admin(self) -> BootstrapSettings:
-        if self.async_database_roles is not None and self.async_database_role_admin_url is None:
-            raise ValueError("ASYNC_DATABASE_ROLES needs ASYNC_DATABASE_ROLE_ADMIN_URL: the service roles are created "
-                             "by a role administrator, never by the owner role Hasura holds")
-        return self
 
     @field_validator("hasura_source_settings", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""The async flow's workloads: bootstrap Job, publisher Deployment + Service, writer StatefulSet,
+"""The async flow's workloads: db-roles and bootstrap Jobs, publisher Deployment + Service, writer StatefulSet,
 cleanup CronJob and their service accounts (who may reach them: components/network_policy.py)."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ PUBLISHER = "graphql-async-request-publisher"
 WRITER = "graphql-async-response-writer"
 CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
+DB_ROLES = "graphql-async-db-roles"  # creates the services' database roles as the role administrator
 PUBLISHER_PORT = 8080
 WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
 PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
@@ -85,11 +86,12 @@ def workload_vault_files(kv_mount: str, kafka_ca_entry: str | None = None) -> di
                     *kafka_login("publisher")],
         WRITER: [database("writer"), *kafka_login("writer")],
         CLEANUP: [database("cleanup")],
-        # the owner role (table DDL, grants), the role administrator and the verifiers it creates the roles with
+        # the owner role (table DDL, grants) and Hasura's admin secret (metadata)
         BOOTSTRAP: [vault_file(kv_mount, DATABASE_URL, "async_database_url"),
-                    vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret"),
-                    vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles"),
-                    vault_file(kv_mount, DATABASE_ROLE_ADMIN_URL, "async_database_role_admin_url")],
+                    vault_file(kv_mount, HASURA_ADMIN_SECRET, "hasura_admin_secret")],
+        # the role administrator and the verifiers it creates the services' roles with, nothing else
+        DB_ROLES: [vault_file(kv_mount, DATABASE_ROLE_ADMIN_URL, "async_database_role_admin_url"),
+                   vault_file(kv_mount, DATABASE_ROLE_VERIFIERS, "async_database_roles")],
     }
 
 
@@ -105,7 +107,7 @@ class AsyncFlowArgs:
     hasura: HasuraConfig  # its source's pool, replicas and routing, and the row limit: applied by the bootstrap
     app_dir: Path
     principals: ServicePrincipals  # the writer's consumer group and transactional id prefix
-    database_roles_version: pulumi.Input[str] = ""  # VaultAccess: a new service password re-runs the bootstrap
+    database_roles_version: pulumi.Input[str] = ""  # VaultAccess: a new service password re-runs the db-roles Job
 
     @property
     def vault_files(self) -> dict[str, list[VaultFile]]:
@@ -141,15 +143,16 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
 
 
 class AsyncFlow(pulumi.ComponentResource):
-    """Service accounts, then one builder per workload: bootstrap, publisher, writer, cleanup."""
+    """Service accounts, then one builder per workload: db-roles, bootstrap, publisher, writer, cleanup."""
 
     def __init__(self, name: str, args: AsyncFlowArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("graphql:index:AsyncFlow", name, None, opts)
         self.args = args
         self.service_accounts = {
             sa: k8s.core.v1.ServiceAccount(sa, metadata=self._metadata(sa), opts=child(self))
-            for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP)
+            for sa in (PUBLISHER, WRITER, CLEANUP, DB_ROLES, BOOTSTRAP)
         }
+        self.db_roles = self._db_roles()
         self.bootstrap = self._bootstrap()
         self._publisher()
         self._writer()
@@ -185,16 +188,32 @@ class AsyncFlow(pulumi.ComponentResource):
         return child(self, depends_on=[self.service_accounts[app], *others])
 
     # ------------------------------------------------------------ workloads
+    def _db_roles(self) -> k8s.batch.v1.Job:
+        """The services' database roles; a new name (its code, a replaced password) re-runs it."""
+        args = self.args
+        digest = hashlib.sha256()
+        for name in ("role_admin.py", "db_roles.py", "db_audit.py", "db.py"):
+            digest.update((args.app_dir / name).read_bytes())
+        fingerprint = digest.hexdigest()
+        self.db_roles_job = pulumi.Output.from_input(args.database_roles_version).apply(
+            lambda roles: f"{DB_ROLES}-{hashlib.sha256((fingerprint + roles).encode()).hexdigest()[:10]}")
+        return k8s.batch.v1.Job(
+            "db-roles", metadata=self._metadata(DB_ROLES, self.db_roles_job),
+            spec={"backoffLimit": 6, "activeDeadlineSeconds": 900,
+                  "template": {"metadata": self._pod_metadata(DB_ROLES, run_to_completion=True),
+                               "spec": pod_spec(DB_ROLES, args.images["cleanup"], {},
+                                                command=["python", "-m", "app.role_admin"], restart="OnFailure")}},
+            opts=self._after(DB_ROLES))
+
     def _bootstrap(self) -> k8s.batch.v1.Job:
         """Table + Hasura metadata + the source's pool/replicas/routing; a new name re-runs it on any change."""
         args = self.args
         source_settings = args.hasura.source_settings().to_json()
         row_limit = str(args.hasura.subscriptions.user_row_limit)
         fingerprint = bootstrap_fingerprint(args.app_dir, args.publisher_url, source_settings + row_limit)
-        self.bootstrap_job = pulumi.Output.from_input(args.database_roles_version).apply(
-            lambda roles: f"{BOOTSTRAP}-{hashlib.sha256((fingerprint + roles).encode()).hexdigest()[:10]}")
+        self.bootstrap_job = f"{BOOTSTRAP}-{fingerprint}"
         env = {"HASURA_ENDPOINT": args.hasura_url, "HASURA_SOURCE": args.hasura.source_name,
-               "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
+               "ASYNC_SERVICE_ROLES": "true", "ACTION_HANDLER_URL": args.publisher_url, "HASURA_RETRY_SECONDS": "600",
                "HASURA_SOURCE_SETTINGS": source_settings, "HASURA_USER_ROW_LIMIT": row_limit}
         return k8s.batch.v1.Job(
             "bootstrap", metadata=self._metadata(BOOTSTRAP, self.bootstrap_job),
@@ -202,7 +221,7 @@ class AsyncFlow(pulumi.ComponentResource):
                   "template": {"metadata": self._pod_metadata(BOOTSTRAP, run_to_completion=True),
                                "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], env,
                                                 command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
-            opts=self._after(BOOTSTRAP))
+            opts=self._after(BOOTSTRAP, self.db_roles))  # the grants need the roles
 
     @property
     def _publisher_env(self) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The namespace's network: nothing in or out by default, then exactly the flows of the architecture drawing.
 
     cloudflared -> Hasura -> publisher          every workload -> DNS
-    Hasura, publisher, writer, cleanup, bootstrap -> database and Vault (their agent sidecar)
+    Hasura, publisher, writer, cleanup, bootstrap, db-roles -> database and Vault (their agent sidecar)
     publisher, writer -> Kafka                  bootstrap -> Hasura (metadata)
     cloudflared -> Cloudflare's edge (internet: never the cluster's own or special-purpose ranges)
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, PUBLISHER_PORT, WRITER
+from components.async_flow import BOOTSTRAP, CLEANUP, DB_ROLES, PUBLISHER, PUBLISHER_PORT, WRITER
 from components.config import NetworkConfig, PeerConfig
 from components.hasura import PORT as HASURA_PORT
 from components.k8s import child, labels, selector
@@ -41,8 +41,9 @@ FLOWS: tuple[tuple[str, str], ...] = (
     (WRITER, DATABASE), (WRITER, KAFKA), (WRITER, VAULT),
     (CLEANUP, DATABASE), (CLEANUP, VAULT),
     (BOOTSTRAP, DATABASE), (BOOTSTRAP, VAULT), (BOOTSTRAP, HASURA),
+    (DB_ROLES, DATABASE), (DB_ROLES, VAULT),
 )
-WORKLOADS = (CLOUDFLARED, HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP)
+WORKLOADS = (CLOUDFLARED, HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP, DB_ROLES)
 SERVING_PORTS = {HASURA: HASURA_PORT, PUBLISHER: PUBLISHER_PORT}  # workloads others connect to
 
 

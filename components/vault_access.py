@@ -46,7 +46,9 @@ CONSUMER_ENTRIES: dict[str, tuple[str, ...]] = {
     "graphql-async-response-writer": (database_entry("writer"), kafka_entry("writer", "username"),
                                       kafka_entry("writer", "password")),
     "graphql-async-cleanup": (database_entry("cleanup"),),
-    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET, DATABASE_ROLE_VERIFIERS, DATABASE_ROLE_ADMIN_URL),
+    "graphql-async-bootstrap": (DATABASE_URL, HASURA_ADMIN_SECRET),
+    # the role administrator in a Job of its own, beside no Hasura secret (app/role_admin.py)
+    "graphql-async-db-roles": (DATABASE_ROLE_ADMIN_URL, DATABASE_ROLE_VERIFIERS),
 }
 EXTERNAL_SECRETS_ROLE = "externalsecrets-graphql"
 

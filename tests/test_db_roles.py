@@ -20,7 +20,8 @@ from app.bootstrap import bootstrap_database
 from app.cleanup import DELETE_EXPIRED_BATCH
 from app.db import apply_schema
 from app.db_roles import ROLE_OF, SERVICE_ROLES, apply_service_roles, scram_verifier, service_url
-from app.settings import BootstrapSettings
+from app.role_admin import create_roles
+from app.settings import BootstrapSettings, RoleAdminSettings
 
 DENIED = psycopg.errors.InsufficientPrivilege
 
@@ -46,17 +47,21 @@ def cluster(pg):
         su.execute(f"CREATE DATABASE {database} OWNER {owner}")
     yield SimpleNamespace(owner=owner, database=database, superuser=pg.url.rsplit("/", 1)[0] + f"/{database}",
                           owner_url=role_url(pg, owner, password, database),
-                          admin_url=role_url(pg, admin, password, database))
+                          admin_url=role_url(pg, admin, password, "postgres"))  # README: not the owner's
+
+
+def role_admin_settings(admin_url: str, passwords: dict[str, str]) -> RoleAdminSettings:
+    verifiers = {role: scram_verifier(password) for role, password in passwords.items()}
+    return RoleAdminSettings(async_database_role_admin_url=admin_url, async_database_roles=json.dumps(verifiers),
+                             db_retry_seconds=0)
 
 
 @pytest.fixture(scope="module")
 def roles(pg, cluster, passwords):
-    """What the bootstrap Job does with the URLs and verifiers from its Vault entries."""
-    verifiers = {role: scram_verifier(password) for role, password in passwords.items()}
-    settings = BootstrapSettings(async_database_url=cluster.owner_url, hasura_admin_secret="x" * 16,
-                                 async_database_roles=json.dumps(verifiers),
-                                 async_database_role_admin_url=cluster.admin_url)
-    bootstrap_database(settings)
+    """What the db-roles Job, then the bootstrap Job, do with the URLs and verifiers from their Vault entries."""
+    create_roles(role_admin_settings(cluster.admin_url, passwords))
+    bootstrap_database(BootstrapSettings(async_database_url=cluster.owner_url, hasura_admin_secret="x" * 16,
+                                         async_service_roles=True))
     return {service: role_url(pg, role, passwords[role], cluster.database) for service, role in ROLE_OF.items()}
 
 
@@ -169,18 +174,16 @@ def test_the_owner_hasura_holds_cannot_create_roles_nor_grant_itself_host_access
 
 
 @pytest.fixture
-def unsafe_owner(pg, cluster, passwords):
+def unsafe_owner(pg, cluster):
     """A fresh database and its owner, to be given one privilege too many (or to plant traps) by each test."""
     suffix, password = uuid.uuid4().hex[:8], secrets.token_hex(16)
     owner, database = f"unsafe_owner_{suffix}", f"unsafe_{suffix}"
     with psycopg.connect(pg.url, autocommit=True) as su:
         su.execute(f"CREATE ROLE {owner} LOGIN PASSWORD '{password}'")
         su.execute(f"CREATE DATABASE {database} OWNER {owner}")
-    verifiers = {role: scram_verifier(p) for role, p in passwords.items()}
     owner_url = role_url(pg, owner, password, database)
     settings = BootstrapSettings(async_database_url=owner_url, hasura_admin_secret="x" * 16,
-                                 async_database_roles=json.dumps(verifiers),
-                                 async_database_role_admin_url=cluster.admin_url, hasura_retry_seconds=0)
+                                 async_service_roles=True, hasura_retry_seconds=0)
     # the superuser works in the owner's database: function privileges are per database
     with psycopg.connect(pg.url.rsplit("/", 1)[0] + f"/{database}", autocommit=True) as su:
         yield SimpleNamespace(name=owner, settings=settings, su=su, url=owner_url, database=database,
@@ -233,12 +236,14 @@ ALTER DATABASE {database} SET search_path = public, pg_catalog;
 """
 
 
-def test_traps_the_owner_planted_in_its_database_never_run_in_the_bootstraps_sessions(unsafe_owner, cluster):
+def test_traps_the_owner_planted_in_its_database_never_run_in_the_jobs_sessions(unsafe_owner, cluster, passwords):
     with connect(unsafe_owner.url) as owner:
         owner.execute(TRAP.format(owner=unsafe_owner.name, database=unsafe_owner.database))
     with connect(unsafe_owner.url) as owner:  # the trap is live for any session that does not pin its path
         assert owner.execute("SHOW search_path").fetchone()[0] == "public, pg_catalog"
-    bootstrap_database(unsafe_owner.settings)  # admin session in the owner's database (cluster.admin_url's host)
+    # the worst case: the role administrator's URL names the owner's own database
+    create_roles(role_admin_settings(cluster.admin_url.rsplit("/", 1)[0] + f"/{unsafe_owner.database}", passwords))
+    bootstrap_database(unsafe_owner.settings)
     member = unsafe_owner.su.execute("SELECT pg_has_role(%s, 'pg_execute_server_program', 'MEMBER')",
                                      (unsafe_owner.name,)).fetchone()[0]
     assert member is False
@@ -291,13 +296,18 @@ def test_a_rerun_undoes_what_would_keep_a_service_from_logging_in_or_change_its_
         assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'  # the server's default again
 
 
-def test_service_roles_need_the_role_administrators_url():
-    with pytest.raises(ValueError, match="ASYNC_DATABASE_ROLE_ADMIN_URL"):
-        BootstrapSettings(async_database_url="postgresql://o:p@db/app", hasura_admin_secret="x" * 16,
-                          async_database_roles="{}")
-    with pytest.raises(ValueError, match="not a valid libpq"):
-        BootstrapSettings(async_database_url="postgresql://o:p@db/app", hasura_admin_secret="x" * 16,
-                          async_database_roles="{}", async_database_role_admin_url="postgresql://a:%zz@db/app")
+def test_the_db_roles_job_refuses_settings_it_cannot_use(passwords):
+    from app.settings import SettingsError
+
+    good = role_admin_settings("postgresql://a:p@db/postgres", passwords)
+    with pytest.raises(SettingsError, match="ASYNC_DATABASE_ROLE_ADMIN_URL.*not a valid libpq"):
+        RoleAdminSettings.from_env(async_database_role_admin_url="postgresql://a:%zz@db/app",
+                                   async_database_roles=good.async_database_roles)
+    with pytest.raises(SettingsError, match="no verifier for graphql_async_cleanup, graphql_async_writer"):
+        RoleAdminSettings.from_env(async_database_role_admin_url="postgresql://a:p@db/postgres",
+                                   async_database_roles=json.dumps({"graphql_async_publisher": "x"}))
+    with pytest.raises(SettingsError, match="ASYNC_DATABASE_ROLES"):
+        RoleAdminSettings.from_env(async_database_role_admin_url="postgresql://a:p@db/postgres")
 
 
 def test_a_service_role_someone_let_bypass_row_security_is_refused_not_silently_kept(roles, db, cluster, passwords):

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from components.async_flow import BOOTSTRAP, CLEANUP, PUBLISHER, WRITER
+from components.async_flow import BOOTSTRAP, CLEANUP, DB_ROLES, PUBLISHER, WRITER
 from components.kafka_access import AsyncTopics, ServicePrincipals, service_acls
 from components.vault_access import CONSUMER_ENTRIES, EXTERNAL_SECRETS_ROLE
 from scripts.plan import all_stacks, plan_document, plan_path, render
@@ -79,7 +79,7 @@ def test_every_seed_object_exists(run):
         ("docker:index/image:Image", "image-cleanup"),
     }
     assert expected <= have, sorted(expected - have)
-    for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP):
+    for sa in (PUBLISHER, WRITER, CLEANUP, BOOTSTRAP, DB_ROLES):
         assert ("kubernetes:core/v1:ServiceAccount", sa) in have
 
 
@@ -162,9 +162,10 @@ def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifie
     readers = {path: {name for name, grants in policies.items() if path in grants}
                for grants in policies.values() for path in grants}
     assert readers[f"{mount}/data/graphql-hasura-database-url"] == {"hasura", "graphql-async-bootstrap"}
-    assert readers[f"{mount}/data/graphql-async-database-role-verifiers"] == {"graphql-async-bootstrap"}
-    # the role administrator (CREATEROLE) is the bootstrap's alone: Hasura's owner role creates no roles
-    assert readers[f"{mount}/data/graphql-async-database-role-admin-url"] == {"graphql-async-bootstrap"}
+    # the role administrator (CREATEROLE) and the verifiers are the db-roles Job's alone: not Hasura's, not the
+    # bootstrap's (which holds Hasura's admin secret)
+    assert readers[f"{mount}/data/graphql-async-database-role-verifiers"] == {DB_ROLES}
+    assert readers[f"{mount}/data/graphql-async-database-role-admin-url"] == {DB_ROLES}
     entries = {r.name: json.loads(r.inputs["dataJson"])["value"] for r in run.of_type("vault:kv/secretV2:SecretV2")}
     owner = urlsplit(entries["graphql-hasura-database-url"])
     verifiers = json.loads(entries["graphql-async-database-role-verifiers"])
@@ -175,11 +176,18 @@ def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifie
         assert (url.username, url.hostname, url.port, url.path) == (ROLE_OF[service], owner.hostname, owner.port,
                                                                    owner.path)
         assert url.password != owner.password and verifiers[ROLE_OF[service]] == scram_verifier(unquote(url.password))
-    # a replaced password changes the verifiers, and so the bootstrap Job's name: it re-runs and sets the new one
+    # a replaced password changes the verifiers, and so the db-roles Job's name: it re-runs and sets the new one
     roles_version = hashlib.sha256(entries["graphql-async-database-role-verifiers"].encode()).hexdigest()[:8]
-    [job] = [o for o in run.kubernetes_objects() if o["kind"] == "Job"]
-    assert job["metadata"]["name"] == "graphql-async-bootstrap-" + hashlib.sha256(
-        (bootstrap_fingerprint_of(run) + roles_version).encode()).hexdigest()[:10]
+    jobs = {o["metadata"]["name"].rsplit("-", 1)[0]: o for o in run.kubernetes_objects() if o["kind"] == "Job"}
+    assert set(jobs) == {BOOTSTRAP, DB_ROLES}
+    assert jobs[BOOTSTRAP]["metadata"]["name"] == f"{BOOTSTRAP}-{bootstrap_fingerprint_of(run)}"
+    code = hashlib.sha256(b"".join((REPO / "app" / f).read_bytes()
+                                   for f in ("role_admin.py", "db_roles.py", "db_audit.py", "db.py"))).hexdigest()
+    assert jobs[DB_ROLES]["metadata"]["name"] == f"{DB_ROLES}-" + hashlib.sha256(
+        (code + roles_version).encode()).hexdigest()[:10]
+    # the role administrator's pod: its own command, no environment (its two files come from Vault), no Hasura
+    assert container_of(jobs[DB_ROLES])["command"] == ["python", "-m", "app.role_admin"]
+    assert not env_of(container_of(jobs[DB_ROLES]))
 
 
 def test_each_pod_reads_exactly_what_its_vault_policy_grants(run):
@@ -197,7 +205,7 @@ def test_each_pod_reads_exactly_what_its_vault_policy_grants(run):
         sa = template["spec"]["serviceAccountName"]
         assert roles[role]["boundServiceAccountNames"] == [sa]
         checked += 1
-    assert checked == 5  # hasura, bootstrap, publisher, writer, cleanup
+    assert checked == 6  # hasura, bootstrap, db-roles, publisher, writer, cleanup
 
 
 # ------------------------------------------------------------------ public ingress
@@ -448,8 +456,7 @@ def env_of(container: dict) -> dict[str, str]:
 def test_async_flow_workloads(run):
     ns, flow, kafka = cfg(run, "namespace"), cfg(run, "asyncFlow"), cfg(run, "kafka")
     digests = run.outputs["image_digests"]
-    [job] = [o for o in run.kubernetes_objects() if o["kind"] == "Job"]
-    assert job["metadata"]["name"].startswith("graphql-async-bootstrap-")
+    [job] = [o for o in run.kubernetes_objects() if o["kind"] == "Job" and o["metadata"]["name"].startswith(BOOTSTRAP)]
     job_container = container_of(job)
     assert job_container["command"] == ["python", "-m", "app.bootstrap"] and job_container["image"] == digests[
         "cleanup"]

@@ -15,8 +15,8 @@ from tests.support.netpol import Endpoint, allowed
 P = "graphql-entrypoint:"
 CLOUDFLARED, HASURA = "cloudflared", "hasura"
 PUBLISHER, WRITER = "graphql-async-request-publisher", "graphql-async-response-writer"
-CLEANUP, BOOTSTRAP = "graphql-async-cleanup", "graphql-async-bootstrap"
-WORKLOADS = (CLOUDFLARED, HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP)
+CLEANUP, BOOTSTRAP, DB_ROLES = "graphql-async-cleanup", "graphql-async-bootstrap", "graphql-async-db-roles"
+WORKLOADS = (CLOUDFLARED, HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP, DB_ROLES)
 
 
 def external(name: str, peer: dict) -> Endpoint:
@@ -31,7 +31,7 @@ def endpoints(stack: str) -> dict[str, Endpoint]:
     network = load_stack_file(stack)[P + "network"]
     found = {}
     for i, (name, template) in enumerate(pod_templates(manifests(stack))):
-        workload = BOOTSTRAP if name.startswith(BOOTSTRAP) else name
+        workload = next((job for job in (BOOTSTRAP, DB_ROLES) if name.startswith(job)), name)
         found[workload] = Endpoint(workload, f"10.244.1.{i + 1}", ns, template["metadata"]["labels"])
     assert set(found) == set(WORKLOADS)
     dns = network.get("dns", {"namespace": "kube-system", "podLabels": {"k8s-app": "kube-dns"}})
@@ -55,7 +55,7 @@ def drawing(stack: str) -> set[tuple[str, str, str, int]]:
              (CLOUDFLARED, HASURA, "TCP", 8080), (HASURA, PUBLISHER, "TCP", 8080), (BOOTSTRAP, HASURA, "TCP", 8080)}
     for workload in WORKLOADS:
         flows |= {(workload, "dns", "UDP", 53), (workload, "dns", "TCP", 53)}
-    for workload in (HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP):  # their Vault agent; their database role
+    for workload in (HASURA, PUBLISHER, WRITER, CLEANUP, BOOTSTRAP, DB_ROLES):  # their Vault agent; database role
         flows |= {(workload, "vault", "TCP", vault_port), (workload, "database", "TCP", db_port)}
     for workload in (PUBLISHER, WRITER):
         flows |= {(workload, "kafka", "TCP", port) for port in kafka_ports}

@@ -13,7 +13,7 @@ from tests.support.vault_injector import InjectorRefusal, admit, run_as_same_id,
 
 STACKS = all_stacks()
 INJECTED = {"hasura", "graphql-async-request-publisher", "graphql-async-response-writer", "graphql-async-cleanup",
-            "graphql-async-bootstrap"}
+            "graphql-async-bootstrap", "graphql-async-db-roles"}
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -25,7 +25,8 @@ def test_every_injected_pod_is_admitted_by_the_vault_injector(stack):
         admit(template)  # raises InjectorRefusal with the webhook's message
         # the agent runs as the app's own user: same uid as the pod-level one the images are built for
         assert run_as_same_id(template) == template["spec"]["securityContext"]["runAsUser"], name
-        admitted.add(name.rsplit("-", 1)[0] if name.startswith("graphql-async-bootstrap") else name)
+        admitted.add(name.rsplit("-", 1)[0] if name.startswith(("graphql-async-bootstrap", "graphql-async-db-roles"))
+                     else name)
     assert admitted == INJECTED
 
 
@@ -87,7 +88,7 @@ def test_injected_pods_still_pass_pod_security_restricted(stack, tmp_path):
 
     injected = [(name, inject(template)) for name, template in pod_templates(manifests(stack))
                 if wants_injection(template)]
-    assert len(injected) == 5 and all(len(t["spec"]["initContainers"]) == 1 for _, t in injected)
+    assert len(injected) == 6 and all(len(t["spec"]["initContainers"]) == 1 for _, t in injected)
     manifest = tmp_path / "injected.yaml"
     manifest.write_text(yaml.safe_dump_all([
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "graphql"},

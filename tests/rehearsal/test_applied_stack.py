@@ -55,7 +55,7 @@ def annotated_entries(annotations: dict) -> set[str]:
 def test_each_policy_reads_exactly_the_entries_its_pods_name():
     pods = pod_templates()
     assert set(pods) == {"hasura", "graphql-async-request-publisher", "graphql-async-response-writer",
-                         "graphql-async-cleanup", "graphql-async-bootstrap"}
+                         "graphql-async-cleanup", "graphql-async-bootstrap", "graphql-async-db-roles"}
     # the program's own entries, and those another team owns that the stack file names for Hasura
     entries = set(state()["outputs"]["vault_paths"]) | set(state()["external_entries"])
     assert state()["external_entries"] and set(state()["external_entries"]) <= annotated_entries(pods["hasura"])
