@@ -12,11 +12,12 @@ import time
 from typing import Any
 
 import httpx
+import psycopg
 
 from app import logs
 from app.db import apply_schema, is_transient, pinned_connect
-from app.db_audit import owner_privilege_problems
-from app.db_roles import ROLE_OF, grant_service_privileges
+from app.db_audit import database_problems, other_databases, owner_role_problems, stray_grant_problems
+from app.db_roles import ROLE_OF, ServiceRoleTooPrivileged, grant_service_privileges
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
@@ -50,6 +51,20 @@ class OwnerTooPrivileged(RuntimeError):
     """Hasura's database role could create roles or reach the database host: refused before any change."""
 
 
+def owner_privilege_problems(owner: psycopg.Connection, owner_url: str) -> list[str]:
+    """The owner's audit (app/db_audit.py): its roles and parameters, then each database it may connect to, in a
+    pinned session of its own there (grants on functions and catalog tables are per database)."""
+    role = owner.info.user
+    problems = owner_role_problems(owner, role)
+    if problems == [f"{role} is a SUPERUSER"]:  # it may do everything everywhere: the list would say nothing more
+        return problems
+    problems += database_problems(owner, role)
+    for database in other_databases(owner, role):
+        with pinned_connect(owner_url, dbname=database, connect_timeout=5) as elsewhere:
+            problems += database_problems(elsewhere, role)
+    return problems
+
+
 def bootstrap_database(settings: BootstrapSettings) -> None:
     """The table as the owner; with the services' roles (made by the db-roles Job, app/role_admin.py), their
     grants as the owner. The owner is audited first: Hasura holds its URL, so it must hold nothing beyond its
@@ -58,7 +73,7 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
     def attempt() -> None:
         with pinned_connect(settings.async_database_url.get_secret_value(), connect_timeout=5) as owner:
             if settings.async_service_roles:
-                problems = owner_privilege_problems(owner, owner.info.user)
+                problems = owner_privilege_problems(owner, settings.async_database_url.get_secret_value())
                 if problems:
                     raise OwnerTooPrivileged(
                         "the owner role (databaseUrl, which Hasura holds) must not create roles or reach the database "
@@ -67,6 +82,10 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
             apply_schema(owner)
             if settings.async_service_roles:
                 grant_service_privileges(owner)
+                stray = stray_grant_problems(owner, sorted(ROLE_OF.values()))
+                if stray:
+                    raise ServiceRoleTooPrivileged("service database roles hold more than their grants: "
+                                                   + "; ".join(stray))
                 log.info("service database roles granted", extra={"roles": sorted(ROLE_OF.values())})
 
     _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)

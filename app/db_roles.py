@@ -99,22 +99,35 @@ def service_url(database_url: str, role: str, password: str, expect_port: int | 
     return urlunsplit(parts._replace(netloc=f"{quote(role, safe='')}:{quote(password, safe='')}@{host}"))
 
 
-# a CREATEROLE administrator may set these on CREATE and ALTER; SUPERUSER, REPLICATION and BYPASSRLS (even their
-# NO- forms) are a superuser's to change on an existing role, so an ALTER leaves them and the audit refuses
-LOGIN_ATTRIBUTES = "LOGIN NOINHERIT NOCREATEDB NOCREATEROLE CONNECTION LIMIT -1 VALID UNTIL 'infinity'"
-CREATE_ONLY_ATTRIBUTES = "NOSUPERUSER NOREPLICATION NOBYPASSRLS"
+# a CREATEROLE administrator may set these on CREATE and ALTER; SUPERUSER, REPLICATION, BYPASSRLS and (from
+# PostgreSQL 16) CREATEDB are not its to change on an existing role, even to NO-, so an ALTER leaves them and the
+# audit refuses a role that has one
+LOGIN_ATTRIBUTES = "LOGIN NOINHERIT NOCREATEROLE CONNECTION LIMIT -1 VALID UNTIL 'infinity'"
+CREATE_ONLY_ATTRIBUTES = "NOSUPERUSER NOREPLICATION NOBYPASSRLS NOCREATEDB"
+ROLE_SETTINGS_ELSEWHERE = """
+SELECT d.datname::text FROM pg_catalog.pg_db_role_setting AS s
+  JOIN pg_catalog.pg_database AS d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase
+ WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT oid FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) %s)
+"""
 
 
 class ServiceRoleTooPrivileged(RuntimeError):
     """A service role exists as more than a login with its own grants; what is wrong needs a person to undo."""
 
 
+def _refuse(problems: list[str]) -> None:
+    if problems:
+        raise ServiceRoleTooPrivileged("service database roles are more than logins: " + "; ".join(problems))
+
+
 def create_service_logins(admin: psycopg.Connection, verifiers: dict[str, str]) -> list[str]:
-    """As the role administrator (CREATEROLE, the bootstrap's alone; a pinned session: app/db.py): create or update
-    each service's role with login, nothing inherited, no attributes, no per-role settings, and the password whose
-    verifier the program wrote; refuse a role someone made more than that (app/db_audit.py). Returns the roles."""
+    """As the role administrator (CREATEROLE, the db-roles Job's alone; a pinned session: app/db.py): create or
+    update each service's role with login, nothing inherited, no attributes, no per-role settings, and the password
+    whose verifier the program wrote; refuse a role someone made more than that (app/db_audit.py). Returns them."""
     names = [r.role for r in SERVICE_ROLES]
     with admin.transaction():
+        # what no ALTER of ours can undo is refused first, in our words rather than in a permission error
+        _refuse(service_role_problems(admin, names, attributes_only=True))
         for service_role in SERVICE_ROLES:
             role = sql.Identifier(service_role.role)
             exists = admin.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) %s",
@@ -125,9 +138,10 @@ def create_service_logins(admin: psycopg.Connection, verifiers: dict[str, str]) 
                 sql.Literal(verifiers[service_role.role])))
             if exists:  # a search_path or role setting someone added would follow every login
                 admin.execute(sql.SQL("ALTER ROLE {} RESET ALL").format(role))
-        problems = service_role_problems(admin, names)
-        if problems:
-            raise ServiceRoleTooPrivileged("service database roles are more than logins: " + "; ".join(problems))
+                for (database,) in admin.execute(ROLE_SETTINGS_ELSEWHERE, (service_role.role,)).fetchall():
+                    admin.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(
+                        role, sql.Identifier(database)))
+        _refuse(service_role_problems(admin, names))
     return names
 
 

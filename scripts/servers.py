@@ -203,6 +203,8 @@ class PostgresServer:
     durable: bool = False
     # microseconds a commit waits (PostgreSQL's commit_delay): stands in for a replicated commit's round trip
     commit_delay_us: int = 0
+    # server binaries of another major version (e.g. the pgserver wheel's PostgreSQL 16); default: postgres_bindir()
+    bindir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -213,7 +215,7 @@ class PostgresServer:
         return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
     def init(self) -> None:
-        bindir = postgres_bindir()
+        bindir = self.bindir or postgres_bindir()
         created = make_dirs(self.data_dir)
         if os.geteuid() == 0:
             owned = self.owned_root or created
@@ -233,13 +235,14 @@ class PostgresServer:
     def is_running(self) -> bool:
         if not (self.data_dir / "postmaster.pid").exists():
             return False
-        status = subprocess.run([*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir),
-                                 "status"], capture_output=True)
+        pg_ctl = (self.bindir or postgres_bindir()) / "pg_ctl"
+        status = subprocess.run([*self._as_owner(), str(pg_ctl), "-D", str(self.data_dir), "status"],
+                                capture_output=True)
         return status.returncode == 0
 
     def start(self, timeout: float = 60.0) -> None:
         """Start (or restart on the same port); a no-op when already running."""
-        bindir = postgres_bindir()
+        bindir = self.bindir or postgres_bindir()
         if not (self.data_dir / "PG_VERSION").exists():
             self.init()
         elif self.is_running():
@@ -284,7 +287,7 @@ class PostgresServer:
         if not (self.data_dir / "postmaster.pid").exists():
             return
         subprocess.run(
-            [*self._as_owner(), str(postgres_bindir() / "pg_ctl"), "-D", str(self.data_dir),
+            [*self._as_owner(), str((self.bindir or postgres_bindir()) / "pg_ctl"), "-D", str(self.data_dir),
              "-m", "fast", "-w", "stop"],
             check=False, capture_output=True,
         )

@@ -189,6 +189,9 @@ def unsafe_owner(pg, cluster):
         yield SimpleNamespace(name=owner, settings=settings, su=su, url=owner_url, database=database,
                               tables=lambda: su.execute("SELECT count(*) FROM pg_tables "
                                                         "WHERE schemaname = 'graphql'").fetchone()[0])
+    # gone, so the next owner's audit (which visits every database it may connect to) does not meet its traps
+    with psycopg.connect(pg.url, autocommit=True) as su:
+        su.execute(f"DROP DATABASE {database} WITH (FORCE)")
 
 
 @pytest.mark.parametrize("grant, reason", [
@@ -200,9 +203,14 @@ def unsafe_owner(pg, cluster):
     ("GRANT {admin} TO {owner}", "{owner} is a member of {admin}, which has CREATEROLE"),
     ("ALTER ROLE {owner} SUPERUSER", "{owner} is a SUPERUSER"),
     # writes files as the server's user (PostgreSQL's docs warn it can be turned into superuser)
-    ("GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {owner}", "{owner} may run lo_export(oid,text)"),
+    ("GRANT EXECUTE ON FUNCTION lo_export(oid, text) TO {owner}",
+     "{owner} may run lo_export(oid,text) in {database}, which PUBLIC may not"),
     ("CREATE FUNCTION public.run_as_su() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'SELECT'",
-     "{owner} may run public.run_as_su(), a SECURITY DEFINER function of the privileged role"),
+     "{owner} may run public.run_as_su() in {database}, a SECURITY DEFINER function of the privileged role"),
+    ("GRANT SELECT ON pg_catalog.pg_authid TO {owner}", "{owner} may SELECT pg_authid in {database}"),  # hashes
+    ("GRANT ALTER SYSTEM ON PARAMETER archive_command TO {owner}", "{owner} may ALTER SYSTEM archive_command"),
+    ("GRANT SET ON PARAMETER session_replication_role TO {owner}", "{owner} may SET session_replication_role"),
+    ("GRANT pg_monitor TO {owner}", "{owner} is a member of pg_monitor"),
 ])
 def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_any_change(unsafe_owner, cluster,
                                                                                          grant, reason):
@@ -212,7 +220,7 @@ def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_an
     unsafe_owner.su.execute(grant.format(owner=unsafe_owner.name, admin=admin))
     with pytest.raises(OwnerTooPrivileged, match="databaseRoleAdminUrl") as refused:
         bootstrap_database(unsafe_owner.settings)
-    assert reason.format(owner=unsafe_owner.name, admin=admin) in str(refused.value)
+    assert reason.format(owner=unsafe_owner.name, admin=admin, database=unsafe_owner.database) in str(refused.value)
     assert unsafe_owner.tables() == 0  # refused before the schema
 
 
@@ -380,3 +388,41 @@ def test_the_cleanup_function_deletes_nothing_when_given_null(roles, db):
     with connect(roles["cleanup"]) as conn:
         assert conn.execute(DELETE_EXPIRED_BATCH, (None,)).fetchone()[0] is None
     assert status_of(db, expired) is not None
+
+
+def test_the_owners_audit_visits_every_database_it_may_connect_to(unsafe_owner, pg):
+    """Function grants are per database: one in `postgres` lets the owner read server files from there."""
+    from app.bootstrap import OwnerTooPrivileged
+
+    with psycopg.connect(pg.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as elsewhere:
+        elsewhere.execute(f"GRANT EXECUTE ON FUNCTION pg_read_file(text) TO {unsafe_owner.name}")
+        try:
+            with pytest.raises(OwnerTooPrivileged) as refused:
+                bootstrap_database(unsafe_owner.settings)
+        finally:
+            elsewhere.execute(f"REVOKE EXECUTE ON FUNCTION pg_read_file(text) FROM {unsafe_owner.name}")
+    assert f"{unsafe_owner.name} may run pg_read_file(text) in postgres, which PUBLIC may not" in str(refused.value)
+
+
+def test_privileges_someone_gave_a_service_role_beside_its_own_fail_the_bootstrap(roles, db, cluster):
+    from app.db_roles import ServiceRoleTooPrivileged
+
+    db.execute("CREATE TABLE IF NOT EXISTS public.invoices (id int)")
+    db.execute("GRANT SELECT ON public.invoices TO graphql_async_writer")
+    settings = BootstrapSettings(async_database_url=cluster.owner_url, hasura_admin_secret="x" * 16,
+                                 async_service_roles=True, hasura_retry_seconds=0)
+    try:
+        with pytest.raises(ServiceRoleTooPrivileged, match="graphql_async_writer holds privileges on 1 other"):
+            bootstrap_database(settings)
+    finally:
+        db.execute("DROP TABLE public.invoices")
+    bootstrap_database(settings)  # its own grants alone: accepted again
+
+
+def test_settings_for_one_database_are_reset_too(roles, db, cluster, passwords):
+    db.execute(f"ALTER ROLE graphql_async_writer IN DATABASE {cluster.database} SET search_path = public")
+    with connect(roles["writer"]) as conn:
+        assert conn.execute("SHOW search_path").fetchone()[0] == "public"
+    create_roles(role_admin_settings(cluster.admin_url, passwords))
+    with connect(roles["writer"]) as conn:
+        assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
