@@ -187,7 +187,8 @@ def test_no_secret_in_outputs_or_rendered_manifests():
 def test_the_bootstrap_configures_hasura_with_exactly_the_urls_its_vault_agent_exports():
     """The rendered bootstrap Job names replica and connection-set URLs by env var; Hasura's start script must
     load exactly those variables from the files its Vault agent renders, from the entries the stack file lists."""
-    [job] = [o for o in rendered_objects() if o["kind"] == "Job"]
+    [job] = [o for o in rendered_objects() if o["kind"] == "Job" and o["metadata"]["name"].startswith(
+        "graphql-async-bootstrap-")]
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     settings = json.loads(env["HASURA_SOURCE_SETTINGS"])
     wanted = {*settings["read_replica_envs"], *settings["connection_set"].values()}
