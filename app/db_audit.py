@@ -58,6 +58,16 @@ SELECT a.parname::text, p.privilege
  WHERE pg_catalog.has_parameter_privilege(%(role)s, a.parname, p.privilege)
  ORDER BY 1, 2
 """
+# foreign servers and wrappers this role may use: a server with a superuser's user mapping (for it, or for PUBLIC)
+# is a superuser session through dblink/postgres_fdw, and Hasura needs neither
+USABLE_FOREIGN = """
+SELECT 'foreign server ' || s.srvname::text FROM pg_catalog.pg_foreign_server AS s
+ WHERE pg_catalog.has_server_privilege(%(role)s, s.oid, 'USAGE')
+UNION ALL
+SELECT 'foreign-data wrapper ' || w.fdwname::text FROM pg_catalog.pg_foreign_data_wrapper AS w
+ WHERE pg_catalog.has_foreign_data_wrapper_privilege(%(role)s, w.oid, 'USAGE')
+ ORDER BY 1
+"""
 # every other database this role may connect to: grants there are as good as grants here
 OTHER_DATABASES = """
 SELECT d.datname::text FROM pg_catalog.pg_database AS d
@@ -70,7 +80,8 @@ PRIVILEGED_DEFINER_FUNCTIONS = f"""
 SELECT p.oid::pg_catalog.regprocedure::text, r.rolname::text
   FROM pg_catalog.pg_proc AS p JOIN pg_catalog.pg_roles AS r ON r.oid OPERATOR(pg_catalog.=) p.proowner
  WHERE p.prosecdef
-   AND p.pronamespace NOT IN ('pg_catalog'::pg_catalog.regnamespace, 'information_schema'::pg_catalog.regnamespace)
+   AND p.oid OPERATOR(pg_catalog.>=) 16384  -- FirstNormalObjectId: no built-in function is a definer, any schema
+   AND pg_catalog.has_schema_privilege(%(role)s, p.pronamespace, 'USAGE')  -- one it cannot reach is no path
    AND pg_catalog.has_function_privilege(%(role)s, p.oid, 'EXECUTE')
    AND {PRIVILEGED}
  ORDER BY 1
@@ -94,6 +105,9 @@ def owner_role_problems(conn: psycopg.Connection, role: str) -> list[str]:
             problems.append(f"{role} has {', '.join(held)}")
         else:
             problems.append(f"{role} is a member of {name}" + (f", which has {', '.join(held)}" if held else ""))
+    if conn.execute("SELECT rolcreatedb FROM pg_catalog.pg_roles WHERE rolname OPERATOR(pg_catalog.=) %s",
+                    (role,)).fetchone()[0]:
+        problems.append(f"{role} has CREATEDB")
     if conn.execute("SELECT pg_catalog.to_regclass('pg_catalog.pg_parameter_acl') IS NOT NULL").fetchone()[0]:
         problems += [f"{role} may {privilege} {name}"
                      for name, privilege in conn.execute(GRANTED_PARAMETERS, params).fetchall()]
@@ -110,6 +124,8 @@ def database_problems(conn: psycopg.Connection, role: str) -> list[str]:
                  for relation, privilege in conn.execute(GRANTED_CATALOG_RELATIONS, params).fetchall()]
     problems += [f"{role} may run {fn} in {where}, a SECURITY DEFINER function of the privileged role {definer}"
                  for fn, definer in conn.execute(PRIVILEGED_DEFINER_FUNCTIONS, params).fetchall()]
+    problems += [f"{role} may use the {what} in {where}"
+                 for (what,) in conn.execute(USABLE_FOREIGN, params).fetchall()]
     return problems
 
 

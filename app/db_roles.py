@@ -125,6 +125,8 @@ def create_service_logins(admin: psycopg.Connection, verifiers: dict[str, str]) 
     update each service's role with login, nothing inherited, no attributes, no per-role settings, and the password
     whose verifier the program wrote; refuse a role someone made more than that (app/db_audit.py). Returns them."""
     names = [r.role for r in SERVICE_ROLES]
+    if admin.info.server_version >= 160000:  # only the server's own ADMIN-only grant to us, whatever the role's
+        admin.execute("SET createrole_self_grant = ''")  # setting asks (it would add SET, INHERIT: refused below)
     with admin.transaction():
         # what no ALTER of ours can undo is refused first, in our words rather than in a permission error
         _refuse(service_role_problems(admin, names, attributes_only=True))

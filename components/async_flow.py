@@ -44,6 +44,7 @@ WRITER = "graphql-async-response-writer"
 CLEANUP = "graphql-async-cleanup"
 BOOTSTRAP = "graphql-async-bootstrap"
 DB_ROLES = "graphql-async-db-roles"  # creates the services' database roles as the role administrator
+DATABASE_ROLES_ANNOTATION = "graphql-entrypoint/database-roles-version"  # 8 hex of the roles' verifiers
 PUBLISHER_PORT = 8080
 WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
 PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
@@ -166,10 +167,11 @@ class AsyncFlow(pulumi.ComponentResource):
     def _metadata(self, app: str, name: str | None = None) -> dict:
         return {"name": name or app, "namespace": self.args.namespace, "labels": labels(app, "async")}
 
-    def _pod_metadata(self, app: str, *, run_to_completion: bool = False) -> dict:
-        return {"labels": labels(app, "async"),
-                "annotations": vault_agent_annotations(app, self.args.vault_files[app],
-                                                       run_to_completion=run_to_completion)}
+    def _pod_metadata(self, app: str, *, run_to_completion: bool = False, rolls_with_password: bool = False) -> dict:
+        annotations = vault_agent_annotations(app, self.args.vault_files[app], run_to_completion=run_to_completion)
+        if rolls_with_password:  # settings are read once: a replaced database password rolls the pods (after the Jobs)
+            annotations = {**annotations, DATABASE_ROLES_ANNOTATION: self.args.database_roles_version}
+        return {"labels": labels(app, "async"), "annotations": annotations}
 
     @property
     def _kafka_env(self) -> dict[str, str]:
@@ -187,6 +189,11 @@ class AsyncFlow(pulumi.ComponentResource):
     def _after(self, app: str, *others: pulumi.Resource) -> pulumi.ResourceOptions:
         return child(self, depends_on=[self.service_accounts[app], *others])
 
+    def _job_opts(self, app: str, *others: pulumi.Resource) -> pulumi.ResourceOptions:
+        # a Job may wait 600 s for its database, then back off: longer than the provider's default 10 min wait
+        return pulumi.ResourceOptions.merge(self._after(app, *others), pulumi.ResourceOptions(
+            custom_timeouts=pulumi.CustomTimeouts(create="20m", update="20m")))
+
     # ------------------------------------------------------------ workloads
     def _db_roles(self) -> k8s.batch.v1.Job:
         """The services' database roles; a new name (its code, a replaced password) re-runs it."""
@@ -203,7 +210,7 @@ class AsyncFlow(pulumi.ComponentResource):
                   "template": {"metadata": self._pod_metadata(DB_ROLES, run_to_completion=True),
                                "spec": pod_spec(DB_ROLES, args.images["cleanup"], {},
                                                 command=["python", "-m", "app.role_admin"], restart="OnFailure")}},
-            opts=self._after(DB_ROLES))
+            opts=self._job_opts(DB_ROLES))
 
     def _bootstrap(self) -> k8s.batch.v1.Job:
         """Table + Hasura metadata + the source's pool/replicas/routing; a new name re-runs it on any change."""
@@ -221,7 +228,7 @@ class AsyncFlow(pulumi.ComponentResource):
                   "template": {"metadata": self._pod_metadata(BOOTSTRAP, run_to_completion=True),
                                "spec": pod_spec(BOOTSTRAP, args.images["cleanup"], env,
                                                 command=["python", "-m", "app.bootstrap"], restart="OnFailure")}},
-            opts=self._after(BOOTSTRAP, self.db_roles))  # the grants need the roles
+            opts=self._job_opts(BOOTSTRAP, self.db_roles))  # the grants need the roles
 
     @property
     def _publisher_env(self) -> dict[str, str]:
@@ -251,7 +258,7 @@ class AsyncFlow(pulumi.ComponentResource):
         self.publisher = k8s.apps.v1.Deployment(
             "publisher", metadata=self._metadata(PUBLISHER),
             spec={"replicas": args.config.publisher_replicas, "selector": {"matchLabels": selector(PUBLISHER)},
-                  "template": {"metadata": self._pod_metadata(PUBLISHER),
+                  "template": {"metadata": self._pod_metadata(PUBLISHER, rolls_with_password=True),
                                "spec": pod_spec(PUBLISHER, args.images["publisher"],
                                                 self._kafka_env | self._publisher_env,
                                                 ports=[{"name": "http", "containerPort": PUBLISHER_PORT},
@@ -296,7 +303,8 @@ class AsyncFlow(pulumi.ComponentResource):
             "writer", metadata=self._metadata(WRITER),
             spec={"replicas": args.config.writer_replicas, "serviceName": WRITER, "podManagementPolicy": "Parallel",
                   "selector": {"matchLabels": selector(WRITER)},
-                  "template": {"metadata": self._pod_metadata(WRITER), "spec": pod | spread(WRITER)}},
+                  "template": {"metadata": self._pod_metadata(WRITER, rolls_with_password=True),
+                               "spec": pod | spread(WRITER)}},
             opts=self._after(WRITER, self.bootstrap, self.writer_service))
         self.writer_budget = disruption_budget("writer-pdb", WRITER, args.namespace, "async",
                                                args.config.writer_replicas, self)

@@ -211,6 +211,13 @@ def unsafe_owner(pg, cluster):
     ("GRANT ALTER SYSTEM ON PARAMETER archive_command TO {owner}", "{owner} may ALTER SYSTEM archive_command"),
     ("GRANT SET ON PARAMETER session_replication_role TO {owner}", "{owner} may SET session_replication_role"),
     ("GRANT pg_monitor TO {owner}", "{owner} is a member of pg_monitor"),
+    ("ALTER ROLE {owner} CREATEDB", "{owner} has CREATEDB"),
+    # a server whose user mapping logs in as a superuser: dblink/postgres_fdw sessions as that superuser
+    ("CREATE EXTENSION IF NOT EXISTS postgres_fdw; CREATE SERVER loop FOREIGN DATA WRAPPER postgres_fdw; "
+     "GRANT USAGE ON FOREIGN SERVER loop TO {owner}", "{owner} may use the foreign server loop in {database}"),
+    # the namespace is no shelter: a definer function a superuser put in pg_catalog
+    ("CREATE FUNCTION pg_catalog.run_as_su() RETURNS void LANGUAGE sql SECURITY DEFINER AS 'SELECT'",
+     "{owner} may run run_as_su() in {database}, a SECURITY DEFINER function of the privileged role"),
 ])
 def test_an_owner_that_could_create_roles_or_reach_the_host_is_refused_before_any_change(unsafe_owner, cluster,
                                                                                          grant, reason):
@@ -426,3 +433,18 @@ def test_settings_for_one_database_are_reset_too(roles, db, cluster, passwords):
     create_roles(role_admin_settings(cluster.admin_url, passwords))
     with connect(roles["writer"]) as conn:
         assert conn.execute("SHOW search_path").fetchone()[0] == '"$user", public'
+
+
+def test_what_the_owner_cannot_reach_is_no_reason_to_refuse_it(roles, unsafe_owner, pg):
+    """False positives would stop every deploy: a definer function in a schema the owner may not use (a
+    monitoring agent's helper), and a database whose CONNECT it has but where it cannot log in (pg_hba, limits)."""
+    unsafe_owner.su.execute("CREATE SCHEMA ops; CREATE FUNCTION ops.explain(q text) RETURNS text LANGUAGE sql "
+                            "SECURITY DEFINER AS 'SELECT q'")
+    closed = f"closed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg.url, autocommit=True) as su:
+        su.execute(f"CREATE DATABASE {closed} CONNECTION LIMIT 0")
+        try:
+            bootstrap_database(unsafe_owner.settings)
+        finally:
+            su.execute(f"DROP DATABASE {closed}")
+    assert unsafe_owner.tables() == 1

@@ -95,3 +95,17 @@ def test_a_membership_someone_added_is_still_refused_on_postgresql_16(pg16, stac
                 create_service_logins(admin, {role: scram_verifier(p) for role, p in passwords.items()})
         finally:
             su.execute("REVOKE pg_read_all_data FROM graphql_async_writer")
+
+
+def test_a_role_administrator_set_to_self_grant_more_still_creates_plain_roles(pg16, stack):
+    """`createrole_self_grant` (16+) on the administrator would add SET and INHERIT to the creator's own grant,
+    which the audit refuses; the db-roles session asks for nothing beyond the server's ADMIN-only grant."""
+    admin = stack["admin_url"].split("//", 1)[1].split(":", 1)[0]
+    with psycopg.connect(stack["superuser"], autocommit=True) as su:
+        su.execute(f"ALTER ROLE {admin} SET createrole_self_grant = 'set, inherit'")
+        for role in ROLE_OF.values():  # from scratch: the setting acts when a role is created
+            if su.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+                su.execute(f"DROP OWNED BY {role}")
+                su.execute(f"DROP ROLE {role}")
+    passwords = {r.role: secrets.token_hex(24) for r in SERVICE_ROLES}
+    each_service_does_its_job(deploy(pg16, stack, passwords))

@@ -185,6 +185,10 @@ def test_each_service_reads_its_own_database_role_and_the_bootstrap_only_verifie
                                    for f in ("role_admin.py", "db_roles.py", "db_audit.py", "db.py"))).hexdigest()
     assert jobs[DB_ROLES]["metadata"]["name"] == f"{DB_ROLES}-" + hashlib.sha256(
         (code + roles_version).encode()).hexdigest()[:10]
+    # the services read their URL once: a replaced password rolls their pods too (after the Jobs they depend on)
+    for kind, name in (("Deployment", PUBLISHER), ("StatefulSet", WRITER)):
+        annotations = k8s(run, kind, name)["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["graphql-entrypoint/database-roles-version"] == roles_version
     # the role administrator's pod: its own command, no environment (its two files come from Vault), no Hasura
     assert container_of(jobs[DB_ROLES])["command"] == ["python", "-m", "app.role_admin"]
     assert not env_of(container_of(jobs[DB_ROLES]))
