@@ -129,3 +129,22 @@ def test_one_call_deletes_at_most_the_settings_maximum_batch(db):
     with pytest.raises(psycopg.errors.InvalidRowCountInLimitClause):  # a negative batch is PostgreSQL's own error
         db.execute("SELECT graphql.delete_expired_messages(-1)")
     purge_expired(db)
+
+
+def test_a_batch_reaches_its_rows_by_key_not_by_scanning_the_table(db):
+    """The function's plan is made once for a parameter LIMIT; it must still find each batch through the primary
+    key, never a sequential scan of the table (which grew with the table: bench/growth.py, 0.7 s a batch at 11M
+    rows). pg_stat_xact_user_tables counts this transaction's scans of the table."""
+    purge_expired(db)
+    prefix = uuid.uuid4().hex[:8]
+    seed(db, prefix, expired=5_000, live=45_000)  # enough rows that a scan of them is the cheap-looking plan
+    db.execute("ANALYZE graphql.client_async_messages")
+    try:
+        with db.transaction():
+            assert db.execute("SELECT graphql.delete_expired_messages(100)").fetchone()[0] == 100
+            scans = db.execute("SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables "
+                               "WHERE relid = 'graphql.client_async_messages'::regclass").fetchone()
+        assert scans[0] == 0 and scans[1] >= 2, scans  # the expiry index to pick, the key to delete by
+    finally:
+        purge_expired(db)
+        db.execute("DELETE FROM graphql.client_async_messages WHERE request_id LIKE %s", (f"{prefix}-live-%",))
