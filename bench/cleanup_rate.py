@@ -1,7 +1,7 @@
 """Cleanup: rows/s while deleting 1,000,000 expired rows, and the publisher's p99 during the cleanup
 beside its p99 without it (same server, same run).
 
-    python -m bench.cleanup_rate [--rows 1000000] [--batch-size 1000] [--connections 8] [--pace ROWS_PER_S]
+    python -m bench.cleanup_rate [--rows 1000000] [--batch-size N] [--connections 8] [--pace ROWS_PER_S]
 
 Goals (issue 19): during cleanup the publisher keeps p99 within 1.2x and throughput within 0.9x of the same
 run without cleanup, and cleanup still finishes 1M rows in under 60 s, at the default pace.
@@ -34,7 +34,8 @@ def seed_expired(pg, rows: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=CleanupSettings.model_fields["cleanup_batch_size"].default,
+                        help="default: the service's default")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--load-seconds", type=int, default=10, help="publisher load window (within the cleanup)")
     parser.add_argument("--pace", type=float, default=CleanupSettings.model_fields["cleanup_max_rows_per_second"]

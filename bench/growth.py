@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000, help="responses the writer applies per size")
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args()
-    sizes = sorted(int(s) for s in args.sizes.split(","))
+    sizes = sorted(int(s) for s in args.sizes.split(",") if s)  # --sizes "": the cleanup figures alone
     with servers() as (pg, kafka):
         have, first = 0, None
         for rows in sizes:
