@@ -47,8 +47,8 @@ flow = AsyncFlow("async-flow", AsyncFlowArgs(
 NetworkPolicies("network", NetworkPoliciesArgs(ns, cfg.network, cfg.vault.address, cfg.kafka.bootstrap_servers))
 if edge and cfg.verify.enabled:  # the last step of an `up`: does the public endpoint answer as promised?
     DeploymentVerification("verify", DeploymentVerificationArgs(
-        graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_config=hasura.config_checksum,
-        tunnel_rules=edge.tunnel_config.config, config=cfg.verify, kv_mount=mount),
+        graphql_url=cfg.graphql_url, image_digests=images.digests, hasura_config=hasura.config_checksum, kv_mount=mount,
+        tunnel_rules=edge.tunnel_config.config, tunnel_connector=connector.fingerprint, config=cfg.verify),
         opts=pulumi.ResourceOptions(depends_on=[edge, connector, hasura, flow]))  # cloudflared up first
 
 # what other teams read (docs/consumers.md: their stability promise)

@@ -50,6 +50,7 @@ class DeploymentVerificationArgs:
     image_digests: dict[str, pulumi.Input[str]]
     hasura_config: str  # checksum of Hasura's env file and pinned settings
     tunnel_rules: pulumi.Input[object]
+    tunnel_connector: dict[str, object]  # cloudflared's image and replicas (TunnelConnector.fingerprint)
     config: VerifyConfig  # round-trip time, and the KV entry of a `service` token that enables the round trip
     kv_mount: str = "secret"
 
@@ -68,6 +69,6 @@ class DeploymentVerification(pulumi.ComponentResource):
         self.command = command.local.Command(
             "verify-deployment", create=run, environment=environment or None,
             triggers=[*(args.image_digests[t] for t in sorted(args.image_digests)),
-                      args.hasura_config, args.tunnel_rules],
+                      args.hasura_config, args.tunnel_rules, args.tunnel_connector],
             opts=child(self))
         self.register_outputs({"report": self.command.stdout})

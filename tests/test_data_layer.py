@@ -107,6 +107,10 @@ def test_a_changed_setting_re_runs_the_bootstrap_and_the_verification(prod):
     triggers = [r.one("command:local:Command", "verify-deployment").inputs["triggers"]
                 for r in (prod, resubscribed)]
     assert triggers[0] != triggers[1]
+    # a cloudflared rollout (one more replica here) is a new path to the edge: verified again
+    cloudflare = {**PROD[P + "cloudflare"], "cloudflaredReplicas": PROD[P + "cloudflare"]["cloudflaredReplicas"] + 1}
+    scaled = run_stack("prod", {P + "cloudflare": cloudflare})
+    assert scaled.one("command:local:Command", "verify-deployment").inputs["triggers"] != triggers[0]
 
 
 def test_defaults_suit_many_short_lived_clients():

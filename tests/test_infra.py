@@ -690,6 +690,9 @@ def test_post_deploy_verification_runs_after_the_edge_hasura_and_flow_and_reruns
     pinned = env_of(k8s(run, "Deployment", "hasura")["spec"]["template"]["spec"]["containers"][0])
     assert hashlib.sha256((hasura_env + json.dumps(pinned, sort_keys=True)).encode()).hexdigest() in triggers
     assert any(isinstance(t, dict) and t.get("ingresses") for t in triggers)  # the tunnel's ingress rules
+    cloudflared = k8s(run, "Deployment", "cloudflared")
+    assert {"cloudflared": cloudflared["spec"]["template"]["spec"]["containers"][0]["image"],
+            "replicas": cloudflared["spec"]["replicas"]} in triggers  # the connector the edge answers through
     component = next(r for r in run.resources if r.type == "graphql:index:DeploymentVerification")
     # depends_on a component waits for all its children: the edge's, cloudflared's (a fresh stack's connector
     # must be up before the edge can answer), Hasura's and the flow's resources
