@@ -39,10 +39,14 @@ RETURNING {ROW_COLUMNS}
 
 SELECT_ONE = f"SELECT {ROW_COLUMNS} FROM graphql.client_async_messages WHERE request_id = %s"
 
+# rows are locked in request_id order first (the writer's batches take the same order: app/writer.py), so a mark
+# and a writer batch over the same rows wait for each other instead of deadlocking
 MARK_PUBLISHED = """
 UPDATE graphql.client_async_messages
    SET status = 'published', published_at = now(), updated_at = now()
- WHERE request_id = ANY(%s) AND status = 'pending'
+ WHERE status = 'pending' AND request_id = ANY(ARRAY(
+       SELECT request_id FROM graphql.client_async_messages
+        WHERE request_id = ANY(%s) AND status = 'pending' ORDER BY request_id FOR UPDATE))
 """
 
 # a row Kafka refuses for good (too large for the broker, invalid record): terminal, with the reason visible
@@ -52,7 +56,9 @@ UPDATE graphql.client_async_messages AS m
    SET status = 'failed', completed_at = now(), updated_at = now(),
        error = jsonb_build_object('code', 'unpublishable', 'message', p.reason)
   FROM unnest(%s::text[], %s::text[]) AS p(request_id, reason)
- WHERE m.request_id = p.request_id AND m.status = 'pending'
+ WHERE m.request_id = p.request_id AND m.status = 'pending' AND m.request_id = ANY(ARRAY(
+       SELECT l.request_id FROM graphql.client_async_messages AS l
+        WHERE l.request_id = ANY(%s::text[]) AND l.status = 'pending' ORDER BY l.request_id FOR UPDATE))
 """
 
 # rows the normal path did not publish: older than the grace period, not expired, one relay at a time per row
@@ -108,7 +114,7 @@ async def mark_published(conn: AsyncConnection, request_ids: list[str]) -> int:
 
 
 async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:
-    cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values())))
+    cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values()), list(reasons)))
     return cur.rowcount
 
 

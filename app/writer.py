@@ -40,11 +40,17 @@ log = logging.getLogger("app.writer")
 T = TypeVar("T")
 
 # %b: arrays sent in binary; psycopg's text dump of a 1000-element jsonb[] costs ~11 ms, binary ~2 ms
+# the batch's rows are locked in request_id order first, the order the publisher's mark takes too (app/store.py):
+# two batches over the same rows wait for each other instead of deadlocking (and rewinding)
 WRITE_OUTCOMES = """
+WITH r AS (SELECT * FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[])
+                          AS r(request_id, status, result, error, completed_at)),
+     locked AS (SELECT l.request_id FROM graphql.client_async_messages AS l
+                 WHERE l.request_id IN (SELECT request_id FROM r) AND l.status IN ('pending', 'published')
+                 ORDER BY l.request_id FOR UPDATE)
 UPDATE graphql.client_async_messages AS m
    SET status = r.status, response = r.result, error = r.error, completed_at = r.completed_at, updated_at = now()
-  FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[])
-       AS r(request_id, status, result, error, completed_at)
+  FROM r JOIN locked USING (request_id)
  WHERE m.request_id = r.request_id AND m.status IN ('pending', 'published')
 RETURNING m.request_id
 """

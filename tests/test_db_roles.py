@@ -92,7 +92,7 @@ def test_the_publisher_role_inserts_reads_and_marks_but_cannot_delete(roles, db)
         with conn.transaction():
             conn.execute(store.CLAIM_UNPUBLISHED, (0, 10)).fetchall()
         assert conn.execute(store.MARK_PUBLISHED, ([request_id],)).rowcount == 1
-        conn.execute(store.PARK_UNPUBLISHABLE, ([request_id], ["too large"]))
+        conn.execute(store.PARK_UNPUBLISHABLE, ([request_id], ["too large"], [request_id]))
         for forbidden in ("DELETE FROM graphql.client_async_messages WHERE request_id = %s",
                           "UPDATE graphql.client_async_messages SET response = '{}' WHERE request_id = %s",
                           "UPDATE graphql.client_async_messages SET payload = '{}' WHERE request_id = %s",
@@ -372,7 +372,7 @@ def test_the_publisher_role_cannot_unpublish_or_reopen_a_failed_row(roles, db):
     published, parked = insert_row(db), insert_row(db)
     with connect(roles["publisher"]) as conn:
         assert conn.execute(store.MARK_PUBLISHED, ([published],)).rowcount == 1  # pending -> published
-        assert conn.execute(store.PARK_UNPUBLISHABLE, ([parked], ["too large"])).rowcount == 1  # pending -> failed
+        assert conn.execute(store.PARK_UNPUBLISHABLE, ([parked], ["too large"], [parked])).rowcount == 1  # -> failed
         for request_id, status, move in ((published, "pending", "published -> pending"),
                                          (parked, "pending", "failed -> pending"),
                                          (parked, "published", "failed -> published")):
