@@ -21,6 +21,7 @@ from app.db_roles import ROLE_OF, ServiceRoleTooPrivileged, grant_service_privil
 from app.hasura.connection_template import Route
 from app.hasura.metadata import DesiredMetadata, plan_metadata_commands
 from app.hasura.source import RoutingCase
+from app.retry import retry_transient
 from app.settings import BootstrapSettings
 
 log = logging.getLogger("app.bootstrap")
@@ -32,19 +33,6 @@ class HasuraError(RuntimeError):
 
 class RoutingMismatch(HasuraError):
     """Hasura routes a listed request shape somewhere other than the stack file says."""
-
-
-def _retry(what: str, attempt, deadline: float, transient) -> Any:
-    delay = 0.5
-    while True:
-        try:
-            return attempt()
-        except Exception as exc:
-            if not transient(exc) or time.monotonic() > deadline:
-                raise
-            log.warning(f"{what} not ready; retrying", extra={"error": repr(exc)})
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
 
 
 class OwnerTooPrivileged(RuntimeError):
@@ -94,7 +82,7 @@ def bootstrap_database(settings: BootstrapSettings) -> None:
                                                    + "; ".join(stray))
                 log.info("service database roles granted", extra={"roles": sorted(ROLE_OF.values())})
 
-    _retry("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient)
+    retry_transient("database", attempt, time.monotonic() + settings.hasura_retry_seconds, is_transient, log)
     log.info("table graphql.client_async_messages is in place")
 
 
@@ -160,8 +148,8 @@ def bootstrap_metadata(settings: BootstrapSettings) -> list[dict[str, Any]]:
     client = MetadataClient(settings.hasura_endpoint, settings.hasura_admin_secret.get_secret_value())
     try:
         deadline = time.monotonic() + settings.hasura_retry_seconds
-        exported = _retry("hasura", lambda: client.call({"type": "export_metadata", "version": 2, "args": {}}),
-                          deadline, _hasura_transient)
+        exported = retry_transient("hasura", lambda: client.call({"type": "export_metadata", "version": 2, "args": {}}),
+                                   deadline, _hasura_transient, log)
         commands = plan_metadata_commands(exported, desired)
         if desired.source_settings.enterprise:
             require_enterprise(client, desired.source)

@@ -16,6 +16,7 @@ import time
 from app import logs
 from app.db import is_transient, pinned_connect
 from app.db_roles import create_service_logins
+from app.retry import retry_transient
 from app.settings import RoleAdminSettings
 
 log = logging.getLogger("app.role_admin")
@@ -24,18 +25,13 @@ log = logging.getLogger("app.role_admin")
 def create_roles(settings: RoleAdminSettings) -> list[str]:
     """Waits for the database (it may still be starting), retrying only what is transient."""
     verifiers = json.loads(settings.async_database_roles.get_secret_value())
-    deadline, delay = time.monotonic() + settings.db_retry_seconds, 0.5
-    while True:
-        try:
-            # pinned: the URL may name a database whose owner planted objects or settings there
-            with pinned_connect(settings.async_database_role_admin_url.get_secret_value(), connect_timeout=5) as admin:
-                return create_service_logins(admin, verifiers)
-        except Exception as exc:
-            if not is_transient(exc) or time.monotonic() > deadline:
-                raise
-            log.warning("database not ready; retrying", extra={"error": repr(exc)})
-            time.sleep(delay)
-            delay = min(delay * 2, 5)
+
+    def attempt() -> list[str]:
+        # pinned: the URL may name a database whose owner planted objects or settings there
+        with pinned_connect(settings.async_database_role_admin_url.get_secret_value(), connect_timeout=5) as admin:
+            return create_service_logins(admin, verifiers)
+
+    return retry_transient("database", attempt, time.monotonic() + settings.db_retry_seconds, is_transient, log)
 
 
 def main() -> int:
