@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import psycopg
 
 from app import logs
-from app.db import is_transient
+from app.db import LAZY_COMMIT, is_transient, session_options
 from app.metrics import CleanupMetrics
 from app.settings import CleanupSettings
 
@@ -55,8 +55,10 @@ def run_cleanup(conninfo: str, batch_size: int, time_budget_seconds: float,
                 break
             try:
                 if conn is None or conn.closed:
+                    # lazy commits: the batches stop queueing behind (and adding to) the publisher's WAL flushes
                     conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=5,
-                                           application_name="graphql-async-cleanup")
+                                           application_name="graphql-async-cleanup",
+                                           options=session_options(conninfo, LAZY_COMMIT))
                 deleted = conn.execute(DELETE_EXPIRED_BATCH, (batch_size,)).fetchone()[0]
             except psycopg.Error as exc:
                 if not is_transient(exc):

@@ -78,12 +78,22 @@ def async_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
 PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"
 
 
-def pinned_connect(conninfo: str, **kwargs) -> psycopg.Connection:
-    """Connect for the bootstrap's privileged and audit work, with PINNED_SEARCH_PATH after the URL's options."""
+# commits that do not wait for the WAL flush: only for work a crash may lose because it is redone anyway
+# (a lost cleanup delete: the row is still expired for the next run). PostgreSQL's "asynchronous commit";
+# YugabyteDB accepts the setting and commits through Raft regardless.
+LAZY_COMMIT = "-c synchronous_commit=off"
+
+
+def session_options(conninfo: str, extra: str) -> str:
+    """The URL's own startup `options` with `extra` after them (for the same setting, the last -c wins)."""
     from psycopg.conninfo import conninfo_to_dict
 
-    options = f"{conninfo_to_dict(conninfo).get('options', '')} {PINNED_SEARCH_PATH}".strip()
-    return psycopg.connect(conninfo, options=options, **kwargs)
+    return f"{conninfo_to_dict(conninfo).get('options', '')} {extra}".strip()
+
+
+def pinned_connect(conninfo: str, **kwargs) -> psycopg.Connection:
+    """Connect for the bootstrap's privileged and audit work, with PINNED_SEARCH_PATH after the URL's options."""
+    return psycopg.connect(conninfo, options=session_options(conninfo, PINNED_SEARCH_PATH), **kwargs)
 
 
 def apply_schema(conn: psycopg.Connection) -> None:

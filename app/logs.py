@@ -18,6 +18,8 @@ _URL_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@\"']*:)[^\s@\"']*@", 
 _KV_PASSWORD = re.compile(r"\b(password|passwd|pwd|sasl\.password)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;&\"}]+)",
                           re.IGNORECASE)
 _secrets: set[str] = set()
+# each secret as it appears in a line, raw and JSON-escaped, longest first: computed once per secret, not per line
+_forms: list[str] = []
 
 
 def register_secret(value: str | None) -> None:
@@ -28,17 +30,21 @@ def register_secret(value: str | None) -> None:
     match = re.search(r"://[^:/@]*:([^@]*)@", value)
     if match and len(match.group(1)) >= 4:
         _secrets.update({match.group(1), unquote(match.group(1))})
+    _forms[:] = sorted({form for secret in _secrets for form in (secret, json.dumps(secret)[1:-1])},
+                       key=len, reverse=True)
 
 
 def redact(text: str) -> str:
-    for secret in sorted(_secrets, key=len, reverse=True):
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-        escaped = json.dumps(secret)[1:-1]
-        if escaped != secret and escaped in text:
-            text = text.replace(escaped, REDACTED)
-    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
-    return _KV_PASSWORD.sub(rf"\1\2{REDACTED}", text)
+    for form in _forms:
+        if form in text:
+            text = text.replace(form, REDACTED)
+    # the patterns only where they can match: a scan per line is most of a log call's cost otherwise
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    folded = text.casefold()  # as the pattern's IGNORECASE folds: "ſ" (U+017F) matches "s"
+    if "pass" in folded or "pwd" in folded:
+        text = _KV_PASSWORD.sub(rf"\1\2{REDACTED}", text)
+    return text
 
 
 class JsonFormatter(logging.Formatter):

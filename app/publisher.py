@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import time
 from typing import Any
 
-from confluent_kafka import KafkaException
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
@@ -53,37 +53,51 @@ def action_output(row: dict[str, Any], duplicate: bool) -> dict[str, Any]:
 
 
 class PublishedMarker:
-    """Marks rows `published` in batches: one UPDATE in flight, the ids that arrive meanwhile go in the next."""
+    """Marks rows `published` in batches: ids gather for `linger_seconds` (or until `max_rows`), one UPDATE
+    in flight at a time. The mark is bookkeeping, not a guarantee: a row left unmarked (a failed UPDATE, a
+    crash) is published again by the relay, so the answer never waits for it and fewer, larger UPDATEs
+    leave the database's commits to the inserts that clients wait for."""
 
-    def __init__(self, pool):
-        self._pool = pool
-        self._waiting: list[tuple[str, asyncio.Future]] = []
+    def __init__(self, pool, in_flight: set[str], *, linger_seconds: float, max_rows: int = 1000):
+        self._pool, self._in_flight = pool, in_flight
+        self._linger, self._max_rows = linger_seconds, max_rows
+        self._waiting: list[str] = []
         self._wakeup = asyncio.Event()
+        self._stopping = False
 
-    async def mark(self, request_id: str) -> None:
-        future = asyncio.get_running_loop().create_future()
-        self._waiting.append((request_id, future))
+    def add(self, request_id: str) -> None:
+        """Kafka acked this row's envelope."""
+        self._waiting.append(request_id)
         self._wakeup.set()
-        await future
+
+    def stop(self) -> None:
+        """run_forever marks what is waiting, without lingering, and returns."""
+        self._stopping = True
+        self._wakeup.set()
 
     async def run_forever(self) -> None:
         while True:
             await self._wakeup.wait()
+            if self._linger and not self._stopping and len(self._waiting) < self._max_rows:
+                await asyncio.sleep(self._linger)  # let more acks join this UPDATE
             self._wakeup.clear()
-            batch, self._waiting = self._waiting, []
-            if not batch:
-                continue
-            try:
-                async with self._pool.connection() as conn:
-                    await store.mark_published(conn, [request_id for request_id, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - each waiter decides; the relay covers unmarked rows
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for _, future in batch:
-                if not future.done():
-                    future.set_result(None)
+            batch, self._waiting = self._waiting[:self._max_rows], self._waiting[self._max_rows:]
+            if self._waiting:
+                self._wakeup.set()
+            if batch:
+                await self._mark(batch)
+            if self._stopping and not self._waiting:
+                return
+
+    async def _mark(self, batch: list[str]) -> None:
+        try:
+            async with self._pool.connection() as conn:
+                await store.mark_published_lazily(conn, batch)
+        except Exception as exc:  # noqa: BLE001 - the relay publishes unmarked rows again after its grace period
+            log.warning("published but not marked; the relay may publish again",
+                        extra={"rows": len(batch), "error": type(exc).__name__})
+        finally:
+            self._in_flight.difference_update(batch)
 
 
 class Publisher:
@@ -95,11 +109,12 @@ class Publisher:
                                     settings.max_expires_in_seconds, max_envelope_bytes=settings.max_envelope_bytes,
                                     max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
         self.pool = async_pool(settings)
-        self.in_flight: set[str] = set()
-        self._tasks: set[asyncio.Task] = set()
+        self.in_flight: set[str] = set()  # published by this process, not yet marked: the relay skips them
+        self._deliveries: set[asyncio.Future] = set()
         self.producer: AsyncProducer | None = None
         self.relay: OutboxRelay | None = None
-        self.marker = PublishedMarker(self.pool)
+        self.marker = PublishedMarker(self.pool, self.in_flight,
+                                      linger_seconds=settings.published_mark_linger_ms / 1000)
         self.inserter = PendingInserter(self.pool, max_rows=settings.group_commit_max_rows,
                                         window_seconds=settings.group_commit_window_ms / 1000,
                                         max_in_flight=settings.group_commit_max_in_flight)
@@ -143,15 +158,20 @@ class Publisher:
                 relay.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await relay
-        if self._tasks:  # in-flight publishes still get marked before the marker stops
-            await asyncio.wait(self._tasks, timeout=self.settings.publish_timeout_seconds)
-        for task in (inserter, marker):  # batches under way finish first (the inserter drains on cancel)
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        if self.producer:
-            await asyncio.to_thread(self.producer.close)
+        if self._deliveries:  # in-flight publishes still get marked before the marker stops
+            await asyncio.wait(self._deliveries, timeout=self.settings.publish_timeout_seconds)
+        if inserter:  # batches under way finish first (the inserter drains on cancel)
+            inserter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await inserter
+        if self.producer:  # before the marker stops: acks that flush() still serves get marked too
+            await self.producer.close()
+        if marker:  # bounded: a mark stuck on a lock or a silent database must not hold the shutdown
+            self.marker.stop()
+            try:
+                await asyncio.wait_for(marker, self.settings.publish_timeout_seconds)
+            except TimeoutError:
+                log.warning("published marks not written at shutdown; the relay will publish those rows again")
         await self.pool.close()
         if self._metrics_server:
             self._metrics_server.shutdown()
@@ -200,9 +220,8 @@ class Publisher:
         self.in_flight.add(request_id)
         delivery = self.producer.send(self.settings.async_requests_topic, request_id,
                                       *request_message(row, self.settings.async_responses_topic))
-        task = asyncio.create_task(self._settle(request_id, delivery))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._deliveries.add(delivery)
+        delivery.add_done_callback(functools.partial(self._delivered, request_id))
         if not self.settings.publish_wait_seconds:
             return False  # answered from the committed row; the send goes on, the relay covers a failure
         try:
@@ -211,22 +230,18 @@ class Publisher:
             return False
         return True
 
-    async def _settle(self, request_id: str, delivery: asyncio.Future) -> bool:
-        try:
-            await delivery
-            await self.marker.mark(request_id)
-            return True
-        except KafkaException as exc:
-            error = kafka_error(exc)
-            self.metrics.delivery_failures.labels("action", error.name() if error else "unknown").inc()
-            log.warning("publish failed; the outbox relay will retry", extra={"request_id": request_id,
-                                                                              "error": str(exc)})
-            return False
-        except Exception as exc:  # noqa: BLE001 - published but not marked: the relay may publish it again
-            log.warning("published but not marked", extra={"request_id": request_id, "error": repr(exc)})
-            return False
-        finally:
-            self.in_flight.discard(request_id)
+    def _delivered(self, request_id: str, delivery: asyncio.Future) -> None:
+        """Kafka's answer for one envelope: acked rows go to the marker, refused ones stay to the relay."""
+        self._deliveries.discard(delivery)
+        exc = delivery.exception()
+        if exc is None:
+            self.marker.add(request_id)
+            return
+        self.in_flight.discard(request_id)
+        error = kafka_error(exc)
+        self.metrics.delivery_failures.labels("action", error.name() if error else "unknown").inc()
+        log.warning("publish failed; the outbox relay will retry", extra={"request_id": request_id,
+                                                                          "error": str(exc)})
 
     @staticmethod
     def _log_fields(request: AsyncRequest, row: dict[str, Any]) -> dict[str, Any]:

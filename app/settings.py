@@ -142,6 +142,8 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     # Must exceed publish_timeout_seconds, or the relay re-sends messages the producer is still delivering.
     relay_grace_seconds: float = Field(15.0, ge=0)
     relay_batch_size: int = Field(100, ge=1, le=10_000)
+    # acked rows wait this long to share one `published` UPDATE (bookkeeping: the relay covers a lost mark)
+    published_mark_linger_ms: float = Field(20.0, ge=0, le=1000)
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     # the whole request message (value, key, headers) in UTF-8 bytes, checked before the row is stored
     max_envelope_bytes: int = Field(512 * 1024, ge=4096, le=PRODUCER_MAX_MESSAGE_BYTES - 16 * 1024)
@@ -163,9 +165,10 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> PublisherSettings:
-        if self.relay_grace_seconds <= self.publish_timeout_seconds:
-            raise ValueError("RELAY_GRACE_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS, or the relay "
-                             "publishes again what the producer is still delivering")
+        if self.relay_grace_seconds <= self.publish_timeout_seconds + self.published_mark_linger_ms / 1000:
+            raise ValueError("RELAY_GRACE_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS plus "
+                             "PUBLISHED_MARK_LINGER_MS, or the relay publishes again what the producer is still "
+                             "delivering or the marker is about to mark")
         if self.publish_wait_seconds > self.publish_timeout_seconds:
             raise ValueError("PUBLISH_WAIT_SECONDS may not exceed PUBLISH_TIMEOUT_SECONDS")
         if not self.max_payload_bytes < self.max_envelope_bytes <= self.max_body_bytes:

@@ -113,6 +113,16 @@ async def mark_published(conn: AsyncConnection, request_ids: list[str]) -> int:
     return cur.rowcount
 
 
+async def mark_published_lazily(conn: AsyncConnection, request_ids: list[str]) -> int:
+    """mark_published in its own transaction whose commit does not wait for the WAL flush: a mark lost in a
+    crash only makes the relay publish the row again (at least once), and the inserts clients wait for keep
+    the flushes to themselves. SET LOCAL: the pooled session commits durably again afterwards."""
+    async with conn.transaction():
+        await conn.execute("SET LOCAL synchronous_commit = off")
+        cur = await conn.execute(MARK_PUBLISHED, (request_ids,))
+    return cur.rowcount
+
+
 async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:
     cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values()), list(reasons)))
     return cur.rowcount

@@ -236,7 +236,9 @@ class AsyncFlow(pulumi.ComponentResource):
         return {"PUBLISHER_PORT": str(PUBLISHER_PORT), "METRICS_PORT": str(PUBLISHER_METRICS_PORT),
                 "PUBLISHER_PROCESSES": str(flow.publisher_processes),
                 "GROUP_COMMIT_MAX_ROWS": str(flow.group_commit_max_rows),
-                "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms)}
+                "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms),
+                "PUBLISH_WAIT_SECONDS": str(flow.publish_wait_seconds),
+                "PUBLISHED_MARK_LINGER_MS": str(flow.published_mark_linger_ms)}
 
     @property
     def _publisher_metrics_ports(self) -> tuple[tuple[str, int], ...]:

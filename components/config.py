@@ -425,6 +425,10 @@ class AsyncFlowConfig(_Model):
     # group commit: calls sharing one INSERT and commit, and how long the first waits for company
     group_commit_max_rows: int = Field(64, ge=1, le=1000)
     group_commit_window_ms: float = Field(0.5, ge=0, le=50)
+    # how long the action waits for Kafka's ack before answering (0: answer once committed, status `pending`)
+    publish_wait_seconds: float = Field(2.0, ge=0, le=10)
+    # acked rows share one `published` UPDATE after this long (bookkeeping; the outbox relay covers a lost mark)
+    published_mark_linger_ms: float = Field(20.0, ge=0, le=1000)
     writer_replicas: int = Field(1, ge=1, le=50)
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
     cleanup_schedule: str = "*/10 * * * *"

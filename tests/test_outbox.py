@@ -38,7 +38,7 @@ async def drain_with_two_relays(settings, in_flight: set[str]) -> list[int]:
         return [r.published_total for r in relays]
     finally:
         for pool, producer in resources:
-            producer.close()
+            await producer.close()
             await pool.close()
 
 

@@ -230,6 +230,15 @@ def test_log_lines_never_carry_registered_secrets_or_url_passwords():
     assert line.count(logs.REDACTED) >= 3
 
 
+@pytest.mark.parametrize("line", ["paſſword=hunter22", "PAſſWORD: hunter22", "sasl.paſſword=hunter22",
+                                  "PWD=hunter22", "Passwd='hunter22'", "x://u:hunter22@h"])
+def test_password_forms_the_pattern_folds_are_redacted(line):
+    """The cheap pre-checks before the patterns fold case as the patterns do ("ſ" matches "s")."""
+    from app import logs
+
+    assert "hunter22" not in logs.redact(line)
+
+
 # --------------------------------------------------------------------------- generated hostile bodies
 
 BIG_INT = "__big_int__"  # written as 5000 digits on the wire (see _encode)

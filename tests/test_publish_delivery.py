@@ -1,0 +1,202 @@
+"""After the commit, on real PostgreSQL and Kafka: the producer's delivery reports served by the event loop
+itself, and the lingering `published` marker with its asynchronous commit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from app import store
+from app.db import async_pool
+from app.kafka_io import AsyncProducer, producer_config
+from app.publisher import PublishedMarker
+from scripts.servers import free_port
+from tests.support.kafka_admin import read_all
+
+
+def seed_pending(db, ids: list[str]) -> None:
+    db.execute("INSERT INTO graphql.client_async_messages (request_id, client_id, handler, operation, expires_at) "
+               "SELECT i, 'c', 'h', 'o', now() + interval '1 hour' FROM unnest(%s::text[]) i", (ids,))
+
+
+def statuses(db, ids: list[str]) -> dict[str, str]:
+    return dict(db.execute("SELECT request_id, status FROM graphql.client_async_messages "
+                           "WHERE request_id = ANY(%s)", (ids,)).fetchall())
+
+
+def test_deliveries_settle_on_the_event_loop_without_a_poll_thread(publisher_settings, kafka, topics):
+    async def run() -> tuple[list, set[str]]:
+        before = {t.name for t in threading.enumerate()}
+        producer = AsyncProducer(producer_config(publisher_settings.client_config(), 10),
+                                 asyncio.get_running_loop())
+        try:
+            futures = [producer.send(topics.requests, f"k{i}", b"{}", []) for i in range(50)]
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+            return results, {t.name for t in threading.enumerate()} - before
+        finally:
+            await producer.close()
+
+    results, new_threads = asyncio.run(run())
+    assert results == [None] * 50
+    assert not new_threads  # librdkafka's own threads are native; no Python thread competes for the GIL
+    assert len(read_all(kafka.client_config(), topics.requests, expect=50)) == 50
+
+
+def test_close_flushes_and_settles_what_is_still_in_flight(publisher_settings, kafka, topics):
+    async def run() -> list:
+        producer = AsyncProducer(producer_config(publisher_settings.client_config(), 10),
+                                 asyncio.get_running_loop())
+        futures = [producer.send(topics.requests, f"k{i}", b"{}", []) for i in range(20)]
+        await producer.close()  # the loop polls no more: flush()'s reports arrive from its worker thread
+        return await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 10)
+
+    assert asyncio.run(run()) == [None] * 20
+
+
+def test_a_producer_is_made_on_its_loop(publisher_settings):
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(RuntimeError, match="event loop"):
+            AsyncProducer(producer_config(publisher_settings.client_config(), 10), loop)
+    finally:
+        loop.close()
+
+
+def test_marker_lingers_marks_in_one_batch_and_does_not_leak_its_lazy_commit(db, publisher_settings):
+    ids = [f"mark-{uuid.uuid4().hex}" for _ in range(30)]
+    seed_pending(db, ids)
+
+    async def run() -> str:
+        # one durable session (the test server itself commits lazily): the marker's and the SHOW's
+        pool = AsyncConnectionPool(publisher_settings.async_database_url.get_secret_value(), min_size=1, max_size=1,
+                                   kwargs={"autocommit": True, "options": "-c synchronous_commit=on"}, open=False)
+        await pool.open()
+        try:
+            in_flight = set(ids)
+            marker = PublishedMarker(pool, in_flight, linger_seconds=0.05)
+            task = asyncio.create_task(marker.run_forever())
+            for request_id in ids:
+                marker.add(request_id)
+            marker.stop()
+            await asyncio.wait_for(task, 10)
+            assert not in_flight  # the relay may consider them again (it skips rows still in flight)
+            async with pool.connection() as conn:  # SET LOCAL: the pooled session commits durably again
+                return (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == "on"
+    assert set(statuses(db, ids).values()) == {"published"}
+
+
+def test_a_mark_that_fails_leaves_rows_pending_for_the_relay(db, publisher_settings):
+    ids = [f"nomark-{uuid.uuid4().hex}" for _ in range(3)]
+    seed_pending(db, ids)
+
+    async def run() -> set[str]:
+        # a database that is not there: every mark fails
+        pool = AsyncConnectionPool(f"host=127.0.0.1 port={free_port()} user=x dbname=x connect_timeout=1",
+                                   min_size=1, open=False, timeout=1)
+        await pool.open(wait=False)
+        try:
+            in_flight = set(ids)
+            marker = PublishedMarker(pool, in_flight, linger_seconds=0)
+            task = asyncio.create_task(marker.run_forever())
+            for request_id in ids:
+                marker.add(request_id)
+            marker.stop()
+            await asyncio.wait_for(task, 20)  # the failure is logged, the loop ends: no crash, no hang
+            return in_flight
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == set()  # handed back to the relay
+    assert set(statuses(db, ids).values()) == {"pending"}
+
+
+def test_lazy_mark_counts_only_pending_rows(db, publisher_settings):
+    ids = [f"lazy-{uuid.uuid4().hex}" for _ in range(3)]
+    seed_pending(db, ids)
+    db.execute("UPDATE graphql.client_async_messages SET status = 'completed', completed_at = now() "
+               "WHERE request_id = %s", (ids[0],))
+
+    async def run() -> int:
+        pool = async_pool(publisher_settings)
+        await pool.open()
+        try:
+            async with pool.connection() as conn:
+                return await store.mark_published_lazily(conn, ids)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(run()) == 2  # first terminal state wins: the completed row stays completed
+    assert statuses(db, ids) == {ids[0]: "completed", ids[1]: "published", ids[2]: "published"}
+
+
+def test_shutdown_is_bounded_when_a_mark_waits_on_a_lock(pg, db, publisher_settings):
+    """A `published` mark stuck behind another session's row lock does not hold the publisher's shutdown:
+    stop() gives it the publish timeout, then leaves the row `pending` to the relay."""
+    from app.publisher import Publisher
+
+    request_id = f"stuck-{uuid.uuid4().hex}"
+    seed_pending(db, [request_id])
+
+    async def run() -> float:
+        publisher = Publisher(publisher_settings)
+        await publisher.start()
+        with psycopg.connect(pg.url) as holder:
+            holder.execute("SELECT 1 FROM graphql.client_async_messages WHERE request_id = %s FOR UPDATE",
+                           (request_id,))
+            publisher.marker.add(request_id)
+            deadline = time.monotonic() + 20
+            while not db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                 "AND query LIKE '%%status = ''published''%%'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the mark never reached the lock"
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await asyncio.wait_for(publisher.stop(), publisher_settings.publish_timeout_seconds + 15)
+            holder.rollback()
+        return time.monotonic() - started
+
+    assert asyncio.run(run()) < publisher_settings.publish_timeout_seconds + 15
+    assert statuses(db, [request_id]) == {request_id: "pending"}  # the relay's, after its grace period
+
+
+def test_a_failing_poll_does_not_stop_the_delivery_reports(publisher_settings, kafka, topics):
+    class FirstPollFails:
+        """The real producer, whose first poll raises (as a fatal error raised from error_cb would)."""
+
+        def __init__(self, producer):
+            self._producer, self.failed = producer, False
+
+        def poll(self, timeout):
+            if not self.failed:
+                self.failed = True
+                raise RuntimeError("poll failed")
+            return self._producer.poll(timeout)
+
+        def __getattr__(self, name):
+            return getattr(self._producer, name)
+
+        def __len__(self):
+            return len(self._producer)
+
+    async def run() -> list:
+        producer = AsyncProducer(producer_config(publisher_settings.client_config(), 10),
+                                 asyncio.get_running_loop())
+        producer._producer = FirstPollFails(producer._producer)
+        try:
+            futures = [producer.send(topics.requests, f"k{i}", b"{}", []) for i in range(5)]
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 30)
+            assert producer._producer.failed
+            return results
+        finally:
+            await producer.close()
+
+    assert asyncio.run(run()) == [None] * 5
