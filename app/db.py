@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import psycopg
@@ -85,10 +86,12 @@ LAZY_COMMIT = "-c synchronous_commit=off"
 
 
 def session_options(conninfo: str, extra: str) -> str:
-    """The URL's own startup `options` with `extra` after them (for the same setting, the last -c wins)."""
+    """The startup `options` libpq would use (the URL's own, else PGOPTIONS, as libpq picks them) with `extra`
+    after them (for the same setting, the last -c wins): passing `options=` alone would drop them."""
     from psycopg.conninfo import conninfo_to_dict
 
-    return f"{conninfo_to_dict(conninfo).get('options', '')} {extra}".strip()
+    own = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
+    return f"{own} {extra}".strip()
 
 
 def pinned_connect(conninfo: str, **kwargs) -> psycopg.Connection:

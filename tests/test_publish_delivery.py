@@ -200,3 +200,18 @@ def test_a_failing_poll_does_not_stop_the_delivery_reports(publisher_settings, k
             await producer.close()
 
     assert asyncio.run(run()) == [None] * 5
+
+
+def test_session_options_keep_what_libpq_would_have_used(pg, monkeypatch):
+    """options= replaces libpq's own choice (the URL's options, else PGOPTIONS): both survive, the extra wins."""
+    from app.db import LAZY_COMMIT, session_options
+
+    monkeypatch.setenv("PGOPTIONS", "-c statement_timeout=777")
+    with psycopg.connect(pg.url, options=session_options(pg.url, LAZY_COMMIT)) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "777ms"
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "off"
+    url = f"{pg.url}{'&' if '?' in pg.url else '?'}options=-c%20lock_timeout%3D555"
+    with psycopg.connect(url, options=session_options(url, "-c synchronous_commit=on")) as conn:
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == "555ms"  # the URL's own, not PGOPTIONS
+        assert conn.execute("SHOW statement_timeout").fetchone()[0] == "0"  # as libpq: the URL's options win
+        assert conn.execute("SHOW synchronous_commit").fetchone()[0] == "on"
