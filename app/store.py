@@ -119,8 +119,7 @@ async def mark_published_lazily(conn: AsyncConnection, request_ids: list[str]) -
     the flushes to themselves. SET LOCAL: the pooled session commits durably again afterwards."""
     async with conn.transaction():
         await conn.execute("SET LOCAL synchronous_commit = off")
-        cur = await conn.execute(MARK_PUBLISHED, (request_ids,))
-    return cur.rowcount
+        return await mark_published(conn, request_ids)
 
 
 async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:

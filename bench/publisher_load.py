@@ -28,7 +28,7 @@ def main() -> None:
         action = wrk(f"{url}/action/publish_async_request", seconds=args.seconds, connections=args.connections,
                      post=True)
         bare_windows.append(wrk(f"{url}/healthz", seconds=max(1, args.seconds // 2), connections=args.connections))
-        bare = {key: round(sum(w[key] for w in bare_windows) / 2, 3) for key in bare_windows[0]}
+        bare = {key: round(sum(w[key] for w in bare_windows) / len(bare_windows), 3) for key in bare_windows[0]}
         with psycopg.connect(pg.url) as conn:
             statuses = dict(conn.execute("SELECT status, count(*) FROM graphql.client_async_messages "
                                          "GROUP BY status").fetchall())

@@ -30,6 +30,18 @@ def statuses(db, ids: list[str]) -> dict[str, str]:
                            "WHERE request_id = ANY(%s)", (ids,)).fetchall())
 
 
+async def mark_through_marker(pool, ids: list[str], linger_seconds: float) -> set[str]:
+    """Hand every id to a PublishedMarker as acked, stop it, let it finish; what is left in flight."""
+    in_flight = set(ids)
+    marker = PublishedMarker(pool, in_flight, linger_seconds=linger_seconds)
+    task = asyncio.create_task(marker.run_forever())
+    for request_id in ids:
+        marker.add(request_id)
+    marker.stop()
+    await asyncio.wait_for(task, 20)  # a failure is logged and the loop ends: no crash, no hang
+    return in_flight
+
+
 def test_deliveries_settle_on_the_event_loop_without_a_poll_thread(publisher_settings, kafka, topics):
     async def run() -> tuple[list, set[str]]:
         before = {t.name for t in threading.enumerate()}
@@ -78,14 +90,8 @@ def test_marker_lingers_marks_in_one_batch_and_does_not_leak_its_lazy_commit(db,
                                    kwargs={"autocommit": True, "options": "-c synchronous_commit=on"}, open=False)
         await pool.open()
         try:
-            in_flight = set(ids)
-            marker = PublishedMarker(pool, in_flight, linger_seconds=0.05)
-            task = asyncio.create_task(marker.run_forever())
-            for request_id in ids:
-                marker.add(request_id)
-            marker.stop()
-            await asyncio.wait_for(task, 10)
-            assert not in_flight  # the relay may consider them again (it skips rows still in flight)
+            # the relay may consider them again (it skips rows still in flight)
+            assert not await mark_through_marker(pool, ids, linger_seconds=0.05)
             async with pool.connection() as conn:  # SET LOCAL: the pooled session commits durably again
                 return (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
         finally:
@@ -105,14 +111,7 @@ def test_a_mark_that_fails_leaves_rows_pending_for_the_relay(db, publisher_setti
                                    min_size=1, open=False, timeout=1)
         await pool.open(wait=False)
         try:
-            in_flight = set(ids)
-            marker = PublishedMarker(pool, in_flight, linger_seconds=0)
-            task = asyncio.create_task(marker.run_forever())
-            for request_id in ids:
-                marker.add(request_id)
-            marker.stop()
-            await asyncio.wait_for(task, 20)  # the failure is logged, the loop ends: no crash, no hang
-            return in_flight
+            return await mark_through_marker(pool, ids, linger_seconds=0)
         finally:
             await pool.close()
 
