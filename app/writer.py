@@ -41,17 +41,18 @@ T = TypeVar("T")
 
 # %b: arrays sent in binary; psycopg's text dump of a 1000-element jsonb[] costs ~11 ms, binary ~2 ms
 # the batch's rows are locked in request_id order first, the order the publisher's mark takes too (app/store.py):
-# two batches over the same rows wait for each other instead of deadlocking (and rewinding)
+# two batches over the same rows wait for each other instead of deadlocking (and rewinding).
+# = ANY(ARRAY(...)) of the locked ids: the UPDATE reaches its rows by primary key. Joined with a CTE of the batch, it
+# was planned from the CTE's default estimates as a hash join over the whole table (152 vs 44 ms a batch at 100k rows)
 WRITE_OUTCOMES = """
-WITH r AS (SELECT * FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[])
-                          AS r(request_id, status, result, error, completed_at)),
-     locked AS (SELECT l.request_id FROM graphql.client_async_messages AS l
-                 WHERE l.request_id IN (SELECT request_id FROM r) AND l.status IN ('pending', 'published')
-                 ORDER BY l.request_id FOR UPDATE)
 UPDATE graphql.client_async_messages AS m
    SET status = r.status, response = r.result, error = r.error, completed_at = r.completed_at, updated_at = now()
-  FROM r JOIN locked USING (request_id)
- WHERE m.request_id = r.request_id AND m.status IN ('pending', 'published')
+  FROM unnest(%b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::timestamptz[])
+       AS r(request_id, status, result, error, completed_at)
+ WHERE m.request_id = r.request_id AND m.status IN ('pending', 'published') AND m.request_id = ANY(ARRAY(
+       SELECT l.request_id FROM graphql.client_async_messages AS l
+        WHERE l.request_id = ANY(%b::text[]) AND l.status IN ('pending', 'published')
+        ORDER BY l.request_id FOR UPDATE))
 RETURNING m.request_id
 """
 EXISTING = "SELECT request_id FROM graphql.client_async_messages WHERE request_id = ANY(%s)"
@@ -156,7 +157,7 @@ def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[s
     ids = [o.request_id for o in outcomes]
     cur = conn.execute(WRITE_OUTCOMES, (
         ids, [o.status for o in outcomes], [Jsonb(o.result) for o in outcomes],
-        [Jsonb(o.error) if o.error is not None else None for o in outcomes], [o.completed_at for o in outcomes],
+        [Jsonb(o.error) if o.error is not None else None for o in outcomes], [o.completed_at for o in outcomes], ids,
     ))
     applied = {row[0] for row in cur.fetchall()}
     remaining = [i for i in ids if i not in applied]
