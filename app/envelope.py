@@ -349,7 +349,8 @@ def parse_response(value: bytes | None, now: datetime | None = None,
             return InvalidResponse("invalid_completed_at", f"completed_at {brief(doc['completed_at'])}", request_id)
         if completed_at.tzinfo is None:
             return InvalidResponse("invalid_completed_at", "completed_at needs a time zone", request_id)
-    problem = bounded_json.unstorable_text(doc.get("result")) or bounded_json.unstorable_text(error)
+    problem = bounded_json.may_hold_unstorable_text(value) and (
+        bounded_json.unstorable_text(doc.get("result")) or bounded_json.unstorable_text(error))
     if problem:
         # PostgreSQL jsonb cannot store it: this message can never be written
         return InvalidResponse("unstorable_result", f"result contains {problem}", request_id)

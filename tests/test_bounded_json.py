@@ -1,0 +1,95 @@
+"""The cheap pre-checks of app/bounded_json.py never let through what the full checks refuse.
+
+Each pre-check skips a full pass when the raw bytes prove it unnecessary; an attacker who finds a document the
+pre-check waves through but the full check would refuse gets deep or unstorable JSON past the writer."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from app import bounded_json
+from app.bounded_json import JsonRefused
+
+MAX_DEPTH = 8
+
+# raw forms that might smuggle NUL or a lone surrogate past a check of the escapes alone
+HOSTILE_TEXT = [
+    b'"a\x00b"',              # raw NUL in a string: the strict parser refuses control characters
+    b'"\x01\x1f"',            # other raw control characters
+    b'"\xed\xa0\x80"',        # a surrogate encoded as UTF-8 (CESU-8): not UTF-8
+    b'"\xc0\x80"',            # overlong NUL (Java's modified UTF-8): not UTF-8
+    b'"\xf4\x90\x80\x80"',    # beyond U+10FFFF
+    b'"\\u0000"', b'"\\ud800"', b'"\\uDFFF"', b'{"\\udc00": 1}', b'"\\ud83d"',
+    b'"\\ud83d\\ude00"',      # a valid pair: storable
+    b'"\\\\u0000"',           # an escaped backslash, then the text u0000: storable
+    b'"\\\\\\u0000"',         # an escaped backslash, then a real escape
+    b'["\\u0000", 1]', b'{"k": {"n": ["x", "\\u0000"]}}',
+    '"é😀"'.encode(), b'"plain"', b'{"a": [1, 2.5, true, null]}',
+]
+
+
+def refused(data: bytes) -> bool:
+    try:
+        bounded_json.loads(data, max_bytes=1 << 20, max_depth=MAX_DEPTH)
+    except JsonRefused:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("data", HOSTILE_TEXT)
+def test_text_the_database_cannot_store_always_needs_the_full_check(data):
+    if refused(data):
+        return
+    doc = bounded_json.loads(data, max_bytes=1 << 20, max_depth=MAX_DEPTH)
+    if bounded_json.unstorable_text(doc) is not None:
+        assert bounded_json.may_hold_unstorable_text(data), data
+
+
+def test_the_escape_pre_check_is_not_vacuous():
+    """Both outcomes happen: storable documents skip the walk, unstorable ones never do."""
+    assert not bounded_json.may_hold_unstorable_text(b'{"a": "plain"}')
+    assert bounded_json.unstorable_text(json.loads('"\\u0000"')) and bounded_json.may_hold_unstorable_text(
+        b'"\\u0000"')
+
+
+KEY_PARTS = ["{", "[[", "k", "\u0000", "\udfff"]
+
+
+def random_json(rng: random.Random, depth: int) -> str:
+    """Nested arrays and objects whose strings are full of brackets, quotes, backslashes and escapes."""
+    if depth == 0 or rng.random() < 0.2:
+        return json.dumps(rng.choice(["[", "{", "]}", '"[', "\\", "\\u0000", "\ud800", "x", 1, 2.5, None]))
+    items = [random_json(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.5:
+        return "[" + ",".join(items) + "]"
+    keys = [json.dumps(rng.choice(KEY_PARTS) + str(i)) for i in range(len(items))]
+    return "{" + ",".join(f"{key}:{value}" for key, value in zip(keys, items, strict=True)) + "}"
+
+
+def test_random_documents_refused_exactly_as_the_full_checks_say():
+    rng = random.Random(20261202)
+    seen_deep = seen_unstorable = 0
+    for _ in range(3000):
+        data = random_json(rng, rng.randint(1, 2 * MAX_DEPTH)).encode()
+        deep = bounded_json.nesting_depth(data) > MAX_DEPTH
+        seen_deep += deep
+        try:
+            doc = bounded_json.loads(data, max_bytes=1 << 20, max_depth=MAX_DEPTH)
+        except JsonRefused as exc:
+            assert deep and exc.reason == "too_deep", (data, exc.reason)
+            continue
+        assert not deep, data
+        if bounded_json.unstorable_text(doc) is not None:
+            seen_unstorable += 1
+            assert bounded_json.may_hold_unstorable_text(data), data
+    assert seen_deep > 100 and seen_unstorable > 100  # the generator reaches both refusals
+
+
+def test_depth_exactly_at_and_one_past_the_limit():
+    at, past = "[" * MAX_DEPTH + "]" * MAX_DEPTH, "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1)
+    assert not refused(at.encode()) and refused(past.encode())
+    # many brackets inside strings, shallow structure: counted, then scanned, then accepted
+    assert not refused(json.dumps(["[[[[{{{{" * 10]).encode())
