@@ -138,9 +138,9 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
     except psycopg.Error as exc:
         if not is_value_error(exc):
             raise
-    # a value the database refuses: find it one by one so the rest still lands
+    # a value the database refuses: find it one by one so the rest still lands (in key order, as the locks go)
     applied, unknown, rejected = set(), set(), {}
-    for outcome in outcomes:
+    for outcome in sorted(outcomes, key=lambda o: o.request_id):
         try:
             with conn.transaction():
                 one_applied, one_unknown = _write(conn, [outcome])

@@ -56,36 +56,51 @@ def test_the_escape_pre_check_is_not_vacuous():
 
 
 KEY_PARTS = ["{", "[[", "k", "\u0000", "\udfff"]
+# raw bytes inside a string literal: control characters, encoded surrogates, overlong and valid non-ASCII UTF-8
+RAW_IN_STRINGS = [b"\x00", b"\x1f", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xc0\x80", "é".encode(), "😀".encode()]
 
 
-def random_json(rng: random.Random, depth: int) -> str:
-    """Nested arrays and objects whose strings are full of brackets, quotes, backslashes and escapes."""
+def random_json(rng: random.Random, depth: int) -> tuple[bytes, int]:
+    """Nested arrays and objects whose strings are full of brackets, quotes, backslashes, escapes and raw bytes;
+    with the nesting depth it was built with (a scalar 0, `[]` 1)."""
     if depth == 0 or rng.random() < 0.2:
-        return json.dumps(rng.choice(["[", "{", "]}", '"[', "\\", "\\u0000", "\ud800", "x", 1, 2.5, None]))
+        if rng.random() < 0.3:
+            return b'"a' + rng.choice(RAW_IN_STRINGS) + b'b"', 0
+        return json.dumps(rng.choice(["[", "{", "]}", '"[', "\\", "\u0000", "\ud800", "x", 1, 2.5, None])).encode(), 0
     items = [random_json(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    built = 1 + max((d for _, d in items), default=0)
     if rng.random() < 0.5:
-        return "[" + ",".join(items) + "]"
-    keys = [json.dumps(rng.choice(KEY_PARTS) + str(i)) for i in range(len(items))]
-    return "{" + ",".join(f"{key}:{value}" for key, value in zip(keys, items, strict=True)) + "}"
+        return b"[" + b",".join(text for text, _ in items) + b"]", built
+    keys = [json.dumps(rng.choice(KEY_PARTS) + str(i)).encode() for i in range(len(items))]
+    return b"{" + b",".join(key + b":" + text for key, (text, _) in zip(keys, items, strict=True)) + b"}", built
 
 
 def test_random_documents_refused_exactly_as_the_full_checks_say():
     rng = random.Random(20261202)
-    seen_deep = seen_unstorable = 0
-    for _ in range(3000):
-        data = random_json(rng, rng.randint(1, 2 * MAX_DEPTH)).encode()
-        deep = bounded_json.nesting_depth(data) > MAX_DEPTH
-        seen_deep += deep
+    seen = {"deep": 0, "unstorable": 0, "raw_accepted": 0}
+    for _ in range(4000):
+        data, built = random_json(rng, rng.randint(1, 2 * MAX_DEPTH))
         try:
             doc = bounded_json.loads(data, max_bytes=1 << 20, max_depth=MAX_DEPTH)
         except JsonRefused as exc:
-            assert deep and exc.reason == "too_deep", (data, exc.reason)
+            if exc.reason == "too_deep":
+                assert built > MAX_DEPTH, data
+                seen["deep"] += 1
+            else:  # only a raw byte the parser or the UTF-8 decoder refuses makes these documents invalid
+                assert exc.reason == "invalid_json" and any(raw in data for raw in RAW_IN_STRINGS[:5]), (data, exc)
             continue
-        assert not deep, data
+        assert built <= MAX_DEPTH, data  # accepted only within the depth it was built with
+        seen["raw_accepted"] += any(raw in data for raw in RAW_IN_STRINGS[5:])
         if bounded_json.unstorable_text(doc) is not None:
-            seen_unstorable += 1
+            seen["unstorable"] += 1
             assert bounded_json.may_hold_unstorable_text(data), data
-    assert seen_deep > 100 and seen_unstorable > 100  # the generator reaches both refusals
+    assert min(seen.values()) > 100, seen  # the generator reaches every case
+
+
+@pytest.mark.parametrize("data", [b'"a\x00b"', b'"\x01\x1f"', b'"\xed\xa0\x80"', b'"\xc0\x80"', b'{"\x00": 1}'])
+def test_raw_control_bytes_and_encoded_surrogates_are_refused_outright(data):
+    """What lets the escape pre-check be sound: these never decode at all."""
+    assert refused(data)
 
 
 def test_depth_exactly_at_and_one_past_the_limit():
