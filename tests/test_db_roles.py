@@ -105,7 +105,7 @@ def test_the_writer_role_records_outcomes_but_cannot_insert_or_delete(roles, db)
     request_id = insert_row(db)
     with connect(roles["writer"]) as conn:
         done = conn.execute(writer.WRITE_OUTCOMES, ([request_id], ["completed"], [Jsonb({"ok": True})], [None],
-                                                    ["2026-01-01T00:00:00Z"])).fetchall()
+                                                    ["2026-01-01T00:00:00Z"], [request_id])).fetchall()
         assert done == [(request_id,)]
         assert conn.execute(writer.EXISTING, ([request_id],)).fetchall() == [(request_id,)]
         for forbidden in ("DELETE FROM graphql.client_async_messages WHERE request_id = %s",
@@ -351,7 +351,7 @@ def test_the_writer_role_moves_rows_forward_only_and_never_rewrites_a_terminal_o
     with connect(roles["writer"]) as conn:
         applied = conn.execute(writer.WRITE_OUTCOMES, (
             [done, published], ["completed", "failed"], [Jsonb({"n": 1}), None], [None, Jsonb({"code": "x"})],
-            ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"])).fetchall()
+            ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z"], [done, published])).fetchall()
         # pending -> completed, published -> failed; the trigger's function only raises, so the allowed path never
         # calls it (the rule is its WHEN clause)
         assert sorted(applied) == sorted([(done,), (published,)])

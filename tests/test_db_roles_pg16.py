@@ -68,8 +68,9 @@ def each_service_does_its_job(urls: dict[str, str]) -> None:
         conn.execute(store.INSERT_PENDING, (request_id, "c", "h", "op", "normal", Jsonb({}), Jsonb({}), Jsonb({}),
                                             60))
     with psycopg.connect(urls["writer"], autocommit=True) as conn:
-        assert conn.execute(writer.WRITE_OUTCOMES, ([request_id], ["completed"], [Jsonb({"ok": True})], [None],
-                                                    ["2026-01-01T00:00:00Z"])).fetchall() == [(request_id,)]
+        written = conn.execute(writer.WRITE_OUTCOMES, ([request_id], ["completed"], [Jsonb({"ok": True})], [None],
+                                                       ["2026-01-01T00:00:00Z"], [request_id])).fetchall()
+        assert written == [(request_id,)]
     with psycopg.connect(urls["cleanup"], autocommit=True) as conn:
         assert conn.execute(DELETE_EXPIRED_BATCH, (10,)).fetchone()[0] == 0
 

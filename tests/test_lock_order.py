@@ -75,7 +75,7 @@ def test_each_batch_statement_locks_in_key_order(pg, db, name):
     given = random.Random(11).sample(ids, n)  # the caller's order is neither the key's nor the heap's
     statement, params = {
         "writer batch": (writer.WRITE_OUTCOMES, (given, ["completed"] * n, [Jsonb({"n": 1})] * n, [None] * n,
-                                                 ["2026-01-01T00:00:00Z"] * n)),
+                                                 ["2026-01-01T00:00:00Z"] * n, given)),
         "published mark": (store.MARK_PUBLISHED, (given,)),
         "parking": (store.PARK_UNPUBLISHABLE, (given, ["too large"] * n, given)),
     }[name]
