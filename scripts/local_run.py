@@ -362,10 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", action="store_true",
                         help="also start a Prometheus server scraping the services, with the alert rules loaded")
     args = parser.parse_args(argv)
-    stopping = threading.Event()
+    # a flag, not an Event: Event.set() in the handler would take the lock stopping.wait() may be holding (deadlock)
+    stop_requested: list[bool] = []
 
     def on_signal(*_):
-        stopping.set()
+        stop_requested.append(True)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
             say("demo request skipped: it needs both the writer and the demo worker")
         if not args.once:
             say(f"\n{BOLD}running; Ctrl-C stops everything{RESET} (logs in {stack.logs})")
-            stopping.wait()
+            while not stop_requested:
+                time.sleep(0.2)
         return 0
     except Exception as exc:  # noqa: BLE001 - report, then still stop what was started
         with contextlib.suppress(OSError):
