@@ -19,6 +19,7 @@ from app import logs
 from app.db import LAZY_COMMIT, is_transient, session_options
 from app.metrics import CleanupMetrics
 from app.settings import CleanupSettings
+from app.stop_signals import set_on_stop_signals
 
 log = logging.getLogger("app.cleanup")
 
@@ -114,7 +115,7 @@ def main() -> None:
     logs.setup()
     settings = CleanupSettings.load_or_exit()
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    set_on_stop_signals(stop, (signal.SIGTERM,))
     try:
         report = run_cleanup(settings.async_database_url.get_secret_value(), settings.cleanup_batch_size,
                              settings.cleanup_time_budget_seconds, stop, settings.cleanup_max_rows_per_second)

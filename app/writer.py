@@ -13,7 +13,6 @@ in abort-and-rewind, or in a clean exit (FatalWriterError) so Kubernetes restart
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from app.db import is_database_unavailable, is_value_error, sync_pool
 from app.envelope import InvalidResponse, ResponseLimits, ResponseOutcome, parse_response
 from app.kafka_io import kafka_error
 from app.settings import SettingsError, WriterSettings
+from app.stop_signals import set_on_stop_signals
 
 log = logging.getLogger("app.writer")
 T = TypeVar("T")
@@ -525,8 +525,7 @@ def main() -> None:
     except SettingsError as exc:  # e.g. SASL without credentials: found when the clients are configured
         print(f"configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    signal.signal(signal.SIGTERM, lambda *_: writer.stop_event.set())
-    signal.signal(signal.SIGINT, lambda *_: writer.stop_event.set())
+    set_on_stop_signals(writer.stop_event)
     if settings.health_port:
         serve_health(writer, settings.health_port)
     log.info("writer started", extra={"topic": settings.async_responses_topic, "group": settings.writer_group_id,

@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.cleanup import run_cleanup
 from app.db import apply_schema
+from app.stop_signals import set_on_stop_signals
 from components.kafka_access import AsyncTopics, ServicePrincipals, WorkerPrincipal, service_acls, worker_acls
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
 from scripts.local_prometheus import LocalMonitoring
@@ -362,14 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prometheus", action="store_true",
                         help="also start a Prometheus server scraping the services, with the alert rules loaded")
     args = parser.parse_args(argv)
-    # a flag, not an Event: Event.set() in the handler would take the lock stopping.wait() may be holding (deadlock)
-    stop_requested: list[bool] = []
-
-    def on_signal(*_):
-        stop_requested.append(True)
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stopping = threading.Event()
+    set_on_stop_signals(stopping)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a closed pipe is a BrokenPipeError that say() absorbs
     try:
         stack = LocalStack(args.data.resolve(), args.publisher_port, args.cleanup_interval,
@@ -396,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             say("demo request skipped: it needs both the writer and the demo worker")
         if not args.once:
             say(f"\n{BOLD}running; Ctrl-C stops everything{RESET} (logs in {stack.logs})")
-            while not stop_requested:
-                time.sleep(0.2)
+            stopping.wait()
         return 0
     except Exception as exc:  # noqa: BLE001 - report, then still stop what was started
         with contextlib.suppress(OSError):
