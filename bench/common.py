@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -56,12 +57,15 @@ def service_env(pg: PostgresServer, kafka: KafkaBroker, **extra: str) -> dict[st
 
 
 @contextlib.contextmanager
-def publisher(pg: PostgresServer, kafka: KafkaBroker, **extra: str):
+def publisher(pg: PostgresServer, kafka: KafkaBroker, pids: dict[str, int] | None = None, **extra: str):
+    """The publisher as a process; its pid goes into `pids["publisher"]` when a dict is given."""
     port = free_port()
     log = tempfile.NamedTemporaryFile(prefix="bench-publisher-", suffix=".log", delete=False)
     proc = subprocess.Popen([sys.executable, "-m", "app.publisher"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                             env=service_env(pg, kafka, PUBLISHER_HOST="127.0.0.1", PUBLISHER_PORT=str(port),
                                             **extra))
+    if pids is not None:
+        pids["publisher"] = proc.pid
     url = f"http://127.0.0.1:{port}"
     wait_for(lambda: httpx.get(f"{url}/readyz", timeout=1).status_code == 200, 30, "publisher", proc, Path(log.name))
     try:
@@ -114,6 +118,51 @@ def wrk(url: str, *, seconds: int, connections: int, threads: int = 1, post: boo
 def _ms(value: str) -> float:
     number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
     return round(float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit], 3)
+
+
+def _cpu_ticks(pid: int, with_children: bool) -> int:
+    """utime + stime of a process (+ cutime + cstime: children it has reaped), in clock ticks; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
+    return int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if with_children else 0)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+    return found
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its live children, plus what its reaped children used (PostgreSQL's backends
+    come and go under the postmaster: one that exits between two readings moves into the postmaster's cutime)."""
+    ticks = _cpu_ticks(pid, with_children=True) + sum(_cpu_ticks(child, False) for child in _children(pid))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Cores used by each named process tree between start() and stop(): where a run's CPU went."""
+
+    def __init__(self, pids: dict[str, int]):
+        self.pids = dict(pids)
+        self._start: dict[str, float] = {}
+        self._started_at = 0.0
+
+    def start(self) -> None:
+        self._started_at = time.monotonic()
+        self._start = {name: process_tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self._started_at
+        return {name: round((process_tree_cpu_seconds(pid) - self._start[name]) / elapsed, 2)
+                for name, pid in self.pids.items()}
 
 
 def machine() -> str:

@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ import psycopg
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from bench.common import ACTION_SECRET, emit, publisher, servers, service_env
+from bench.common import ACTION_SECRET, CpuMeter, emit, publisher, servers, service_env
 from scripts.kafka_admin import create_topics
 from scripts.servers import REPO, free_port
 
@@ -165,25 +166,38 @@ def main() -> None:
                          "github.com/tsenart/vegeta/v12@v12.13.0 (bash scripts/dev.sh bench does it)")
     rates = [int(r) for r in args.rates.split(",")]
     results = []
-    with servers() as (pg, kafka), publisher(pg, kafka) as url:
+    pids: dict[str, int] = {}
+    with servers() as (pg, kafka), publisher(pg, kafka, pids) as url:
         env = service_env(pg, kafka)
-        with service("app.writer", env | {"HEALTH_PORT": str(free_port()), "WRITER_INSTANCE_ID": "bench"}), \
-                service("scripts.demo_worker", env):
+        with service("app.writer", env | {"HEALTH_PORT": str(free_port()), "WRITER_INSTANCE_ID": "bench"}) as writer, \
+                service("scripts.demo_worker", env) as worker:
+            pids |= {"writer": writer.pid, "worker": worker.pid, "kafka": kafka.pid,
+                     "postgresql": int((pg.data_dir / "postmaster.pid").read_text().split()[0])}
             # warm-up: connections, partitions assigned, the first round trip made
             attack(f"{url}/action/publish_async_request", 50, 2, "warmup")
             row_stages(pg.url, "warmup", 1, 60)
             for rate in rates:
                 prefix = f"e2e-{rate}-{uuid.uuid4().hex[:6]}"
+                # cores each process used while vegeta sent (vegeta itself: this process's reaped children)
+                meter, load_tool = CpuMeter(pids), resource.getrusage(resource.RUSAGE_CHILDREN)
+                meter.start()
                 sent, codes = attack(f"{url}/action/publish_async_request", rate, args.seconds, prefix)
+                cores = meter.stop()
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cores["vegeta"] = round((after.ru_utime + after.ru_stime - load_tool.ru_utime - load_tool.ru_stime)
+                                        / args.seconds, 2)
                 stages = row_stages(pg.url, prefix, len(sent))
                 waits = [(stages[rid][2] - at) * 1000 for rid, at in sent.items() if rid in stages]
                 # where the wait goes: call → row stored, stored → marked published, published → answer written
-                breakdown = {name: percentiles([(s[b] - (sent[rid] if a < 0 else s[a])) * 1000
-                                                for rid, s in stages.items() if rid in sent])["p50_ms"]
-                             for name, a, b in (("stored", -1, 0), ("published", 0, 1), ("answered", 1, 2))}
+                by_stage = {name: percentiles([(s[b] - (sent[rid] if a < 0 else s[a])) * 1000
+                                               for rid, s in stages.items() if rid in sent])
+                            for name, a, b in (("stored", -1, 0), ("published", 0, 1), ("answered", 1, 2))}
                 results.append({"rate_per_s": rate, "calls": rate * args.seconds, "codes": codes,
                                 "terminal": len(waits), "not_terminal": len(sent) - len(waits),
-                                **percentiles(waits), "p50_ms_by_stage": breakdown,
+                                **percentiles(waits),
+                                "p50_ms_by_stage": {k: v["p50_ms"] for k, v in by_stage.items()},
+                                "p99_ms_by_stage": {k: v["p99_ms"] for k, v in by_stage.items()},
+                                "cores_used_while_sending": cores,
                                 "bound_bare_round_trip": bare_round_trip(kafka, rate, args.seconds)})
     crossing = next((r["rate_per_s"] for r in results if r["p99_ms"] is None or r["p99_ms"] >= GOAL_P99_MS), None)
     at_goal = next((r for r in results if r["rate_per_s"] == GOAL_RATE), None)
