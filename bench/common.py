@@ -154,6 +154,7 @@ class CpuMeter:
         self.pids = dict(pids)
         self._start: dict[str, float] = {}
         self._started_at = 0.0
+        self.result: dict[str, float] = {}
 
     def start(self) -> None:
         self._started_at = time.monotonic()
