@@ -363,10 +363,11 @@ def main() -> None:
     # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
     if settings.publisher_processes > 1:  # each process: its own loop, pool, producer and relay on one socket
         uvicorn.run("app.publisher:app_from_env", factory=True, workers=settings.publisher_processes,
-                    host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False)
+                    host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False,
+                    timeout_keep_alive=settings.publisher_keep_alive_seconds)
         return
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
-                log_config=None, access_log=False)
+                log_config=None, access_log=False, timeout_keep_alive=settings.publisher_keep_alive_seconds)
 
 
 if __name__ == "__main__":

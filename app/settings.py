@@ -131,6 +131,9 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     async_action_secret: SecretStr = Field(min_length=16)
     publisher_host: str = "0.0.0.0"
     publisher_port: int = Field(8080, ge=1, le=65535)
+    # how long an idle HTTP connection stays open: longer than Hasura's client keeps one (http-client reaps idle
+    # connections at 30-35 s), so the client always closes first and never reuses one the server just closed
+    publisher_keep_alive_seconds: int = Field(65, ge=1, le=3600)
     # how long the action waits for Kafka's ack before answering with the row still `pending`
     # 0: answer as soon as the row is committed (status `pending`; the outbox guarantees the publish), one
     # Kafka round trip less per call

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
 
+from app.settings import PublisherSettings
 from scripts.servers import free_port
 from tests.conftest import ACTION_SECRET, REPO
 from tests.support.kafka_admin import wait_until
@@ -88,3 +91,25 @@ def test_writer_without_kafka_credentials_fails_clearly(pg, kafka, topics):
     run = subprocess.run([sys.executable, "-m", "app.writer"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode != 0 and "KAFKA_PASSWORD" in run.stderr
+
+
+def test_publisher_closes_an_idle_connection_only_after_its_keep_alive(pg, kafka, topics):
+    """Hasura's HTTP client (http-client, Data/KeyedPool.hs) reuses an idle connection until it is 30-35 s old:
+    the publisher's default keep-alive must outlast that, and PUBLISHER_KEEP_ALIVE_SECONDS must reach uvicorn."""
+    assert PublisherSettings.model_fields["publisher_keep_alive_seconds"].default > 35
+    port = free_port()
+    proc = start("app.publisher", service_env(pg, kafka, topics, ASYNC_ACTION_SECRET=ACTION_SECRET,
+                                              PUBLISHER_PORT=str(port), PUBLISHER_HOST="127.0.0.1",
+                                              PUBLISHER_KEEP_ALIVE_SECONDS="2"))
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, what="publisher ready")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: publisher\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            answered = time.monotonic()
+            assert sock.recv(1) == b""  # the server closes the idle connection (recv would time out otherwise)
+            idle = time.monotonic() - answered
+        assert 1.5 <= idle < 4.5, idle  # 2 s, not uvicorn's default of 5
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)

@@ -21,7 +21,7 @@ def running_publisher(settings: PublisherSettings):
     port = free_port()
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="on"))
+                                           lifespan="on", timeout_keep_alive=settings.publisher_keep_alive_seconds))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout=30, what="publisher start")
