@@ -148,22 +148,31 @@ def process_tree_cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """Cores used by each named process tree between start() and stop(): where a run's CPU went."""
+    """Cores used by each named process between start() and stop(): where a run's CPU went. A process is measured
+    with its children (PostgreSQL's backends) unless its name is in `alone` (a process that started the broker
+    itself must not count the broker's CPU as its own)."""
 
-    def __init__(self, pids: dict[str, int]):
-        self.pids = dict(pids)
+    def __init__(self, pids: dict[str, int], alone: frozenset[str] = frozenset()):
+        self.pids, self.alone = dict(pids), alone
         self._start: dict[str, float] = {}
         self._started_at = 0.0
+        self.elapsed = 0.0
         self.result: dict[str, float] = {}
+
+    def _read(self, name: str) -> float:
+        pid = self.pids[name]
+        if name in self.alone:
+            return _cpu_ticks(pid, with_children=False) / os.sysconf("SC_CLK_TCK")
+        return process_tree_cpu_seconds(pid)
 
     def start(self) -> None:
         self._started_at = time.monotonic()
-        self._start = {name: process_tree_cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._start = {name: self._read(name) for name in self.pids}
 
     def stop(self) -> dict[str, float]:
-        elapsed = time.monotonic() - self._started_at
-        return {name: round((process_tree_cpu_seconds(pid) - self._start[name]) / elapsed, 2)
-                for name, pid in self.pids.items()}
+        self.elapsed = time.monotonic() - self._started_at
+        self.result = {name: round((self._read(name) - self._start[name]) / self.elapsed, 2) for name in self.pids}
+        return self.result
 
 
 def machine() -> str:

@@ -315,8 +315,8 @@ def test_ten_thousand_generated_hostile_calls_get_no_5xx(publisher, db):
     dropped: list[tuple[int, str, bytes]] = []  # connections the server broke: which body, what the client saw
 
     async def drive() -> None:
-        # an idle connection is dropped by the client (1 s) well before the publisher's keep-alive closes it: with
-        # both at 5 s (httpx's and uvicorn's defaults) a reused connection could race the server's close
+        # an idle connection is dropped by the client (1 s) long before the publisher's keep-alive (65 s) closes
+        # it: a reused connection never races the server's close
         limits = httpx.Limits(max_connections=16, keepalive_expiry=1.0)
         async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
             queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -103,12 +103,16 @@ def test_publisher_closes_an_idle_connection_only_after_its_keep_alive(pg, kafka
                                               PUBLISHER_KEEP_ALIVE_SECONDS="2"))
     try:
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, what="publisher ready")
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-            sock.sendall(b"GET /readyz HTTP/1.1\r\nHost: publisher\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            connection.request("GET", "/readyz")
+            answer = connection.getresponse()
+            assert answer.status == 200 and answer.read()  # the whole answer: headers and body may come apart
             answered = time.monotonic()
-            assert sock.recv(1) == b""  # the server closes the idle connection (recv would time out otherwise)
+            assert connection.sock.recv(1) == b""  # the server closes the idle connection (else recv times out)
             idle = time.monotonic() - answered
+        finally:
+            connection.close()
         assert 1.5 <= idle < 4.5, idle  # 2 s, not uvicorn's default of 5
     finally:
         proc.send_signal(signal.SIGTERM)
