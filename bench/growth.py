@@ -2,7 +2,8 @@
 
 One durable PostgreSQL grows through the sizes (default 0, 1M, 10M rows already in the table: completed,
 unexpired rows of 1,000 clients, as a busy day leaves them). At each size, after `VACUUM (ANALYZE)` (what
-autovacuum does for a table that size, done at once so runs compare), it prints one JSON line with the publisher
+autovacuum does for a table that size, done at once so runs compare) and a `CHECKPOINT` (before the publisher, the
+writer and the bound alike, so none of them pays for the fill's dirty pages), it prints one JSON line with the publisher
 (wrk, beside the bare endpoint in the same minute) and the writer (beside its raw `UPDATE … FROM unnest` bound
 on the same table), each with its ratio and the ratio to the first size. Then the cleanup at each expired size
 (default 1M, 10M expired rows on top of the live ones), unpaced, so the figure is the database's cost per row
@@ -21,7 +22,7 @@ from confluent_kafka.admin import AdminClient
 
 from app.cleanup import run_cleanup
 from bench.common import emit, publisher, servers, wrk
-from bench.writer_throughput import run_raw_bound, run_writer, seed, seed_rows
+from bench.writer_throughput import run_raw_bound, run_writer, seed, seed_rows, settle
 from scripts.kafka_admin import create_topics
 
 FILL_CHUNK = 500_000  # rows per INSERT … SELECT: one statement per chunk keeps each transaction's WAL bounded
@@ -40,7 +41,7 @@ def fill(pg, start: int, stop: int, *, expired: bool) -> None:
                 "'{\"invoice_id\": \"inv_1\", \"amount\": 42.5}', '{\"invoice_number\": \"INV-1\"}', "
                 "now() - interval '2 hours', now() - interval '2 hours', now() - interval '1 hour', "
                 f"{expiry} FROM generate_series(%s::bigint, %s::bigint) g", (low + 1, high))
-        conn.execute("VACUUM (ANALYZE) graphql.client_async_messages")
+    settle(pg)
 
 
 def table_bytes(pg) -> int:
@@ -57,8 +58,10 @@ def measure_size(pg, kafka, rows: int, args, first: dict | None) -> dict:
     prefix, topic = f"g{rows}-", f"graphql.async.responses.growth-{rows}"  # its own topic: no earlier backlog
     create_topics(AdminClient(kafka.client_config()), {topic: 3})
     seed(pg, kafka, prefix, args.messages, topic)
+    settle(pg)  # the fill's and the publisher's dirty pages are written before the writer, not during it
     writer = run_writer(pg, kafka, args.messages, args.batch_size, topic)
     seed_rows(pg, f"raw-{prefix}", args.messages)
+    settle(pg)
     bound = run_raw_bound(pg, f"raw-{prefix}", args.messages, args.batch_size)
     record = {"bench": "growth", "rows_in_table": rows, "table_mb": round(table_bytes(pg) / 2**20),
               "publisher": {"requests_per_s": served["requests_per_s"], "p99_ms": served["p99_ms"],
