@@ -123,7 +123,8 @@ async def mark_published_lazily(conn: AsyncConnection, request_ids: list[str]) -
 
 
 async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:
-    cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values()), list(reasons)))
+    # never prepared: the generic plan of a join with unnest is a nested loop over the whole batch (app/writer.py)
+    cur = await conn.execute(PARK_UNPUBLISHABLE, (list(reasons), list(reasons.values()), list(reasons)), prepare=False)
     return cur.rowcount
 
 

@@ -155,10 +155,12 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
 
 def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[set[str], set[str]]:
     ids = [o.request_id for o in outcomes]
+    # never prepared: a prepared statement switches to a generic plan after a few batches, and that plan (the batch's
+    # size unknown) joins the batch by a nested loop over unnest: 900 instead of 65 ms a batch of 1,000 at 1M rows
     cur = conn.execute(WRITE_OUTCOMES, (
         ids, [o.status for o in outcomes], [Jsonb(o.result) for o in outcomes],
         [Jsonb(o.error) if o.error is not None else None for o in outcomes], [o.completed_at for o in outcomes], ids,
-    ))
+    ), prepare=False)
     applied = {row[0] for row in cur.fetchall()}
     remaining = [i for i in ids if i not in applied]
     if not remaining:
