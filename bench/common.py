@@ -120,10 +120,15 @@ def _ms(value: str) -> float:
     return round(float(number) * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[unit], 3)
 
 
+def _stat_fields(stat: Path) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses): field 3 (state) onwards."""
+    return stat.read_text().rsplit(")", 1)[1].split()
+
+
 def _cpu_ticks(pid: int, with_children: bool) -> int:
     """utime + stime of a process (+ cutime + cstime: children it has reaped), in clock ticks; 0 once it is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = _stat_fields(Path(f"/proc/{pid}/stat"))
     except (FileNotFoundError, ProcessLookupError):
         return 0
     return int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if with_children else 0)
@@ -133,17 +138,19 @@ def _children(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+            if int(_stat_fields(stat)[1]) == pid:
                 found.append(int(stat.parent.name))
         except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
             continue
     return found
 
 
-def process_tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process and its live children, plus what its reaped children used (PostgreSQL's backends
-    come and go under the postmaster: one that exits between two readings moves into the postmaster's cutime)."""
-    ticks = _cpu_ticks(pid, with_children=True) + sum(_cpu_ticks(child, False) for child in _children(pid))
+def cpu_seconds(pid: int, with_children: bool = True) -> float:
+    """CPU seconds of a process. With its children: the live ones, plus what its reaped ones used (PostgreSQL's
+    backends come and go under the postmaster: one that exits between two readings moves into its cutime)."""
+    ticks = _cpu_ticks(pid, with_children)
+    if with_children:
+        ticks += sum(_cpu_ticks(child, False) for child in _children(pid))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -160,10 +167,7 @@ class CpuMeter:
         self.result: dict[str, float] = {}
 
     def _read(self, name: str) -> float:
-        pid = self.pids[name]
-        if name in self.alone:
-            return _cpu_ticks(pid, with_children=False) / os.sysconf("SC_CLK_TCK")
-        return process_tree_cpu_seconds(pid)
+        return cpu_seconds(self.pids[name], with_children=name not in self.alone)
 
     def start(self) -> None:
         self._started_at = time.monotonic()

@@ -172,7 +172,7 @@ def main() -> None:
         with service("app.writer", env | {"HEALTH_PORT": str(free_port()), "WRITER_INSTANCE_ID": "bench"}) as writer, \
                 service("scripts.demo_worker", env) as worker:
             pids |= {"writer": writer.pid, "worker": worker.pid, "kafka": kafka.pid,
-                     "postgresql": int((pg.data_dir / "postmaster.pid").read_text().split()[0])}
+                     "postgresql": pg.pid}
             # warm-up: connections, partitions assigned, the first round trip made
             attack(f"{url}/action/publish_async_request", 50, 2, "warmup")
             row_stages(pg.url, "warmup", 1, 60)

@@ -167,7 +167,7 @@ def main() -> None:
         naive = run_naive(pg, kafka, "naive-", args.naive_messages)
         # cores each part used: the writer (this process: its thread, librdkafka's threads), PostgreSQL, Kafka
         pids = {"writer_process": os.getpid(), "kafka": kafka.pid,
-                "postgresql": int((pg.data_dir / "postmaster.pid").read_text().split()[0])}
+                "postgresql": pg.pid}
         # the bound runs half before and half after the writer: a shared machine's drift hits both alike
         half = args.messages // 2
         alone = frozenset({"writer_process"})  # this process started the broker: its children are not the writer

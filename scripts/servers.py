@@ -210,6 +210,11 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql://{PG_USER}:{PG_PASSWORD}@127.0.0.1:{self.port}/{PG_DATABASE}"
 
+    @property
+    def pid(self) -> int:
+        """The running postmaster's pid (the first line of its pid file), as KafkaBroker.pid is the broker's."""
+        return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+
     def _as_owner(self) -> list[str]:
         # initdb and postgres refuse to run as root
         return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []

@@ -288,6 +288,7 @@ def test_the_batch_update_never_runs_as_a_generic_plan(db):
     batches = [[f"{prefix}{b}-{i}" for i in range(50)] for b in range(2)]
     insert_rows(db, [r for batch in batches for r in batch])
     now = datetime.now(UTC)
+    threshold = db.prepare_threshold
     db.prepare_threshold = 0  # prepare on the first execution: no cost model, no batch count to reach
     try:
         for batch in batches:
@@ -300,7 +301,7 @@ def test_the_batch_update_never_runs_as_a_generic_plan(db):
         assert prepared[0] == 0
         assert {s[0] for s in rows(db, [r for batch in batches for r in batch]).values()} == {"completed"}
     finally:
-        db.prepare_threshold = 5
+        db.prepare_threshold = threshold
         db.execute("DELETE FROM graphql.client_async_messages WHERE request_id LIKE %s", (f"{prefix}%",))
 
 
