@@ -74,6 +74,16 @@ def async_pool(settings: DatabaseSettings) -> AsyncConnectionPool:
     )
 
 
+def lazy_commit_pool(settings: DatabaseSettings, *, max_size: int = 1) -> AsyncConnectionPool:
+    """A small autocommit pool whose sessions commit without waiting for the WAL flush (LAZY_COMMIT): one
+    statement, one round trip, for bookkeeping a crash may lose because it is redone anyway."""
+    conninfo = _conninfo(settings)
+    return AsyncConnectionPool(
+        conninfo, min_size=1, max_size=max_size, open=False, timeout=settings.db_connect_timeout_seconds * 2,
+        kwargs=_kwargs(settings) | {"autocommit": True, "options": session_options(conninfo, LAZY_COMMIT)},
+    )
+
+
 # a session that resolves names in the catalog first and nowhere the database's owner can write: the client's
 # options win over `ALTER DATABASE/ROLE ... SET search_path` (PostgreSQL's GUC source priority), appended last
 PINNED_SEARCH_PATH = "-c search_path=pg_catalog,pg_temp"

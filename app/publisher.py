@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from app import logs, metrics, store
-from app.db import async_pool, is_database_unavailable, is_value_error
+from app.db import async_pool, is_database_unavailable, is_value_error, lazy_commit_pool
 from app.envelope import (
     ActionRefusal,
     AsyncRequest,
@@ -56,7 +56,9 @@ class PublishedMarker:
     """Marks rows `published` in batches: ids gather for `linger_seconds` (or until `max_rows`), one UPDATE
     in flight at a time. The mark is bookkeeping, not a guarantee: a row left unmarked (a failed UPDATE, a
     crash) is published again by the relay, so the answer never waits for it and fewer, larger UPDATEs
-    leave the database's commits to the inserts that clients wait for."""
+    leave the database's commits to the inserts that clients wait for. `pool` is db.lazy_commit_pool: each
+    mark is one statement whose commit does not wait for the WAL flush (a mark lost in a crash only makes
+    the relay publish the row again)."""
 
     def __init__(self, pool, in_flight: set[str], *, linger_seconds: float, max_rows: int = 1000):
         self._pool, self._in_flight = pool, in_flight
@@ -92,7 +94,7 @@ class PublishedMarker:
     async def _mark(self, batch: list[str]) -> None:
         try:
             async with self._pool.connection() as conn:
-                await store.mark_published_lazily(conn, batch)
+                await store.mark_published(conn, batch)
         except Exception as exc:  # noqa: BLE001 - the relay publishes unmarked rows again after its grace period
             log.warning("published but not marked; the relay may publish again",
                         extra={"rows": len(batch), "error": type(exc).__name__})
@@ -109,11 +111,12 @@ class Publisher:
                                     settings.max_expires_in_seconds, max_envelope_bytes=settings.max_envelope_bytes,
                                     max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
         self.pool = async_pool(settings)
+        self.mark_pool = lazy_commit_pool(settings)  # the published marks' own session (PublishedMarker)
         self.in_flight: set[str] = set()  # published by this process, not yet marked: the relay skips them
         self._deliveries: set[asyncio.Future] = set()
         self.producer: AsyncProducer | None = None
         self.relay: OutboxRelay | None = None
-        self.marker = PublishedMarker(self.pool, self.in_flight,
+        self.marker = PublishedMarker(self.mark_pool, self.in_flight,
                                       linger_seconds=settings.published_mark_linger_ms / 1000)
         self.inserter = PendingInserter(self.pool, max_rows=settings.group_commit_max_rows,
                                         window_seconds=settings.group_commit_window_ms / 1000,
@@ -124,6 +127,7 @@ class Publisher:
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
+        await self.mark_pool.open(wait=False)
         self.producer = AsyncProducer(
             producer_config(self.settings.client_config(), self.settings.publish_timeout_seconds),
             asyncio.get_running_loop())
@@ -172,6 +176,7 @@ class Publisher:
                 await asyncio.wait_for(marker, self.settings.publish_timeout_seconds)
             except TimeoutError:
                 log.warning("published marks not written at shutdown; the relay will publish those rows again")
+        await self.mark_pool.close()
         await self.pool.close()
         if self._metrics_server:
             self._metrics_server.shutdown()

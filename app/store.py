@@ -40,13 +40,13 @@ RETURNING {ROW_COLUMNS}
 SELECT_ONE = f"SELECT {ROW_COLUMNS} FROM graphql.client_async_messages WHERE request_id = %s"
 
 # rows are locked in request_id order first (the writer's batches take the same order: app/writer.py), so a mark
-# and a writer batch over the same rows wait for each other instead of deadlocking
+# and a writer batch over the same rows wait for each other instead of deadlocking; %b: the ids as a binary array
 MARK_PUBLISHED = """
 UPDATE graphql.client_async_messages
    SET status = 'published', published_at = now(), updated_at = now()
  WHERE status = 'pending' AND request_id = ANY(ARRAY(
        SELECT request_id FROM graphql.client_async_messages
-        WHERE request_id = ANY(%s) AND status = 'pending' ORDER BY request_id FOR UPDATE))
+        WHERE request_id = ANY(%b::text[]) AND status = 'pending' ORDER BY request_id FOR UPDATE))
 """
 
 # a row Kafka refuses for good (too large for the broker, invalid record): terminal, with the reason visible
@@ -111,15 +111,6 @@ async def select_row(conn: AsyncConnection, request_id: str) -> dict[str, Any] |
 async def mark_published(conn: AsyncConnection, request_ids: list[str]) -> int:
     cur = await conn.execute(MARK_PUBLISHED, (request_ids,))
     return cur.rowcount
-
-
-async def mark_published_lazily(conn: AsyncConnection, request_ids: list[str]) -> int:
-    """mark_published in its own transaction whose commit does not wait for the WAL flush: a mark lost in a
-    crash only makes the relay publish the row again (at least once), and the inserts clients wait for keep
-    the flushes to themselves. SET LOCAL: the pooled session commits durably again afterwards."""
-    async with conn.transaction():
-        await conn.execute("SET LOCAL synchronous_commit = off")
-        return await mark_published(conn, request_ids)
 
 
 async def park_unpublishable(conn: AsyncConnection, reasons: dict[str, str]) -> int:

@@ -96,7 +96,7 @@ end
 
 
 def wrk(url: str, *, seconds: int, connections: int, threads: int = 1, post: bool = False) -> dict:
-    """Run wrk against url; returns requests/s, p50/p99 ms and non-2xx count."""
+    """Run wrk against url; returns requests/s, p50/p99 ms, non-2xx count and the requests it completed."""
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install wrk")
     args = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
@@ -112,7 +112,8 @@ def wrk(url: str, *, seconds: int, connections: int, threads: int = 1, post: boo
     return {"requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "p50_ms": _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1)),
             "p99_ms": _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1)),
-            "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0}
+            "non_2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0,
+            "requests": int(re.search(r"(\d+) requests in", out).group(1))}
 
 
 def _ms(value: str) -> float:

@@ -11,9 +11,10 @@ import uuid
 import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
+from pydantic import SecretStr
 
 from app import store
-from app.db import async_pool
+from app.db import lazy_commit_pool
 from app.kafka_io import AsyncProducer, producer_config
 from app.publisher import PublishedMarker
 from scripts.servers import free_port
@@ -80,24 +81,49 @@ def test_a_producer_is_made_on_its_loop(publisher_settings):
         loop.close()
 
 
-def test_marker_lingers_marks_in_one_batch_and_does_not_leak_its_lazy_commit(db, publisher_settings):
+def test_marks_commit_lazily_on_their_own_session_and_the_inserts_stay_durable(db, pg, publisher_settings):
+    """The publisher's marker writes on db.lazy_commit_pool (one statement, no WAL flush wait); the pool the
+    inserts use keeps the session's durable commit. A statement trigger records the setting each mark ran with."""
+    from app.publisher import Publisher
+
     ids = [f"mark-{uuid.uuid4().hex}" for _ in range(30)]
     seed_pending(db, ids)
+    # the test server itself commits lazily: the URL asks for durable sessions, as production's server is
+    url = f"{pg.url}{'&' if '?' in pg.url else '?'}options=-c%20synchronous_commit%3Don"
+    publisher = Publisher(publisher_settings.model_copy(update={"async_database_url": SecretStr(url)}))
+    db.execute("CREATE TABLE public.mark_sessions (setting text)")
+    db.execute("CREATE FUNCTION public.record_mark_session() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+               "INSERT INTO public.mark_sessions VALUES (current_setting('synchronous_commit')); RETURN NULL; END $$")
+    db.execute("CREATE TRIGGER record_mark_session AFTER UPDATE ON graphql.client_async_messages "
+               "FOR EACH STATEMENT EXECUTE FUNCTION public.record_mark_session()")
 
-    async def run() -> str:
-        # one durable session (the test server itself commits lazily): the marker's and the SHOW's
-        pool = AsyncConnectionPool(publisher_settings.async_database_url.get_secret_value(), min_size=1, max_size=1,
-                                   kwargs={"autocommit": True, "options": "-c synchronous_commit=on"}, open=False)
-        await pool.open()
+    async def run() -> tuple[set[str], str]:
+        await publisher.mark_pool.open()
+        await publisher.pool.open()
         try:
-            # the relay may consider them again (it skips rows still in flight)
-            assert not await mark_through_marker(pool, ids, linger_seconds=0.05)
-            async with pool.connection() as conn:  # SET LOCAL: the pooled session commits durably again
-                return (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
+            # the publisher's own marker: its 20 ms linger lets all 30 acks share one UPDATE
+            publisher.in_flight.update(ids)
+            task = asyncio.create_task(publisher.marker.run_forever())
+            for request_id in ids:
+                publisher.marker.add(request_id)
+            publisher.marker.stop()
+            await asyncio.wait_for(task, 20)
+            async with publisher.pool.connection() as conn:
+                return publisher.in_flight, (await (await conn.execute("SHOW synchronous_commit")).fetchone())[0]
         finally:
-            await pool.close()
+            await publisher.mark_pool.close()
+            await publisher.pool.close()
 
-    assert asyncio.run(run()) == "on"
+    try:
+        left, inserts_commit = asyncio.run(run())
+        marks = [row[0] for row in db.execute("SELECT setting FROM public.mark_sessions").fetchall()]
+    finally:
+        db.execute("DROP TRIGGER record_mark_session ON graphql.client_async_messages")
+        db.execute("DROP FUNCTION public.record_mark_session()")
+        db.execute("DROP TABLE public.mark_sessions")
+    assert not left  # the relay may consider them again
+    assert marks == ["off"]  # one UPDATE for the 30 rows, committed without waiting for the flush
+    assert inserts_commit == "on"
     assert set(statuses(db, ids).values()) == {"published"}
 
 
@@ -126,11 +152,11 @@ def test_lazy_mark_counts_only_pending_rows(db, publisher_settings):
                "WHERE request_id = %s", (ids[0],))
 
     async def run() -> int:
-        pool = async_pool(publisher_settings)
+        pool = lazy_commit_pool(publisher_settings)
         await pool.open()
         try:
             async with pool.connection() as conn:
-                return await store.mark_published_lazily(conn, ids)
+                return await store.mark_published(conn, ids)
         finally:
             await pool.close()
 
