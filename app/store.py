@@ -23,16 +23,18 @@ ON CONFLICT (request_id) DO NOTHING
 RETURNING {ROW_COLUMNS}
 """
 
-# group commit: many calls' rows in one statement (one commit); a request_id twice in one batch inserts once;
-# %b: arrays in binary, several times cheaper to send than psycopg's text form
+# group commit: many calls' rows in one statement (one commit); a request_id twice in one batch inserts once.
+# The batch travels as one jsonb document: one json.dumps in C, where nine arrays cost psycopg a dumper call per
+# element (three of them JSON) in Python. The values are the same: a Jsonb parameter is that same json.dumps.
+# A JSON null becomes SQL NULL in jsonb_to_recordset: COALESCE keeps a `null` payload the JSON value it was.
 INSERT_PENDING_MANY = f"""
 INSERT INTO graphql.client_async_messages
     (request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at)
-SELECT r.request_id, r.client_id, r.handler, r.operation, 'pending', r.priority, r.payload, r.metadata,
-       r.correlation, now() + make_interval(secs => r.expires_in)
-  FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::jsonb[], %b::jsonb[],
-              %b::float8[])
-       AS r(request_id, client_id, handler, operation, priority, payload, metadata, correlation, expires_in)
+SELECT r.request_id, r.client_id, r.handler, r.operation, 'pending', r.priority,
+       COALESCE(r.payload, 'null'::jsonb), r.metadata, r.correlation, now() + make_interval(secs => r.expires_in)
+  FROM jsonb_to_recordset(%b::jsonb)
+       AS r(request_id text, client_id text, handler text, operation text, priority text, payload jsonb,
+            metadata jsonb, correlation jsonb, expires_in float8)
 ON CONFLICT (request_id) DO NOTHING
 RETURNING {ROW_COLUMNS}
 """
@@ -93,12 +95,11 @@ async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[s
 async def insert_pending_many(conn: AsyncConnection, requests: list[AsyncRequest]) -> list[dict[str, Any]]:
     """The rows stored, one per request_id that did not exist yet (in no particular order)."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(INSERT_PENDING_MANY, (
-        [r.request_id for r in requests], [r.client_id for r in requests], [r.handler for r in requests],
-        [r.operation for r in requests], [r.priority for r in requests], [Jsonb(r.payload) for r in requests],
-        [Jsonb(r.metadata) for r in requests], [Jsonb(r.correlation) for r in requests],
-        [float(r.expires_in_seconds) for r in requests],
-    ))
+    await cur.execute(INSERT_PENDING_MANY, (Jsonb([{
+        "request_id": r.request_id, "client_id": r.client_id, "handler": r.handler, "operation": r.operation,
+        "priority": r.priority, "payload": r.payload, "metadata": r.metadata, "correlation": r.correlation,
+        "expires_in": r.expires_in_seconds,
+    } for r in requests]),))
     return await cur.fetchall()
 
 

@@ -39,7 +39,7 @@ async def with_inserter(url: str, body, **settings):
 def waiting_on_a_lock(url: str) -> bool:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE "
-                            "'%INSERT INTO graphql.client_async_messages%unnest%'").fetchone()[0] > 0
+                            "'%INSERT INTO graphql.client_async_messages%jsonb_to_recordset%'").fetchone()[0] > 0
 
 
 def stored(db, *request_ids: str) -> set[str]:
@@ -65,6 +65,36 @@ def test_one_batch_with_a_new_row_a_replay_a_duplicate_and_a_refused_value(pg, d
     assert answers[4]["request_id"] == second.request_id
     assert stored(db, first.request_id, second.request_id, refused.request_id) == {first.request_id,
                                                                                      second.request_id}
+
+
+def test_a_batch_stores_every_value_as_the_single_row_insert_does(pg, db):
+    """The batch travels as one jsonb document (jsonb_to_recordset); each row must hold what store.insert_pending,
+    with its own typed parameters, stores for the same request: a `null` payload included (jsonb_to_recordset
+    turns a JSON null into SQL NULL), and in one statement, not through the one-row-at-a-time fallback."""
+    from app import store
+
+    payloads = [None, 0, -1.5e-7, 12345678901234567890123, "ünï\"code\\", [1, [2, [3]]], {"b": 1, "a": {"z": None}},
+                True, "", {}, []]
+    batch = [request(payload=payload, metadata={"m": i}, correlation={"traceparent": f"00-{i:032x}-{i:016x}-01"},
+                     client_id=f"gc-ü-{i}", expires_in_seconds=60 + i) for i, payload in enumerate(payloads)]
+    singles = [request(**{**vars(r), "request_id": f"{r.request_id}-single"}) for r in batch]
+
+    async def body(inserter, _task):
+        answers = await asyncio.gather(*(inserter.insert(r) for r in batch))
+        async with inserter._pool.connection() as conn:
+            for single in singles:
+                await store.insert_pending(conn, single)
+        return answers, inserter.batches_total
+
+    answers, batches = asyncio.run(with_inserter(pg.url, body, window_seconds=0.05))
+    assert batches == 1
+    columns = "client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at - created_at"
+    for stored_batch, single in zip(batch, singles, strict=True):
+        row = db.execute(f"SELECT {columns} FROM graphql.client_async_messages WHERE request_id = %s",
+                         (stored_batch.request_id,)).fetchone()
+        assert row == db.execute(f"SELECT {columns} FROM graphql.client_async_messages WHERE request_id = %s",
+                                 (single.request_id,)).fetchone()
+    assert [a["payload"] for a in answers] == payloads
 
 
 def test_concurrent_calls_share_commits(pg, db):
