@@ -51,14 +51,20 @@ _ENCODER = json.JSONEncoder(default=str)  # built once: json.dumps(..., default=
 
 
 class JsonFormatter(logging.Formatter):
-    _second, _second_text = -1, ""  # the timestamp's text up to the second changes once a second
+    _second: tuple[int, str] = (-1, "")  # the timestamp's text up to the second changes once a second
 
     def _timestamp(self, created: float) -> str:
+        """datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"), the same text: rounded to the
+        microsecond first (as datetime does, datetime.py's fromtimestamp), then cut to the millisecond."""
         second = int(created)
-        if second != self._second:
-            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            self._second = second
-        return f"{self._second_text}.{int((created - second) * 1000):03d}+00:00"
+        micros = round((created - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        cached_second, text = self._second
+        if second != cached_second:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)  # one tuple: a reader never pairs a second with another second's text
+        return f"{text}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {

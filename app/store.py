@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from psycopg import AsyncConnection
@@ -32,7 +33,7 @@ INSERT INTO graphql.client_async_messages
     (request_id, client_id, handler, operation, status, priority, payload, metadata, correlation, expires_at)
 SELECT r.request_id, r.client_id, r.handler, r.operation, 'pending', r.priority,
        COALESCE(r.payload, 'null'::jsonb), r.metadata, r.correlation, now() + make_interval(secs => r.expires_in)
-  FROM jsonb_to_recordset(%b::jsonb)
+  FROM jsonb_to_recordset(%s::jsonb)
        AS r(request_id text, client_id text, handler text, operation text, priority text, payload jsonb,
             metadata jsonb, correlation jsonb, expires_in float8)
 ON CONFLICT (request_id) DO NOTHING
@@ -92,14 +93,24 @@ async def insert_pending(conn: AsyncConnection, request: AsyncRequest) -> dict[s
     return await cur.fetchone()
 
 
+# a jsonb value stops at 256 MB (PostgreSQL's jsonb_util.c), and a document of small numbers takes up to ~6x its
+# text there: a larger batch document is split, so no setting of rows x message size can reach the limit
+BATCH_DOCUMENT_MAX_CHARS = 32 * 1024 * 1024
+
+
 async def insert_pending_many(conn: AsyncConnection, requests: list[AsyncRequest]) -> list[dict[str, Any]]:
     """The rows stored, one per request_id that did not exist yet (in no particular order)."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(INSERT_PENDING_MANY, (Jsonb([{
+    # json.dumps as psycopg's Jsonb would, done here so the document's size is known before it is sent
+    document = json.dumps([{
         "request_id": r.request_id, "client_id": r.client_id, "handler": r.handler, "operation": r.operation,
         "priority": r.priority, "payload": r.payload, "metadata": r.metadata, "correlation": r.correlation,
         "expires_in": r.expires_in_seconds,
-    } for r in requests]),))
+    } for r in requests])
+    if len(document) > BATCH_DOCUMENT_MAX_CHARS and len(requests) > 1:
+        half = len(requests) // 2
+        return [*await insert_pending_many(conn, requests[:half]), *await insert_pending_many(conn, requests[half:])]
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(INSERT_PENDING_MANY, (document,))
     return await cur.fetchall()
 
 

@@ -97,6 +97,33 @@ def test_a_batch_stores_every_value_as_the_single_row_insert_does(pg, db):
     assert [a["payload"] for a in answers] == payloads
 
 
+def test_a_batch_document_over_its_size_budget_is_split_and_every_call_keeps_its_answer(pg, db, monkeypatch):
+    """jsonb stops at 256 MB: a batch whose document passes store.BATCH_DOCUMENT_MAX_CHARS goes in halves (here every
+    batch of more than two rows), still answering each call as one statement would, a request_id twice included."""
+    from app import store
+
+    statements: list[int] = []
+    real = store.insert_pending_many
+
+    async def counted(conn, requests):
+        statements.append(len(requests))
+        return await real(conn, requests)
+
+    monkeypatch.setattr(store, "BATCH_DOCUMENT_MAX_CHARS", 600)  # here three rows take more, two less
+    monkeypatch.setattr(store, "insert_pending_many", counted)
+    calls = [request() for _ in range(5)]
+    calls.insert(3, request(calls[0].request_id))
+
+    async def body(inserter, _task):
+        return await asyncio.gather(*(inserter.insert(c) for c in calls)), inserter.batches_total
+
+    answers, batches = asyncio.run(with_inserter(pg.url, body, window_seconds=0.05))
+    assert batches == 1 and statements == [6, 3, 1, 2, 3, 1, 2]  # 6 in halves; each 3 as 1 + 2
+    assert [a["request_id"] if a else None for a in answers] == [c.request_id for c in calls[:3]] + [None] + \
+        [c.request_id for c in calls[4:]]
+    assert stored(db, *(c.request_id for c in calls)) == {c.request_id for c in calls}
+
+
 def test_concurrent_calls_share_commits(pg, db):
     calls = [request() for _ in range(200)]
 

@@ -101,7 +101,7 @@ def test_marks_commit_lazily_on_their_own_session_and_the_inserts_stay_durable(d
         await publisher.mark_pool.open()
         await publisher.pool.open()
         try:
-            # the publisher's own marker: its 20 ms linger lets all 30 acks share one UPDATE
+            # the publisher's own marker: all 30 acks arrive before its first wake-up, so they share one UPDATE
             publisher.in_flight.update(ids)
             task = asyncio.create_task(publisher.marker.run_forever())
             for request_id in ids:
