@@ -1,8 +1,10 @@
 """Response writer: graphql.async.responses.v1 -> rows, idempotently by request_id; poison -> DLQ.
 
 Per batch: classify (pure, never raises) -> one database transaction (first terminal state wins) ->
-one Kafka transaction holding the DLQ messages and the consumer offsets. A crash before the Kafka
-commit re-delivers the batch: the database write is a no-op the second time and the aborted DLQ
+one Kafka transaction holding the DLQ messages and the consumer offsets. The Kafka transaction opens
+first and its offsets travel to the coordinator while the database writes (a round trip that used to
+follow the write), but they count only at its commit, which still comes after the database's. A crash
+before the Kafka commit re-delivers the batch: the database write is a no-op the second time and the aborted DLQ
 copies are invisible to read_committed readers, so nothing is duplicated and nothing is lost.
 Every consumed message ends in exactly one place: applied, a no-op (row already terminal) or the
 DLQ, whatever the batch size. Only a value the database refuses is dead-lettered; any other
@@ -18,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -260,6 +263,8 @@ class ResponseWriter:
         # the lag is read on its own handle and thread: a loop that is stuck (database down) still shows it grow
         self.lag_monitor = LagMonitor(client, settings.writer_group_id, settings.async_responses_topic,
                                       settings.writer_lag_interval_seconds, self.metrics)
+        # sends each batch's offsets to its transaction while this thread writes the batch to the database
+        self._offsets_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer-offsets")
         self._backoff = 0.0
         self._closed = False
 
@@ -332,16 +337,23 @@ class ResponseWriter:
         started = time.perf_counter()
         plan = plan_batch(messages, self.limits)
         try:
+            offsets_sent = self._begin(messages, plan.dead_letters)
+        except KafkaException as exc:
+            self.metrics.rewinds.labels("kafka_transaction").inc()
+            self._rewind(messages, "kafka transaction aborted", exc)
+            return False
+        try:
             with self.pool.connection() as conn:
                 result = write_outcomes(conn, plan.outcomes)
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
+            self._abandon(offsets_sent, exc)
             unavailable = is_database_unavailable(exc)
             self.metrics.rewinds.labels("database_unavailable" if unavailable else "database_error").inc()
             self._rewind(messages, "database unavailable" if unavailable else "database write failed", exc)
             return False
         dead_letters = plan.dead_letters + result.dead_letters
         try:
-            self._commit(messages, dead_letters)
+            self._commit(offsets_sent, result.dead_letters)
         except KafkaException as exc:
             self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
@@ -360,27 +372,56 @@ class ResponseWriter:
                 "request_id": reason.request_id, "source_partition": msg.partition(), "source_offset": msg.offset()})
         return True
 
-    def _commit(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
-        """One Kafka transaction: DLQ copies + offsets. Any failure aborts it (or exits) before re-raising."""
+    def _begin(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]]) -> Future:
+        """Open the batch's Kafka transaction with the DLQ copies known before the database write, and start
+        sending its offsets on the helper thread (the group metadata is read here, on the consuming thread: read
+        from another thread while this one polls, it stalled both). A failure aborts it before re-raising."""
         timeout = self.settings.writer_kafka_timeout_seconds
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:  # only possible if a previous transaction was left open: never go on
             raise FatalWriterError(f"begin_transaction: {exc}") from exc
         try:
-            for msg, reason in dead_letters:
-                key, value, headers = dlq_message(msg, reason, self.settings.dlq_max_message_bytes)
-                self._produce(key, value, headers)
+            self._produce_dead_letters(dead_letters)
+            group, offsets = self.consumer.consumer_group_metadata(), next_offsets(messages)
+        except KafkaException as exc:
+            self._fail_transaction(exc)
+            raise
+        return self._offsets_sender.submit(
+            self._retrying, lambda: self.producer.send_offsets_to_transaction(offsets, group, timeout))
+
+    def _commit(self, offsets_sent: Future, dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
+        """After the database commit: the offsets are in, the database's DLQ copies join, the transaction
+        commits. Any failure aborts it (or exits) before re-raising."""
+        try:
+            offsets_sent.result()
+            self._produce_dead_letters(dead_letters)
             self.before_commit()
-            group = self.consumer.consumer_group_metadata()
-            self._retrying(lambda: self.producer.send_offsets_to_transaction(next_offsets(messages), group, timeout))
-            self._retrying(lambda: self.producer.commit_transaction(timeout))
+            self._retrying(lambda: self.producer.commit_transaction(self.settings.writer_kafka_timeout_seconds))
+        except KafkaException as exc:
+            self._fail_transaction(exc)
+            raise
+
+    def _abandon(self, offsets_sent: Future, cause: BaseException) -> None:
+        """The database write failed: the transaction goes, once its offsets call has returned (two
+        transactional calls at once are refused), without counting as a Kafka failure."""
+        try:
+            offsets_sent.result()
         except KafkaException as exc:
             error = kafka_error(exc)
             if error is not None and error.fatal():
                 raise FatalWriterError(f"fatal producer error: {error}") from exc
-            self._abort(exc)
-            raise
+        self._abort(cause, count=False)
+
+    def _fail_transaction(self, exc: KafkaException) -> None:
+        error = kafka_error(exc)
+        if error is not None and error.fatal():
+            raise FatalWriterError(f"fatal producer error: {error}") from exc
+        self._abort(exc)
+
+    def _produce_dead_letters(self, dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
+        for msg, reason in dead_letters:
+            self._produce(*dlq_message(msg, reason, self.settings.dlq_max_message_bytes))
 
     def _produce(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         while True:
@@ -404,16 +445,18 @@ class ResponseWriter:
                 log.warning("kafka transactional call failed; retrying", extra={"error": str(exc), "attempt": attempt})
         raise AssertionError("unreachable")
 
-    def _abort(self, cause: KafkaException) -> None:
+    def _abort(self, cause: BaseException, *, count: bool = True) -> None:
         """Abort the open transaction so the next batch can begin one; exit if it cannot be aborted."""
-        self.metrics.aborts.inc()
+        if count:
+            self.metrics.aborts.inc()
         try:
             self._retrying(lambda: self.producer.abort_transaction(self.settings.writer_kafka_timeout_seconds))
         except KafkaException as exc:
             raise FatalWriterError(f"transaction could not be aborted after {cause}: {exc}") from exc
 
     def before_commit(self) -> None:
-        """Seam for crash tests: runs after the database and DLQ writes, before the offsets commit."""
+        """Seam for crash tests: runs after the database and DLQ writes, before the transaction (and with it the
+        offsets) commits."""
 
     def _rewind(self, messages: list[Message], why: str, exc: BaseException) -> None:
         self.stats.retries += 1
@@ -430,6 +473,7 @@ class ResponseWriter:
             return
         self._closed = True
         self.lag_monitor.stop()
+        self._offsets_sender.shutdown(wait=True)  # idle: every batch waits for its offsets call
         self.consumer.close()  # leaves the group at once; nothing uncommitted is committed (auto-commit is off)
         try:
             self.producer.flush(10)
@@ -448,7 +492,9 @@ class LagMonitor:
     the whole group, so a hung replica's partitions show their lag on the others (alerts take the max)."""
 
     def __init__(self, client: dict, group: str, topic: str, interval: float, writer_metrics: metrics.WriterMetrics):
-        self._config = client | {"group.id": group, "enable.auto.commit": False}
+        # read_uncommitted: the committed offsets as they are, without waiting out a writer's open transaction
+        # (librdkafka asks the broker for stable offsets under read_committed, which refuses while offsets are pending)
+        self._config = client | {"group.id": group, "enable.auto.commit": False, "isolation.level": "read_uncommitted"}
         self._topic, self._interval, self._metrics = topic, interval, writer_metrics
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lag-monitor")

@@ -51,7 +51,10 @@ def rows(db, request_ids: list[str]) -> dict[str, tuple]:
 def committed_offset_total(kafka, settings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer(kafka.client_config() | {"group.id": settings.writer_group_id})
+    # read_uncommitted: the committed offsets, even while a writer's transaction holds pending ones (a crashed
+    # writer's, until its successor fences it); under read_committed librdkafka waits for them to settle
+    consumer = Consumer(kafka.client_config() | {"group.id": settings.writer_group_id,
+                                                 "isolation.level": "read_uncommitted"})
     parts = consumer.list_topics(settings.async_responses_topic, timeout=10).topics[
         settings.async_responses_topic].partitions
     committed = consumer.committed([TopicPartition(settings.async_responses_topic, p) for p in parts], timeout=10)
@@ -199,6 +202,43 @@ def test_crash_between_write_and_commit_duplicates_and_loses_nothing(kafka, db, 
     assert restarted.stats.written == 0
     dead = read_all(kafka.client_config(), topics.dlq, expect=2)
     assert sorted(m.key().decode() for m in dead) == sorted([unknown, "poison"])  # once each, not twice
+
+
+def test_offsets_travel_during_the_database_write_and_count_only_after_it(kafka, pg, db, writer_settings, topics):
+    """The batch's offsets reach the group coordinator while its database write waits (here on a row lock a test
+    session holds): pending in the open Kafka transaction, not committed. Only after the write commits does the
+    transaction commit, and with it the offsets; a read_committed offset fetch cannot settle before that."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    request_ids = ids(8)
+    insert_rows(db, request_ids)
+
+    def offsets_pending() -> bool:
+        consumer = Consumer(kafka.client_config() | {"group.id": writer_settings.writer_group_id})
+        try:
+            consumer.committed([TopicPartition(topics.responses, p) for p in range(3)], timeout=1)
+            return False
+        except KafkaException:  # librdkafka retries UNSTABLE_OFFSET_COMMIT until its timeout
+            return True
+        finally:
+            consumer.close()
+
+    with psycopg.connect(pg.url) as holder:
+        holder.execute("SELECT 1 FROM graphql.client_async_messages WHERE request_id = %s FOR UPDATE",
+                       (min(request_ids),))
+        produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
+        with running_writer(writer_settings) as (_writer, failure):
+            wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                          "AND query LIKE '%%UPDATE graphql.client_async_messages%%'").fetchone()[0],
+                       what="the writer's batch waiting on the row lock")
+            wait_until(offsets_pending, what="the offsets pending in the open transaction")
+            assert committed_offset_total(kafka, writer_settings) == 0
+            assert all(s[0] == "published" for s in rows(db, request_ids).values())
+            holder.rollback()
+            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 8, what="the commit after the write")
+            assert not offsets_pending()
+            assert not failure
+    assert all(s[0] == "completed" for s in rows(db, request_ids).values())
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])
