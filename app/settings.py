@@ -191,7 +191,8 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     # after a batch's first message, how long to gather more (latency at low rates vs. batch size)
     writer_batch_linger_ms: float = Field(5.0, ge=0, le=1000)
     writer_retry_max_seconds: float = Field(30.0, gt=0)
-    # each transactional call (send offsets, commit, abort) waits this long, retried writer_kafka_retries times
+    # each transactional call (send offsets, commit, abort) waits this long, retried writer_kafka_retries times;
+    # the transaction times out after 4x it, and a batch's database write is cancelled after 2x it
     writer_kafka_timeout_seconds: float = Field(30.0, gt=0)
     writer_kafka_retries: int = Field(3, ge=1, le=20)
     # /healthz turns 503 when no batch committed for this long while messages wait

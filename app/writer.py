@@ -59,6 +59,13 @@ UPDATE graphql.client_async_messages AS m
 RETURNING m.request_id
 """
 EXISTING = "SELECT request_id FROM graphql.client_async_messages WHERE request_id = ANY(%s)"
+# the rest of the batch's write budget as this transaction's statement_timeout (in ms): a row lock or a slow
+# database cancels the statement (QueryCanceled, transient) before the open Kafka transaction times out
+STATEMENT_BUDGET = "SELECT set_config('statement_timeout', %s, true)"
+
+
+class WriteBudgetSpent(psycopg.OperationalError):
+    """The batch's database write ran past its share of the Kafka transaction's timeout: rewind and retry."""
 
 DLQ_DETAIL_BYTES = 512  # dlq.detail never grows with the message
 DLQ_OWN_HEADERS_BYTES = 16 * 1024  # the message's own headers travel along only up to this size
@@ -100,9 +107,11 @@ class WriteResult:
     dead_letters: list[tuple[Message, InvalidResponse]] = field(default_factory=list)  # unknown / db_rejected
 
 
-def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, ResponseOutcome]]) -> WriteResult:
+def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, ResponseOutcome]],
+                   deadline: float | None = None) -> WriteResult:
     """One transaction. Answers for one request_id are tried in consumption order until one is applied or
-    finds the row terminal; the rest are no-ops. Raises for any failure that is not about a value."""
+    finds the row terminal; the rest are no-ops. Raises for any failure that is not about a value, and
+    (WriteBudgetSpent, QueryCanceled) when a statement would run past `deadline` (time.monotonic())."""
     result = WriteResult()
     queues: dict[str, deque[int]] = {}
     for index, (_, outcome) in enumerate(outcomes):
@@ -110,7 +119,7 @@ def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, Respo
     with conn.transaction():
         while queues:
             candidates = [outcomes[queue[0]][1] for queue in queues.values()]
-            applied, unknown, rejected = _write_round(conn, candidates)
+            applied, unknown, rejected = _write_round(conn, candidates, deadline)
             for outcome in candidates:
                 request_id = outcome.request_id
                 queue = queues[request_id]
@@ -131,12 +140,12 @@ def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, Respo
     return result
 
 
-def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
+def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome], deadline: float | None
                  ) -> tuple[set[str], set[str], dict[str, str]]:
     """One answer per request_id: (applied ids, ids without a row, id -> SQLSTATE the database refused)."""
     try:
         with conn.transaction():
-            applied, unknown = _write(conn, outcomes)
+            applied, unknown = _write(conn, outcomes, deadline)
         return applied, unknown, {}
     except psycopg.Error as exc:
         if not is_value_error(exc):
@@ -146,7 +155,7 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
     for outcome in sorted(outcomes, key=lambda o: o.request_id):
         try:
             with conn.transaction():
-                one_applied, one_unknown = _write(conn, [outcome])
+                one_applied, one_unknown = _write(conn, [outcome], deadline)
             applied |= one_applied
             unknown |= one_unknown
         except psycopg.Error as exc:
@@ -156,8 +165,10 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome]
     return applied, unknown, rejected
 
 
-def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[set[str], set[str]]:
+def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome], deadline: float | None
+           ) -> tuple[set[str], set[str]]:
     ids = [o.request_id for o in outcomes]
+    _limit_statement(conn, deadline)
     # never prepared: a prepared statement switches to a generic plan after a few batches, and that plan (the batch's
     # size unknown) joins the batch by a nested loop over unnest: 900 instead of 65 ms a batch of 1,000 at 1M rows
     cur = conn.execute(WRITE_OUTCOMES, (
@@ -168,8 +179,28 @@ def _write(conn: psycopg.Connection, outcomes: list[ResponseOutcome]) -> tuple[s
     remaining = [i for i in ids if i not in applied]
     if not remaining:
         return applied, set()
+    _limit_statement(conn, deadline)
     existing = {row[0] for row in conn.execute(EXISTING, (remaining,)).fetchall()}
     return applied, {i for i in remaining if i not in existing}
+
+
+def _limit_statement(conn: psycopg.Connection, deadline: float | None) -> None:
+    """The next statement may run until `deadline` and no longer (the server cancels it)."""
+    if deadline is None:
+        return
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0:
+        raise WriteBudgetSpent("the batch's database write ran past its budget")
+    conn.execute(STATEMENT_BUDGET, (str(remaining_ms),))
+
+
+def _database_rewind(exc: BaseException) -> tuple[str, str]:
+    """(metrics cause, log message) for a batch whose database write failed."""
+    if isinstance(exc, (WriteBudgetSpent, psycopg.errors.QueryCanceled)):
+        return "database_too_slow", "database write ran past its budget"
+    if is_database_unavailable(exc):
+        return "database_unavailable", "database unavailable"
+    return "database_error", "database write failed"
 
 
 def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
@@ -253,12 +284,15 @@ class ResponseWriter:
             "isolation.level": "read_committed",
             "max.poll.interval.ms": 300_000,
         })
+        transaction_timeout = settings.writer_kafka_timeout_seconds * 4
+        # half of it for the database write, the other half for the offsets call and the commit that follow
+        self.write_budget_seconds = transaction_timeout / 2
         self.producer = Producer(client | {
             "transactional.id": settings.transactional_id,
             "enable.idempotence": True,
             "linger.ms": 5,
             "message.max.bytes": settings.dlq_max_message_bytes + DLQ_RECORD_OVERHEAD,
-            "transaction.timeout.ms": int(settings.writer_kafka_timeout_seconds * 4 * 1000),
+            "transaction.timeout.ms": int(transaction_timeout * 1000),
         })
         # the lag is read on its own handle and thread: a loop that is stuck (database down) still shows it grow
         self.lag_monitor = LagMonitor(client, settings.writer_group_id, settings.async_responses_topic,
@@ -336,6 +370,9 @@ class ResponseWriter:
         """Write one batch and commit it; False when it was rewound to be tried again."""
         started = time.perf_counter()
         plan = plan_batch(messages, self.limits)
+        # the database's share of the Kafka transaction's timeout, counted from before it opens; past it the
+        # coordinator would abort the transaction and fence this producer (the writer would have to exit)
+        deadline = time.monotonic() + self.write_budget_seconds
         try:
             offsets_sent = self._begin(messages, plan.dead_letters)
         except KafkaException as exc:
@@ -343,13 +380,13 @@ class ResponseWriter:
             self._rewind(messages, "kafka transaction aborted", exc)
             return False
         try:
-            with self.pool.connection() as conn:
-                result = write_outcomes(conn, plan.outcomes)
+            with self.pool.connection(timeout=min(self.pool.timeout, max(0.001, deadline - time.monotonic()))) as conn:
+                result = write_outcomes(conn, plan.outcomes, deadline)
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
             self._abandon(offsets_sent, exc)
-            unavailable = is_database_unavailable(exc)
-            self.metrics.rewinds.labels("database_unavailable" if unavailable else "database_error").inc()
-            self._rewind(messages, "database unavailable" if unavailable else "database write failed", exc)
+            cause, why = _database_rewind(exc)
+            self.metrics.rewinds.labels(cause).inc()
+            self._rewind(messages, why, exc)
             return False
         dead_letters = plan.dead_letters + result.dead_letters
         try:

@@ -395,6 +395,8 @@ class KafkaBroker:
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
             "group.initial.rebalance.delay.ms": "0",
+            # a transaction past its timeout is aborted within 1 s instead of 10: the writer's budget tests wait less
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
             "auto.create.topics.enable": "false",
             "log.cleaner.dedupe.buffer.size": "8388608",
             "num.partitions": "1",

@@ -204,41 +204,83 @@ def test_crash_between_write_and_commit_duplicates_and_loses_nothing(kafka, db, 
     assert sorted(m.key().decode() for m in dead) == sorted([unknown, "poison"])  # once each, not twice
 
 
+def offsets_pending(kafka, settings, topic: str) -> bool:
+    """The group's offsets are held by an open transaction: a stable-offsets fetch (KIP-447's require_stable)
+    answers UNSTABLE_OFFSET_COMMIT instead of the committed offsets."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(kafka.client_config())
+    request = [ConsumerGroupTopicPartitions(settings.writer_group_id, [TopicPartition(topic, p) for p in range(3)])]
+    future = admin.list_consumer_group_offsets(request, require_stable=True, request_timeout=10)[
+        settings.writer_group_id]
+    try:
+        answer = future.result()
+    except KafkaException as exc:
+        if exc.args[0].code() == KafkaError.UNSTABLE_OFFSET_COMMIT:
+            return True
+        raise
+    errors = {tp.error.code() for tp in answer.topic_partitions if tp.error is not None}
+    assert errors <= {KafkaError.UNSTABLE_OFFSET_COMMIT}, errors
+    return bool(errors)
+
+
 def test_offsets_travel_during_the_database_write_and_count_only_after_it(kafka, pg, db, writer_settings, topics):
     """The batch's offsets reach the group coordinator while its database write waits (here on a row lock a test
     session holds): pending in the open Kafka transaction, not committed. Only after the write commits does the
-    transaction commit, and with it the offsets; a read_committed offset fetch cannot settle before that."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
+    transaction commit, and with it the offsets."""
     request_ids = ids(8)
     insert_rows(db, request_ids)
-
-    def offsets_pending() -> bool:
-        consumer = Consumer(kafka.client_config() | {"group.id": writer_settings.writer_group_id})
-        try:
-            consumer.committed([TopicPartition(topics.responses, p) for p in range(3)], timeout=1)
-            return False
-        except KafkaException:  # librdkafka retries UNSTABLE_OFFSET_COMMIT until its timeout
-            return True
-        finally:
-            consumer.close()
-
+    # one batch of all eight, as the crash tests pin it
+    settings = writer_settings.model_copy(update={"writer_batch_size": 8, "writer_batch_wait_seconds": 5,
+                                                  "writer_batch_linger_ms": 2000})
+    assert not offsets_pending(kafka, settings, topics.responses)
     with psycopg.connect(pg.url) as holder:
         holder.execute("SELECT 1 FROM graphql.client_async_messages WHERE request_id = %s FOR UPDATE",
                        (min(request_ids),))
         produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
-        with running_writer(writer_settings) as (_writer, failure):
+        with running_writer(settings) as (_writer, failure):
             wait_until(lambda: db.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                                           "AND query LIKE '%%UPDATE graphql.client_async_messages%%'").fetchone()[0],
                        what="the writer's batch waiting on the row lock")
-            wait_until(offsets_pending, what="the offsets pending in the open transaction")
-            assert committed_offset_total(kafka, writer_settings) == 0
+            wait_until(lambda: offsets_pending(kafka, settings, topics.responses),
+                       what="the offsets pending in the open transaction")
+            assert committed_offset_total(kafka, settings) == 0
             assert all(s[0] == "published" for s in rows(db, request_ids).values())
             holder.rollback()
-            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 8, what="the commit after the write")
-            assert not offsets_pending()
+            wait_until(lambda: committed_offset_total(kafka, settings) == 8, what="the commit after the write")
+            assert not offsets_pending(kafka, settings, topics.responses)
             assert not failure
     assert all(s[0] == "completed" for s in rows(db, request_ids).values())
+
+
+def test_a_database_write_longer_than_the_kafka_transaction_allows_is_rewound_not_fatal(
+        kafka, pg, db, writer_settings, topics):
+    """The Kafka transaction opens before the database write; a write that outlives its timeout would have the
+    coordinator abort it and fence the producer (the writer could only exit). A row lock held past that timeout
+    instead cancels the write at its budget (half the transaction timeout): the batch is rewound and retried,
+    the writer lives on and lands it once the lock goes."""
+    request_ids = ids(4)
+    insert_rows(db, request_ids)
+    # transaction timeout 4 s, write budget 2 s; the test broker aborts timed-out transactions within 1 s
+    settings = writer_settings.model_copy(update={"writer_kafka_timeout_seconds": 1.0, "writer_retry_max_seconds": 0.5})
+    with psycopg.connect(pg.url) as holder:
+        holder.execute("SELECT 1 FROM graphql.client_async_messages WHERE request_id = %s FOR UPDATE",
+                       (min(request_ids),))
+        produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
+        with running_writer(settings) as (writer, failure):
+            assert writer.write_budget_seconds == 2.0
+            # three budgets spent (>= 6 s, past the 4 s transaction timeout and the broker's 1 s abort sweep)
+            wait_until(lambda: failure or writer.stats.retries >= 3, timeout=60, what="the write cancelled thrice")
+            assert not failure, failure
+            assert writer.metrics.rewinds.labels("database_too_slow")._value.get() >= 3
+            assert all(s[0] == "published" for s in rows(db, request_ids).values())
+            holder.rollback()
+            wait_until(lambda: failure or committed_offset_total(kafka, settings) == 4, timeout=60,
+                       what="the batch landed after the lock went")
+            assert not failure, failure
+    assert all(s[0] == "completed" for s in rows(db, request_ids).values())
+    assert writer.stats.written == 4
 
 
 @pytest.mark.parametrize("batch_size", [1, 7])
