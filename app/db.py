@@ -64,8 +64,9 @@ DEAD_PEER_DETECTION = {"keepalives": 1, "keepalives_idle": 10, "keepalives_inter
 def _kwargs(settings: DatabaseSettings) -> dict:
     from psycopg.conninfo import conninfo_to_dict
 
-    own = conninfo_to_dict(_conninfo(settings))  # the URL's own keepalive settings win
-    return {key: value for key, value in DEAD_PEER_DETECTION.items() if key not in own} | {
+    # a URL that sets any of these owns dead-peer detection (keepalives=0 included)
+    url_owns_it = not DEAD_PEER_DETECTION.keys().isdisjoint(conninfo_to_dict(_conninfo(settings)))
+    return ({} if url_owns_it else DEAD_PEER_DETECTION) | {
         "connect_timeout": max(1, int(settings.db_connect_timeout_seconds)), "application_name": "graphql-async"}
 
 

@@ -14,6 +14,7 @@ in abort-and-rewind, or in a clean exit (FatalWriterError) so Kubernetes restart
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
@@ -27,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -137,6 +138,7 @@ def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, Respo
                     result.applied += request_id in applied
                     result.duplicates += len(queue) - (request_id in applied)
                 del queues[request_id]
+        _limit_statement(conn, deadline)  # COMMIT runs under the last value set: the rest of the budget
     return result
 
 
@@ -150,18 +152,30 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome], dead
     except psycopg.Error as exc:
         if not is_value_error(exc):
             raise
-    # a value the database refuses: find it one by one so the rest still lands (in key order, as the locks go)
+        refusal = exc
+    # a value the database refuses: find it by halving, so the rest still lands in a few statements rather
+    # than one per answer (in key order, as the locks go: a half rolled back releases its row locks)
+    return _bisect(conn, sorted(outcomes, key=lambda o: o.request_id), deadline, refusal)
+
+
+def _bisect(conn: psycopg.Connection, outcomes: list[ResponseOutcome], deadline: float | None,
+            refusal: psycopg.Error) -> tuple[set[str], set[str], dict[str, str]]:
+    """_write_round for answers the database refused together (`refusal`): at least one of them is refused."""
+    if len(outcomes) == 1:
+        return set(), set(), {outcomes[0].request_id: refusal.sqlstate or "?"}
+    middle = len(outcomes) // 2
     applied, unknown, rejected = set(), set(), {}
-    for outcome in sorted(outcomes, key=lambda o: o.request_id):
+    for half in (outcomes[:middle], outcomes[middle:]):
         try:
             with conn.transaction():
-                one_applied, one_unknown = _write(conn, [outcome], deadline)
-            applied |= one_applied
-            unknown |= one_unknown
+                half_applied, half_unknown = _write(conn, half, deadline)
         except psycopg.Error as exc:
             if not is_value_error(exc):
                 raise
-            rejected[outcome.request_id] = exc.sqlstate or "?"
+            half_applied, half_unknown, half_rejected = _bisect(conn, half, deadline, exc)
+            rejected |= half_rejected
+        applied |= half_applied
+        unknown |= half_unknown
     return applied, unknown, rejected
 
 
@@ -285,8 +299,10 @@ class ResponseWriter:
             "max.poll.interval.ms": 300_000,
         })
         transaction_timeout = settings.writer_kafka_timeout_seconds * 4
-        # half of it for the database write, the other half for the offsets call and the commit that follow
+        # half of it for the database write; the transactional calls stop retrying at nine tenths of it (the
+        # rest is margin for their round trips): past it the coordinator aborts the transaction and fences us
         self.write_budget_seconds = transaction_timeout / 2
+        self.transaction_budget_seconds = transaction_timeout * 0.9
         self.producer = Producer(client | {
             "transactional.id": settings.transactional_id,
             "enable.idempotence": True,
@@ -372,9 +388,10 @@ class ResponseWriter:
         plan = plan_batch(messages, self.limits)
         # the database's share of the Kafka transaction's timeout, counted from before it opens; past it the
         # coordinator would abort the transaction and fence this producer (the writer would have to exit)
-        deadline = time.monotonic() + self.write_budget_seconds
+        opened = time.monotonic()
+        deadline, transaction_deadline = opened + self.write_budget_seconds, opened + self.transaction_budget_seconds
         try:
-            offsets_sent = self._begin(messages, plan.dead_letters)
+            offsets_sent = self._begin(messages, plan.dead_letters, transaction_deadline)
         except KafkaException as exc:
             self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
@@ -390,7 +407,7 @@ class ResponseWriter:
             return False
         dead_letters = plan.dead_letters + result.dead_letters
         try:
-            self._commit(offsets_sent, result.dead_letters)
+            self._commit(offsets_sent, result.dead_letters, transaction_deadline)
         except KafkaException as exc:
             self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
@@ -409,11 +426,11 @@ class ResponseWriter:
                 "request_id": reason.request_id, "source_partition": msg.partition(), "source_offset": msg.offset()})
         return True
 
-    def _begin(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]]) -> Future:
+    def _begin(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]],
+               deadline: float) -> Future:
         """Open the batch's Kafka transaction with the DLQ copies known before the database write, and start
         sending its offsets on the helper thread (the group metadata is read here, on the consuming thread: read
         from another thread while this one polls, it stalled both). A failure aborts it before re-raising."""
-        timeout = self.settings.writer_kafka_timeout_seconds
         try:
             self.producer.begin_transaction()
         except KafkaException as exc:  # only possible if a previous transaction was left open: never go on
@@ -424,17 +441,18 @@ class ResponseWriter:
         except KafkaException as exc:
             self._fail_transaction(exc)
             raise
-        return self._offsets_sender.submit(
-            self._retrying, lambda: self.producer.send_offsets_to_transaction(offsets, group, timeout))
+        send = functools.partial(self.producer.send_offsets_to_transaction, offsets, group)
+        return self._offsets_sender.submit(self._retrying, send, deadline)
 
-    def _commit(self, offsets_sent: Future, dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
+    def _commit(self, offsets_sent: Future, dead_letters: list[tuple[Message, InvalidResponse]],
+                deadline: float) -> None:
         """After the database commit: the offsets are in, the database's DLQ copies join, the transaction
         commits. Any failure aborts it (or exits) before re-raising."""
         try:
             offsets_sent.result()
             self._produce_dead_letters(dead_letters)
             self.before_commit()
-            self._retrying(lambda: self.producer.commit_transaction(self.settings.writer_kafka_timeout_seconds))
+            self._retrying(self.producer.commit_transaction, deadline)
         except KafkaException as exc:
             self._fail_transaction(exc)
             raise
@@ -468,12 +486,18 @@ class ResponseWriter:
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.5)
 
-    def _retrying(self, call: Callable[[], T]) -> T:
-        """A transactional call again after a retriable error (a timeout, a coordinator move), as librdkafka asks."""
+    def _retrying(self, call: Callable[[float], T], deadline: float | None = None) -> T:
+        """A transactional call (given its timeout) again after a retriable error (a timeout, a coordinator move),
+        as librdkafka asks; never past `deadline`, where the transaction itself would time out."""
         attempts = self.settings.writer_kafka_retries
         for attempt in range(1, attempts + 1):
+            timeout = self.settings.writer_kafka_timeout_seconds
+            if deadline is not None:
+                timeout = min(timeout, deadline - time.monotonic())
+                if timeout <= 0:
+                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "the transaction's budget is spent"))
             try:
-                return call()
+                return call(timeout)
             except KafkaException as exc:
                 error = kafka_error(exc)
                 if (error is None or not error.retriable() or error.txn_requires_abort() or error.fatal()
@@ -487,7 +511,7 @@ class ResponseWriter:
         if count:
             self.metrics.aborts.inc()
         try:
-            self._retrying(lambda: self.producer.abort_transaction(self.settings.writer_kafka_timeout_seconds))
+            self._retrying(self.producer.abort_transaction)
         except KafkaException as exc:
             raise FatalWriterError(f"transaction could not be aborted after {cause}: {exc}") from exc
 
