@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import types
 import uuid
 from datetime import UTC, datetime
 
@@ -351,10 +352,11 @@ def test_transactional_calls_stop_retrying_where_the_transaction_would_time_out(
 
     import app.writer as writer_module
 
-    clock = [1000.0]
-    monkeypatch.setattr(writer_module.time, "monotonic", lambda: clock[0])
     settings = writer_settings.model_copy(update={"writer_kafka_timeout_seconds": 30.0, "writer_kafka_retries": 20})
     writer = ResponseWriter(settings)
+    clock = [1000.0]
+    # the writer module's own `time` only: the pool's and the lag monitor's threads keep the real clock
+    monkeypatch.setattr(writer_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
     timeouts: list[float] = []
 
     def times_out(timeout: float) -> None:
