@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -138,7 +138,6 @@ def write_outcomes(conn: psycopg.Connection, outcomes: list[tuple[Message, Respo
                     result.applied += request_id in applied
                     result.duplicates += len(queue) - (request_id in applied)
                 del queues[request_id]
-        _limit_statement(conn, deadline)  # COMMIT runs under the last value set: the rest of the budget
     return result
 
 
@@ -299,10 +298,10 @@ class ResponseWriter:
             "max.poll.interval.ms": 300_000,
         })
         transaction_timeout = settings.writer_kafka_timeout_seconds * 4
-        # half of it for the database write; the transactional calls stop retrying at nine tenths of it (the
-        # rest is margin for their round trips): past it the coordinator aborts the transaction and fences us
+        # half of it for the database write, the other half for the offsets call and the commit that follow
         self.write_budget_seconds = transaction_timeout / 2
-        self.transaction_budget_seconds = transaction_timeout * 0.9
+        # halved after a write that ran past its budget, doubled back after each committed batch
+        self.batch_limit = settings.writer_batch_size
         self.producer = Producer(client | {
             "transactional.id": settings.transactional_id,
             "enable.idempotence": True,
@@ -356,15 +355,16 @@ class ResponseWriter:
             self.close()
 
     def _next_batch(self) -> list:
-        """Up to writer_batch_size messages: wait (up to writer_batch_wait_seconds) for the first one only, then
+        """Up to batch_limit messages (writer_batch_size, less after a write past its budget): wait (up to
+        writer_batch_wait_seconds) for the first one only, then
         linger a few milliseconds for company. A backlog fills the batch at once; at low rates an answer no longer
         waits for a batch that never fills."""
         first = self.consumer.poll(self.settings.writer_batch_wait_seconds)
         if first is None:
             return []
-        if self.settings.writer_batch_size == 1:
+        if self.batch_limit == 1:
             return [first]
-        return [first, *self.consumer.consume(self.settings.writer_batch_size - 1,
+        return [first, *self.consumer.consume(self.batch_limit - 1,
                                               self.settings.writer_batch_linger_ms / 1000)]
 
     def stalled(self) -> bool:
@@ -388,10 +388,9 @@ class ResponseWriter:
         plan = plan_batch(messages, self.limits)
         # the database's share of the Kafka transaction's timeout, counted from before it opens; past it the
         # coordinator would abort the transaction and fence this producer (the writer would have to exit)
-        opened = time.monotonic()
-        deadline, transaction_deadline = opened + self.write_budget_seconds, opened + self.transaction_budget_seconds
+        deadline = time.monotonic() + self.write_budget_seconds
         try:
-            offsets_sent = self._begin(messages, plan.dead_letters, transaction_deadline)
+            offsets_sent = self._begin(messages, plan.dead_letters)
         except KafkaException as exc:
             self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
@@ -402,12 +401,14 @@ class ResponseWriter:
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
             self._abandon(offsets_sent, exc)
             cause, why = _database_rewind(exc)
+            if cause == "database_too_slow":  # a smaller batch fits the budget (a slow database, many refusals)
+                self.batch_limit = max(1, self.batch_limit // 2)
             self.metrics.rewinds.labels(cause).inc()
             self._rewind(messages, why, exc)
             return False
         dead_letters = plan.dead_letters + result.dead_letters
         try:
-            self._commit(offsets_sent, result.dead_letters, transaction_deadline)
+            self._commit(offsets_sent, result.dead_letters)
         except KafkaException as exc:
             self.metrics.rewinds.labels("kafka_transaction").inc()
             self._rewind(messages, "kafka transaction aborted", exc)
@@ -415,6 +416,7 @@ class ResponseWriter:
         self.metrics.committed(result.applied, result.duplicates, [r.dlq_reason for _, r in dead_letters],
                                len(messages), time.perf_counter() - started)
         self._backoff = 0.0
+        self.batch_limit = min(self.settings.writer_batch_size, self.batch_limit * 2)
         self.stats.batches += 1
         self.stats.last_progress = time.monotonic()
         self.stats.written += result.applied
@@ -426,8 +428,7 @@ class ResponseWriter:
                 "request_id": reason.request_id, "source_partition": msg.partition(), "source_offset": msg.offset()})
         return True
 
-    def _begin(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]],
-               deadline: float) -> Future:
+    def _begin(self, messages: list[Message], dead_letters: list[tuple[Message, InvalidResponse]]) -> Future:
         """Open the batch's Kafka transaction with the DLQ copies known before the database write, and start
         sending its offsets on the helper thread (the group metadata is read here, on the consuming thread: read
         from another thread while this one polls, it stalled both). A failure aborts it before re-raising."""
@@ -442,17 +443,16 @@ class ResponseWriter:
             self._fail_transaction(exc)
             raise
         send = functools.partial(self.producer.send_offsets_to_transaction, offsets, group)
-        return self._offsets_sender.submit(self._retrying, send, deadline)
+        return self._offsets_sender.submit(self._retrying, send)
 
-    def _commit(self, offsets_sent: Future, dead_letters: list[tuple[Message, InvalidResponse]],
-                deadline: float) -> None:
+    def _commit(self, offsets_sent: Future, dead_letters: list[tuple[Message, InvalidResponse]]) -> None:
         """After the database commit: the offsets are in, the database's DLQ copies join, the transaction
         commits. Any failure aborts it (or exits) before re-raising."""
         try:
             offsets_sent.result()
             self._produce_dead_letters(dead_letters)
             self.before_commit()
-            self._retrying(self.producer.commit_transaction, deadline)
+            self._retrying(self.producer.commit_transaction)
         except KafkaException as exc:
             self._fail_transaction(exc)
             raise
@@ -486,18 +486,13 @@ class ResponseWriter:
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.5)
 
-    def _retrying(self, call: Callable[[float], T], deadline: float | None = None) -> T:
+    def _retrying(self, call: Callable[[float], T]) -> T:
         """A transactional call (given its timeout) again after a retriable error (a timeout, a coordinator move),
-        as librdkafka asks; never past `deadline`, where the transaction itself would time out."""
+        as librdkafka asks: it resumes the call, so no other transactional call may come in between."""
         attempts = self.settings.writer_kafka_retries
         for attempt in range(1, attempts + 1):
-            timeout = self.settings.writer_kafka_timeout_seconds
-            if deadline is not None:
-                timeout = min(timeout, deadline - time.monotonic())
-                if timeout <= 0:
-                    raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "the transaction's budget is spent"))
             try:
-                return call(timeout)
+                return call(self.settings.writer_kafka_timeout_seconds)
             except KafkaException as exc:
                 error = kafka_error(exc)
                 if (error is None or not error.retriable() or error.txn_requires_abort() or error.fatal()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import types
 import uuid
 from datetime import UTC, datetime
 
@@ -254,29 +253,35 @@ def test_a_database_write_longer_than_the_kafka_transaction_allows_is_rewound_no
         kafka, pg, db, writer_settings, topics):
     """The Kafka transaction opens before the database write; a write that outlives its timeout would have the
     coordinator abort it and fence the producer (the writer could only exit). A row lock held past that timeout
-    instead cancels the write at its budget (half the transaction timeout): the batch is rewound and retried,
-    the writer lives on and lands it once the lock goes."""
-    request_ids = ids(4)
+    instead cancels the write at its budget (half the transaction timeout): the batch is rewound, retried
+    smaller, and the writer lives on and lands it once the lock goes."""
+    request_ids = sorted(ids(4))
     insert_rows(db, request_ids)
-    # transaction timeout 4 s, write budget 2 s; the test broker aborts timed-out transactions within 1 s
+    # transaction timeout 4 s, write budget 2 s; the test broker aborts timed-out transactions within 1 s;
     # retries: an abort that times out on a busy machine is retried instead of ending the writer
-    settings = writer_settings.model_copy(update={"writer_kafka_timeout_seconds": 1.0, "writer_kafka_retries": 10,
-                                                  "writer_retry_max_seconds": 0.5})
+    settings = writer_settings.model_copy(update={
+        "writer_kafka_timeout_seconds": 1.0, "writer_kafka_retries": 10, "writer_retry_max_seconds": 0.5,
+        "writer_batch_size": 4})
     with psycopg.connect(pg.url) as holder:
         holder.execute("SELECT 1 FROM graphql.client_async_messages WHERE request_id = %s FOR UPDATE",
-                       (min(request_ids),))
-        produce(kafka, topics.responses, [(r, response(r)) for r in request_ids])
+                       (request_ids[0],))
+        producer = Producer(kafka.client_config())
+        for request_id in request_ids:  # one partition, the locked row first: every retry starts with it
+            producer.produce(topics.responses, key=request_id, value=response(request_id), partition=0)
+        assert producer.flush(10) == 0
         with running_writer(settings) as (writer, failure):
             assert writer.write_budget_seconds == 2.0
             # three budgets spent (>= 6 s, past the 4 s transaction timeout and the broker's 1 s abort sweep)
-            wait_until(lambda: failure or writer.stats.retries >= 3, timeout=60, what="the write cancelled thrice")
+            too_slow = writer.metrics.rewinds.labels("database_too_slow")
+            wait_until(lambda: failure or too_slow._value.get() >= 3, timeout=60, what="the write cancelled thrice")
             assert not failure, failure
-            assert writer.metrics.rewinds.labels("database_too_slow")._value.get() >= 1
+            assert writer.batch_limit == 1  # 4 -> 2 -> 1: a smaller batch fits a slow database's budget
             assert all(s[0] == "published" for s in rows(db, request_ids).values())
             holder.rollback()
             wait_until(lambda: failure or committed_offset_total(kafka, settings) == 4, timeout=60,
                        what="the batch landed after the lock went")
             assert not failure, failure
+            assert writer.batch_limit == 4  # doubled back after each committed batch
     assert all(s[0] == "completed" for s in rows(db, request_ids).values())
     assert writer.stats.written == 4
 
@@ -314,18 +319,20 @@ def test_a_value_the_database_refuses_is_dead_lettered_and_the_rest_lands(kafka,
 
 
 def test_refused_values_are_found_by_halving_not_one_statement_per_answer(db):
-    """Three refused answers among 64: every other answer lands and each refused one is named, in a number of
-    UPDATEs that grows with log2(batch) per refusal, not with the batch (a sequence counts the statements, even
-    those rolled back to their savepoint)."""
+    """Three refused answers among 64 (one of them followed by a storable answer for the same row), and an answer
+    whose row does not exist inside a refused half: every answer ends in exactly one place, in a number of UPDATEs
+    that grows with log2(batch) per refusal, not with the batch (a sequence counts the statements, even those
+    rolled back to their savepoint)."""
     prefix = f"req-{uuid.uuid4().hex[:8]}-"
     request_ids = [f"{prefix}{n:03d}" for n in range(64)]
-    refused = {request_ids[5], request_ids[6], request_ids[40]}
-    insert_rows(db, request_ids)
+    refused, missing, retried = {request_ids[5], request_ids[6], request_ids[40]}, request_ids[7], request_ids[40]
+    insert_rows(db, [r for r in request_ids if r != missing])
     now = datetime.now(UTC)
     outcomes = [(None, ResponseOutcome(r, "completed", {"refuse": True} if r in refused else {"n": 1}, None, now))
                 for r in request_ids]
-    db.execute("CREATE SEQUENCE IF NOT EXISTS graphql.test_updates")
-    db.execute("CREATE OR REPLACE FUNCTION graphql.test_count_update() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    outcomes.append((None, ResponseOutcome(retried, "completed", {"n": 2}, None, now)))  # the next answer lands
+    db.execute("CREATE SEQUENCE graphql.test_updates")
+    db.execute("CREATE FUNCTION graphql.test_count_update() RETURNS trigger LANGUAGE plpgsql AS $$ "
                "BEGIN PERFORM nextval('graphql.test_updates'); RETURN NULL; END $$")
     db.execute("CREATE TRIGGER test_count_update BEFORE UPDATE ON graphql.client_async_messages "
                "FOR EACH STATEMENT EXECUTE FUNCTION graphql.test_count_update()")
@@ -337,42 +344,17 @@ def test_refused_values_are_found_by_halving_not_one_statement_per_answer(db):
             updates = db.execute("SELECT nextval('graphql.test_updates')").fetchone()[0] - before - 1
     finally:
         db.execute("DROP TRIGGER test_count_update ON graphql.client_async_messages")
-    assert result.applied == 61
-    assert {r.request_id for _, r in result.dead_letters} == refused
-    assert {r.dlq_reason for _, r in result.dead_letters} == {"db_rejected"}
-    assert {r: s[0] for r, s in rows(db, request_ids).items() if s[0] != "completed"} == dict.fromkeys(
-        refused, "published")
-    assert updates <= 1 + 3 * 2 * 6, updates  # one per answer would be 65
-
-
-def test_transactional_calls_stop_retrying_where_the_transaction_would_time_out(writer_settings, monkeypatch):
-    """Each retry of a transactional call (here one that keeps timing out) gets at most what is left before the
-    transaction's deadline; then the call gives up, so the batch aborts instead of the coordinator fencing it."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    import app.writer as writer_module
-
-    settings = writer_settings.model_copy(update={"writer_kafka_timeout_seconds": 30.0, "writer_kafka_retries": 20})
-    writer = ResponseWriter(settings)
-    clock = [1000.0]
-    # the writer module's own `time` only: the pool's and the lag monitor's threads keep the real clock
-    monkeypatch.setattr(writer_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
-    timeouts: list[float] = []
-
-    def times_out(timeout: float) -> None:
-        timeouts.append(timeout)
-        clock[0] += timeout  # the call waited its whole timeout
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "coordinator slow", retriable=True))
-
-    try:
-        with pytest.raises(KafkaException) as raised:
-            writer._retrying(times_out, deadline=clock[0] + 100)
-        assert timeouts == [30.0, 30.0, 30.0, 10.0]
-        assert "budget is spent" in str(raised.value)
-        assert writer.transaction_budget_seconds < 4 * 30.0  # the deadline comes before the broker's timeout
-    finally:
-        monkeypatch.undo()
-        writer.close()
+        db.execute("DROP FUNCTION graphql.test_count_update()")
+        db.execute("DROP SEQUENCE graphql.test_updates")
+    assert (result.applied, result.duplicates, len(result.dead_letters)) == (63 - 2, 0, 4)
+    assert sorted((r.request_id, r.dlq_reason) for _, r in result.dead_letters) == sorted(
+        [*((r, "db_rejected") for r in refused), (missing, "unknown_request")])
+    statuses = {r: s[0] for r, s in rows(db, request_ids).items()}
+    assert {r for r, status in statuses.items() if status != "completed"} == refused - {retried}
+    assert rows(db, [retried])[retried][1] == {"n": 2}
+    # one round of 64 halving down to 3 refusals (at most 1 + 3 * 2 * 6), then one for the retried row's next
+    # answer; one UPDATE per answer would be 66
+    assert updates <= 1 + 3 * 2 * 6 + 1, updates
 
 
 def test_broker_outage_is_waited_out(kafka, db, writer_settings, topics):
