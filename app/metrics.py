@@ -112,6 +112,9 @@ class WriterMetrics:
         self.healthy = Gauge("graphql_async_writer_healthy",
                              "1 while the writer makes progress or has nothing to do, 0 when /healthz is red",
                              registry=r)
+        self.batch_limit = Gauge("graphql_async_writer_batch_limit_messages",
+                                 "Most messages the next batch may take: WRITER_BATCH_SIZE, less after writes that "
+                                 "ran past their budget", registry=r)
         self.last_commit = Gauge("graphql_async_writer_last_commit_timestamp_seconds",
                                  "When a batch last committed (Unix time)", registry=r)
         for fate in ("applied", "duplicate"):

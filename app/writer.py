@@ -298,10 +298,13 @@ class ResponseWriter:
             "max.poll.interval.ms": 300_000,
         })
         transaction_timeout = settings.writer_kafka_timeout_seconds * 4
-        # half of it for the database write, the other half for the offsets call and the commit that follow
+        # half of it for the database write (from before the transaction opens to the last statement before
+        # COMMIT); the database's COMMIT, the offsets call's wait and commit_transaction share the rest
         self.write_budget_seconds = transaction_timeout / 2
-        # halved after a write that ran past its budget, doubled back after each committed batch
+        # a quarter after a write that ran past its budget; doubled back after a commit whose write took under a
+        # quarter of the budget (a size that barely fits is kept, not doubled into the next failure)
         self.batch_limit = settings.writer_batch_size
+        self.metrics.batch_limit.set_function(lambda: self.batch_limit)
         self.producer = Producer(client | {
             "transactional.id": settings.transactional_id,
             "enable.idempotence": True,
@@ -398,11 +401,12 @@ class ResponseWriter:
         try:
             with self.pool.connection(timeout=min(self.pool.timeout, max(0.001, deadline - time.monotonic()))) as conn:
                 result = write_outcomes(conn, plan.outcomes, deadline)
+            write_seconds = self.write_budget_seconds - (deadline - time.monotonic())
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
             self._abandon(offsets_sent, exc)
             cause, why = _database_rewind(exc)
             if cause == "database_too_slow":  # a smaller batch fits the budget (a slow database, many refusals)
-                self.batch_limit = max(1, self.batch_limit // 2)
+                self.batch_limit = max(1, self.batch_limit // 4)
             self.metrics.rewinds.labels(cause).inc()
             self._rewind(messages, why, exc)
             return False
@@ -416,7 +420,8 @@ class ResponseWriter:
         self.metrics.committed(result.applied, result.duplicates, [r.dlq_reason for _, r in dead_letters],
                                len(messages), time.perf_counter() - started)
         self._backoff = 0.0
-        self.batch_limit = min(self.settings.writer_batch_size, self.batch_limit * 2)
+        if write_seconds < self.write_budget_seconds / 4:
+            self.batch_limit = min(self.settings.writer_batch_size, self.batch_limit * 2)
         self.stats.batches += 1
         self.stats.last_progress = time.monotonic()
         self.stats.written += result.applied

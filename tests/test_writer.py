@@ -254,7 +254,18 @@ def test_a_database_write_longer_than_the_kafka_transaction_allows_is_rewound_no
     """The Kafka transaction opens before the database write; a write that outlives its timeout would have the
     coordinator abort it and fence the producer (the writer could only exit). A row lock held past that timeout
     instead cancels the write at its budget (half the transaction timeout): the batch is rewound, retried
-    smaller, and the writer lives on and lands it once the lock goes."""
+    smaller, and the writer lives on and lands it once the lock goes. A write that fits but is slow (over a
+    quarter of the budget) keeps the smaller size; only fast writes grow it back."""
+
+    class RecordingWriter(ResponseWriter):
+        committed_sizes: list[int] = []
+
+        def process(self, messages):
+            committed = super().process(messages)
+            if committed:
+                self.committed_sizes.append(len(messages))
+            return committed
+
     request_ids = sorted(ids(4))
     insert_rows(db, request_ids)
     # transaction timeout 4 s, write budget 2 s; the test broker aborts timed-out transactions within 1 s;
@@ -269,19 +280,26 @@ def test_a_database_write_longer_than_the_kafka_transaction_allows_is_rewound_no
         for request_id in request_ids:  # one partition, the locked row first: every retry starts with it
             producer.produce(topics.responses, key=request_id, value=response(request_id), partition=0)
         assert producer.flush(10) == 0
-        with running_writer(settings) as (writer, failure):
+        with running_writer(settings, RecordingWriter) as (writer, failure):
             assert writer.write_budget_seconds == 2.0
             # three budgets spent (>= 6 s, past the 4 s transaction timeout and the broker's 1 s abort sweep)
             too_slow = writer.metrics.rewinds.labels("database_too_slow")
             wait_until(lambda: failure or too_slow._value.get() >= 3, timeout=60, what="the write cancelled thrice")
             assert not failure, failure
-            assert writer.batch_limit == 1  # 4 -> 2 -> 1: a smaller batch fits a slow database's budget
+            assert writer.batch_limit == 1  # a quarter after each: a smaller batch fits a slow database's budget
             assert all(s[0] == "published" for s in rows(db, request_ids).values())
+            # let the next try wait past a quarter of its budget (0.5 s; the database's clock) before it may land
+            wait_until(lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND now() - query_start "
+                "> interval '0.7 seconds' AND query LIKE '%%UPDATE graphql.client_async_messages%%'").fetchone()[0],
+                interval=0.05, what="a write waiting past a quarter of its budget")
             holder.rollback()
             wait_until(lambda: failure or committed_offset_total(kafka, settings) == 4, timeout=60,
                        what="the batch landed after the lock went")
             assert not failure, failure
-            assert writer.batch_limit == 4  # doubled back after each committed batch
+            # the slow write's size is kept (1), the fast one after it doubles (1 -> 2), and again (2 -> 4)
+            assert writer.committed_sizes == [1, 1, 2]
+            assert writer.batch_limit == 4
     assert all(s[0] == "completed" for s in rows(db, request_ids).values())
     assert writer.stats.written == 4
 
@@ -331,21 +349,24 @@ def test_refused_values_are_found_by_halving_not_one_statement_per_answer(db):
     outcomes = [(None, ResponseOutcome(r, "completed", {"refuse": True} if r in refused else {"n": 1}, None, now))
                 for r in request_ids]
     outcomes.append((None, ResponseOutcome(retried, "completed", {"n": 2}, None, now)))  # the next answer lands
-    db.execute("CREATE SEQUENCE graphql.test_updates")
-    db.execute("CREATE FUNCTION graphql.test_count_update() RETURNS trigger LANGUAGE plpgsql AS $$ "
-               "BEGIN PERFORM nextval('graphql.test_updates'); RETURN NULL; END $$")
-    db.execute("CREATE TRIGGER test_count_update BEFORE UPDATE ON graphql.client_async_messages "
-               "FOR EACH STATEMENT EXECUTE FUNCTION graphql.test_count_update()")
+    session = db.execute("SELECT pg_backend_pid()").fetchone()[0]
     try:
+        db.execute("CREATE SEQUENCE graphql.test_updates")
+        # only this session's UPDATEs: another test's leftover thread must not add to the count
+        db.execute("CREATE FUNCTION graphql.test_count_update() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                   f"IF pg_backend_pid() = {int(session)} THEN PERFORM nextval('graphql.test_updates'); END IF; "
+                   "RETURN NULL; END $$")
+        db.execute("CREATE TRIGGER test_count_update BEFORE UPDATE ON graphql.client_async_messages "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION graphql.test_count_update()")
         with refusing_trigger(db):
             before = db.execute("SELECT nextval('graphql.test_updates')").fetchone()[0]
             with db.transaction():
                 result = write_outcomes(db, outcomes)
             updates = db.execute("SELECT nextval('graphql.test_updates')").fetchone()[0] - before - 1
     finally:
-        db.execute("DROP TRIGGER test_count_update ON graphql.client_async_messages")
-        db.execute("DROP FUNCTION graphql.test_count_update()")
-        db.execute("DROP SEQUENCE graphql.test_updates")
+        db.execute("DROP TRIGGER IF EXISTS test_count_update ON graphql.client_async_messages")
+        db.execute("DROP FUNCTION IF EXISTS graphql.test_count_update()")
+        db.execute("DROP SEQUENCE IF EXISTS graphql.test_updates")
     assert (result.applied, result.duplicates, len(result.dead_letters)) == (63 - 2, 0, 4)
     assert sorted((r.request_id, r.dlq_reason) for _, r in result.dead_letters) == sorted(
         [*((r, "db_rejected") for r in refused), (missing, "unknown_request")])
@@ -353,7 +374,7 @@ def test_refused_values_are_found_by_halving_not_one_statement_per_answer(db):
     assert {r for r, status in statuses.items() if status != "completed"} == refused - {retried}
     assert rows(db, [retried])[retried][1] == {"n": 2}
     # one round of 64 halving down to 3 refusals (at most 1 + 3 * 2 * 6), then one for the retried row's next
-    # answer; one UPDATE per answer would be 66
+    # answer; one UPDATE per answer would be 66 (the previous writer's)
     assert updates <= 1 + 3 * 2 * 6 + 1, updates
 
 
