@@ -108,3 +108,37 @@ def test_depth_exactly_at_and_one_past_the_limit():
     assert not refused(at.encode()) and refused(past.encode())
     # many brackets inside strings, shallow structure: counted, then scanned, then accepted
     assert not refused(json.dumps(["[[[[{{{{" * 10]).encode())
+
+
+EDGE_DOCUMENTS = [b"\xef\xbb\xbf{}", b"\xef\xbb\xbf", b" {} ", b"{}x", b"", b" ", b"NaN", b"[-Infinity]", b"[1e400]",
+                  b"[-1e400]", b"[1e-400]", b"[-0.0]", b"[" + b"9" * 1000 + b"]", b"[" + b"9" * 1001 + b"]",
+                  b'{"a": 1, "a": 2}', b'"\\ud800"', b"[1,]", b"{'a': 1}", b"\t[\n1\r]", b"[01]", b"[.5]"]
+
+
+def reference_loads(data: bytes):
+    """What bounded_json.loads did with json.loads and its hooks per call, before the decoder was built once."""
+    return json.loads(data.decode("utf-8"), parse_constant=bounded_json._refuse_constant,
+                      parse_float=bounded_json._finite_float, parse_int=bounded_json._bounded_int)
+
+
+def outcome(parse, data: bytes):
+    try:
+        return "value", parse(data)
+    except JsonRefused as exc:
+        return "refused", exc.reason, exc.detail
+    except ValueError as exc:  # the reference's own errors, as bounded_json turns them into invalid_json
+        return "refused", "invalid_json", bounded_json._short(exc)
+
+
+@pytest.mark.parametrize("data", EDGE_DOCUMENTS)
+def test_the_shared_decoder_answers_as_a_fresh_one_per_call(data):
+    ours = outcome(lambda d: bounded_json.loads(d, max_bytes=1 << 20, max_depth=MAX_DEPTH), data)
+    assert ours == outcome(reference_loads, data)
+
+
+def test_the_shared_decoder_answers_as_a_fresh_one_on_random_documents():
+    rng = random.Random(20261203)
+    for _ in range(3000):
+        data, _built = random_json(rng, rng.randint(1, MAX_DEPTH))
+        ours = outcome(lambda d: bounded_json.loads(d, max_bytes=1 << 20, max_depth=MAX_DEPTH), data)
+        assert ours == outcome(reference_loads, data), data
