@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from app.settings import DatabaseSettings
@@ -62,8 +63,6 @@ DEAD_PEER_DETECTION = {"keepalives": 1, "keepalives_idle": 10, "keepalives_inter
 
 
 def _kwargs(settings: DatabaseSettings) -> dict:
-    from psycopg.conninfo import conninfo_to_dict
-
     # a URL that sets any of these owns dead-peer detection (keepalives=0 included)
     url_owns_it = not DEAD_PEER_DETECTION.keys().isdisjoint(conninfo_to_dict(_conninfo(settings)))
     return ({} if url_owns_it else DEAD_PEER_DETECTION) | {
@@ -109,8 +108,6 @@ LAZY_COMMIT = "-c synchronous_commit=off"
 def session_options(conninfo: str, extra: str) -> str:
     """The startup `options` libpq would use (the URL's own, else PGOPTIONS, as libpq picks them) with `extra`
     after them (for the same setting, the last -c wins): passing `options=` alone would drop them."""
-    from psycopg.conninfo import conninfo_to_dict
-
     own = conninfo_to_dict(conninfo).get("options") or os.environ.get("PGOPTIONS", "")
     return f"{own} {extra}".strip()
 

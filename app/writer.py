@@ -151,30 +151,18 @@ def _write_round(conn: psycopg.Connection, outcomes: list[ResponseOutcome], dead
     except psycopg.Error as exc:
         if not is_value_error(exc):
             raise
-        refusal = exc
+        if len(outcomes) == 1:
+            return set(), set(), {outcomes[0].request_id: exc.sqlstate or "?"}
     # a value the database refuses: find it by halving, so the rest still lands in a few statements rather
     # than one per answer (in key order, as the locks go: a half rolled back releases its row locks)
-    return _bisect(conn, sorted(outcomes, key=lambda o: o.request_id), deadline, refusal)
-
-
-def _bisect(conn: psycopg.Connection, outcomes: list[ResponseOutcome], deadline: float | None,
-            refusal: psycopg.Error) -> tuple[set[str], set[str], dict[str, str]]:
-    """_write_round for answers the database refused together (`refusal`): at least one of them is refused."""
-    if len(outcomes) == 1:
-        return set(), set(), {outcomes[0].request_id: refusal.sqlstate or "?"}
-    middle = len(outcomes) // 2
+    ordered = sorted(outcomes, key=lambda o: o.request_id)
+    middle = len(ordered) // 2
     applied, unknown, rejected = set(), set(), {}
-    for half in (outcomes[:middle], outcomes[middle:]):
-        try:
-            with conn.transaction():
-                half_applied, half_unknown = _write(conn, half, deadline)
-        except psycopg.Error as exc:
-            if not is_value_error(exc):
-                raise
-            half_applied, half_unknown, half_rejected = _bisect(conn, half, deadline, exc)
-            rejected |= half_rejected
+    for half in (ordered[:middle], ordered[middle:]):
+        half_applied, half_unknown, half_rejected = _write_round(conn, half, deadline)
         applied |= half_applied
         unknown |= half_unknown
+        rejected |= half_rejected
     return applied, unknown, rejected
 
 
@@ -391,7 +379,8 @@ class ResponseWriter:
         plan = plan_batch(messages, self.limits)
         # the database's share of the Kafka transaction's timeout, counted from before it opens; past it the
         # coordinator would abort the transaction and fence this producer (the writer would have to exit)
-        deadline = time.monotonic() + self.write_budget_seconds
+        opened = time.monotonic()
+        deadline = opened + self.write_budget_seconds
         try:
             offsets_sent = self._begin(messages, plan.dead_letters)
         except KafkaException as exc:
@@ -401,7 +390,7 @@ class ResponseWriter:
         try:
             with self.pool.connection(timeout=min(self.pool.timeout, max(0.001, deadline - time.monotonic()))) as conn:
                 result = write_outcomes(conn, plan.outcomes, deadline)
-            write_seconds = self.write_budget_seconds - (deadline - time.monotonic())
+            write_seconds = time.monotonic() - opened
         except Exception as exc:  # noqa: BLE001 - nothing here is about one message: wait, never dead-letter
             self._abandon(offsets_sent, exc)
             cause, why = _database_rewind(exc)
