@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -72,6 +72,9 @@ DLQ_DETAIL_BYTES = 512  # dlq.detail never grows with the message
 DLQ_OWN_HEADERS_BYTES = 16 * 1024  # the message's own headers travel along only up to this size
 DLQ_KEY_BYTES = 1024
 DLQ_RECORD_OVERHEAD = 1024  # record and batch framing the broker counts beyond key, value and headers
+
+
+RESTART_OFFSETS_TIMEOUT_SECONDS = 5
 
 
 class FatalWriterError(RuntimeError):
@@ -234,6 +237,17 @@ def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
     return key, value, headers
 
 
+def _readable(messages: list[Message]) -> list[Message]:
+    """The messages without the consumer's error events (logged: they are not messages of the topic)."""
+    readable = []
+    for msg in messages:
+        if msg.error():
+            log.warning("consumer error", extra={"error": str(msg.error())})
+        else:
+            readable.append(msg)
+    return readable
+
+
 def _offset_range(messages: list[Message]) -> dict[tuple[str, int], tuple[int, int]]:
     """(topic, partition) -> (lowest, highest) offset in the batch."""
     ranges: dict[tuple[str, int], tuple[int, int]] = {}
@@ -255,12 +269,22 @@ def first_offsets(messages: list[Message]) -> list[TopicPartition]:
 
 
 @dataclass
+class ReadBatch:
+    """Messages taken from the consumer, and the writer's revocation count before the call that took them:
+    a rebalance since then may have handed their partitions to another writer."""
+
+    messages: list[Message]
+    revocations: int
+
+
+@dataclass
 class WriterStats:
     written: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     retries: int = 0
     batches: int = 0
+    restarts: int = 0  # read messages dropped after a rebalance, partitions read again from their committed offsets
     last_loop: float = field(default_factory=time.monotonic)
     # last commit, or last moment nothing was waiting: liveness goes red when this gets old
     last_progress: float = field(default_factory=time.monotonic)
@@ -307,6 +331,11 @@ class ResponseWriter:
         self._offsets_sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer-offsets")
         self._backoff = 0.0
         self._closed = False
+        self._revocations = 0  # partitions revoked or lost so far (the rebalance callbacks count them)
+        # partitions whose read messages were dropped (read across a rebalance): restarted from their committed
+        # offsets before anything else is read; and where each restart put them, until a message moves them on
+        self._to_restart: set[tuple[str, int]] = set()
+        self._sought: dict[tuple[str, int], int] = {}
 
     def start(self) -> None:
         """Fence any earlier instance with the same transactional.id; wait for the broker if it is away."""
@@ -320,8 +349,12 @@ class ResponseWriter:
                     raise FatalWriterError(f"init_transactions: {error}") from exc
                 log.warning("kafka not ready for transactions; retrying", extra={"error": str(exc)})
                 self.stop_event.wait(2)
-        self.consumer.subscribe([self.settings.async_responses_topic])
+        self.consumer.subscribe([self.settings.async_responses_topic], on_revoke=self._revoked, on_lost=self._revoked)
         self.lag_monitor.start()
+
+    def _revoked(self, _consumer: Consumer, _partitions: list[TopicPartition]) -> None:
+        self._revocations += 1
+        self._sought.clear()
 
     def run(self) -> None:
         """Until stopped; a FatalWriterError leaves the group at once (the batch stays uncommitted) and re-raises."""
@@ -329,15 +362,15 @@ class ResponseWriter:
             self.start()
             while not self.stop_event.is_set():
                 self.stats.last_loop = time.monotonic()
-                messages = self._next_batch()
-                good = []
-                for msg in messages:
-                    if msg.error():
-                        log.warning("consumer error", extra={"error": str(msg.error())})
-                    else:
-                        good.append(msg)
-                if good:
-                    self.process(good)
+                if self._to_restart and not self._restart_from_committed():
+                    self.stop_event.wait(1)
+                    continue
+                batch = self._next_batch()
+                if batch.messages and batch.revocations != self._revocations:  # read across a rebalance: maybe
+                    self._to_restart |= {(m.topic(), m.partition()) for m in batch.messages}  # no longer ours
+                    continue
+                if batch.messages:
+                    self.process(batch.messages)
                 elif not self._backoff and not self._has_lag():  # a rewound batch waits, whatever position says
                     self.stats.last_progress = time.monotonic()
                 if self._backoff:
@@ -345,18 +378,55 @@ class ResponseWriter:
         finally:
             self.close()
 
-    def _next_batch(self) -> list:
+    def _next_batch(self) -> ReadBatch:
         """Up to batch_limit messages (writer_batch_size, less after a write past its budget): wait (up to
         writer_batch_wait_seconds) for the first one only, then
         linger a few milliseconds for company. A backlog fills the batch at once; at low rates an answer no longer
         waits for a batch that never fills."""
+        revocations = self._revocations
         first = self.consumer.poll(self.settings.writer_batch_wait_seconds)
         if first is None:
-            return []
+            return ReadBatch([], revocations)
         if self.batch_limit == 1:
-            return [first]
-        return [first, *self.consumer.consume(self.batch_limit - 1,
-                                              self.settings.writer_batch_linger_ms / 1000)]
+            return ReadBatch(_readable([first]), revocations)
+        return ReadBatch(_readable([first, *self.consumer.consume(self.batch_limit - 1,
+                                                                  self.settings.writer_batch_linger_ms / 1000)]),
+                         revocations)
+
+    def _restart_from_committed(self) -> bool:
+        """The dropped messages' partitions that are still this writer's read again from their committed offsets
+        (a message read after the new assignment is read again, never skipped; one committed already is never
+        read back). False when the offsets could not be fetched: tried again before anything else is read."""
+        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
+        wanted = [TopicPartition(t, p) for t, p in sorted(self._to_restart & assigned)]
+        try:
+            # short: a previous owner's open transaction holds its offsets until it ends (KIP-447 stable offsets)
+            committed = self.consumer.committed(wanted, RESTART_OFFSETS_TIMEOUT_SECONDS) if wanted else []
+            for tp in committed:
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+                self._seek_committed(tp)
+        except KafkaException as exc:
+            log.warning("restart from the committed offsets failed; retrying", extra={"error": str(exc)})
+            return False
+        self._to_restart.clear()
+        self.stats.restarts += 1
+        log.info("batch read across a rebalance dropped; its partitions read again from their committed offsets",
+                 extra={"partitions": len(committed)})
+        return True
+
+    def _seek_committed(self, committed: TopicPartition) -> None:
+        key = (committed.topic, committed.partition)
+        target = committed.offset if committed.offset >= 0 else OFFSET_BEGINNING
+        try:
+            self.consumer.seek(TopicPartition(committed.topic, committed.partition, target))
+        except KafkaException as exc:
+            error = kafka_error(exc)
+            if error is not None and error.code() in (KafkaError._STATE, KafkaError._PREV_IN_PROGRESS):
+                return  # its fetch has not started yet: it will start from the committed offset
+            raise
+        if target >= 0:
+            self._sought[key] = target
 
     def stalled(self) -> bool:
         """The loop stopped turning, or batches keep failing while messages wait."""
@@ -367,7 +437,9 @@ class ResponseWriter:
         try:
             for tp in self.consumer.position(self.consumer.assignment()):
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True) or (-1, -1)
-                if tp.offset >= 0 and high > tp.offset:
+                # a seek leaves the position unknown until the next message: where it was sought to stands in
+                offset = tp.offset if tp.offset >= 0 else self._sought.get((tp.topic, tp.partition), -1)
+                if offset >= 0 and high > offset:
                     return True
         except KafkaException:
             return False  # nothing known about the partitions: no evidence of lag
@@ -516,7 +588,8 @@ class ResponseWriter:
             try:
                 self.consumer.seek(tp)
             except KafkaException:
-                pass  # partition revoked meanwhile: its new owner starts from the committed offset
+                continue  # partition revoked meanwhile: its new owner starts from the committed offset
+            self._sought[(tp.topic, tp.partition)] = tp.offset
 
     def close(self) -> None:
         if self._closed:

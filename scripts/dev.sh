@@ -8,7 +8,7 @@
 #   bash scripts/dev.sh test [args]    install PostgreSQL + the Kafka jars, then run the whole test suite
 #   bash scripts/dev.sh lint           ruff, actionlint + zizmor + checkov (workflows), hadolint, the manifest scanners on every stack (scripts/scan.py)
 #   bash scripts/dev.sh plan-check     exit 1 with a diff when the program and the committed plans differ
-#   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each
+#   bash scripts/dev.sh bench          run the benchmarks (bench/), one JSON line each; regenerate README.md's table
 #   bash scripts/dev.sh venv           only create venv/ and install the Python packages into it
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -211,10 +211,18 @@ case "$cmd" in
       say "building vegeta $VEGETA_VERSION (Go module proxy, cached in .cache/bin)"
       GOBIN="$PWD/.cache/bin" GOFLAGS=-mod=mod go install "github.com/tsenart/vegeta/v12@$VEGETA_VERSION"
     fi
-    for b in writer_throughput publisher_load cleanup_rate e2e_latency bounded_json_cost growth; do
-      say "bench/$b.py"
-      "$PY" -m "bench.$b" 2>/dev/null
+    # every line of the run goes to a scratch file first: a run that fails half-way leaves the committed results
+    run_lines=.cache/bench-run.jsonl
+    mkdir -p .cache && : > "$run_lines"
+    for b in writer_throughput publisher_load "publisher_load --publish-wait 0" cleanup_rate e2e_latency \
+             bounded_json_cost growth; do
+      say "bench/$b"
+      # shellcheck disable=SC2086  # the bench's arguments split on purpose
+      "$PY" -m bench.$b 2>/dev/null | tee -a "$run_lines"
     done
+    cp "$run_lines" bench/results/latest.jsonl
+    "$PY" -m bench.report --write
+    say "README.md's benchmark table regenerated from bench/results/latest.jsonl"
     ;;
   venv)
     python_deps

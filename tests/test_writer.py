@@ -166,6 +166,36 @@ def test_database_outage_is_retried_never_dead_lettered(kafka, pg, db, writer_se
     assert read_all(kafka.client_config(), topics.dlq, expect=0, timeout=2) == []
 
 
+def test_a_batch_read_across_a_rebalance_is_dropped_and_read_again_and_each_message_lands_once(
+        kafka, db, writer_settings, topics):
+    """The first writer waits in a long poll when a second one joins the group: the revocation, the new
+    assignment and the first message of it (produced once the revocation is seen) all come within that one
+    call, so the batch was read across a rebalance. It is dropped and its partitions read again from their
+    committed offsets (skipping them would leave rows unanswered). Across both writers every answer lands once
+    and every poison message is dead-lettered once."""
+    before_ids, after_ids = ids(15), ids(30)
+    insert_rows(db, before_ids + after_ids)
+    produce(kafka, topics.responses, [(r, response(r)) for r in before_ids] + [("poison-1", b"{")])
+    # the poll outlasts the rebalance (a few seconds); stopping waits for it to end
+    waiting = writer_settings.model_copy(update={"writer_batch_wait_seconds": 30})
+    with running_writer(waiting) as (first, first_failure):
+        wait_until(lambda: committed_offset_total(kafka, writer_settings) == 16, what="the first writer alone")
+        other = writer_settings.model_copy(update={"writer_instance_id": f"{writer_settings.writer_instance_id}-b"})
+        with running_writer(other) as (second, second_failure):
+            # not first.consumer.assignment(): asked from this thread while the writer's polls, it never answers
+            wait_until(lambda: first._revocations >= 1, timeout=20, what="the first writer revoked, inside its poll")
+            produce(kafka, topics.responses, [(r, response(r)) for r in after_ids] + [
+                (f"poison-{n}", b"[") for n in range(2, 8)])
+            wait_until(lambda: committed_offset_total(kafka, writer_settings) == 16 + 36, timeout=90,
+                       what="every message committed")
+            assert not first_failure and not second_failure, (first_failure, second_failure)
+    assert first.stats.restarts == 1
+    assert all(s[0] == "completed" for s in rows(db, before_ids + after_ids).values())
+    assert (first.stats.written + second.stats.written, first.stats.duplicates + second.stats.duplicates) == (45, 0)
+    dead = read_all(kafka.client_config(), topics.dlq, expect=7)
+    assert sorted(m.key().decode() for m in dead) == sorted(f"poison-{n}" for n in range(1, 8))  # once each
+
+
 class Crash(BaseException):
     """Stands for the process dying: raised past every handler, nothing is committed or closed."""
 

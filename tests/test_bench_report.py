@@ -1,0 +1,48 @@
+"""The README's benchmark table is what the committed benchmark lines give, and it says "met" only when they do."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import report
+
+
+def writer_line(responses: int, bound: int, met: bool) -> dict:
+    return {"date": "2026-12-03", "machine": "x86_64 2 cores, Python 3.11.7", "bench": "writer", "messages": 100000,
+            "batch_size": 1000, "responses_per_s": responses, "baseline_naive_per_s": 500,
+            "bound_raw_update_per_s": bound, "bound_before_and_after_per_s": [bound, bound],
+            "ratio_to_bound": round(responses / bound, 2), "met_ratio_to_bound": met}
+
+
+def test_the_readme_table_is_regenerated_from_the_committed_lines():
+    readme = report.README.read_text()
+    assert report.spliced(readme, report.render(report.read(report.RESULTS))) == readme, \
+        "README.md's benchmark table is stale: python -m bench.report --write"
+
+
+def test_every_goal_of_issue_19_has_a_row_in_the_committed_run():
+    benches = {r["bench"] for r in report.read(report.RESULTS)}
+    assert {"writer", "publisher", "cleanup", "e2e_latency", "growth", "growth-cleanup"} <= benches
+    waits = {r["publish_wait_seconds"] for r in report.read(report.RESULTS) if r["bench"] == "publisher"}
+    assert waits == {"default", "0"}
+
+
+@pytest.mark.parametrize(("responses", "met", "shown"), [(20_000, True, "| 0.8× | **yes** |"),
+                                                         (12_000, False, "| 0.48× | no |")])
+def test_a_goal_reads_met_only_when_its_bench_said_so(responses, met, shown):
+    table = report.render([writer_line(responses, 25_000, met)])
+    [row] = [line for line in table.splitlines() if line.startswith("| `writer_throughput`")]
+    assert row.endswith(shown)
+    assert f"{responses:,} responses/s" in row and "25,000 rows/s" in row
+
+
+def test_progress_lines_are_skipped_and_a_readme_without_its_block_is_refused(tmp_path):
+    lines = tmp_path / "run.jsonl"
+    lines.write_text("==> bench/writer_throughput\n" + json.dumps(writer_line(1, 2, False)) + "\n\n")
+    assert [r["bench"] for r in report.read(lines)] == ["writer"]
+    with pytest.raises(ValueError, match="bench-table"):
+        report.spliced("# no block here\n", "table")
+    with pytest.raises(ValueError, match="no benchmark lines"):
+        report.render([])
