@@ -397,9 +397,12 @@ class ResponseWriter:
         """The dropped messages' partitions that are still this writer's read again from their committed offsets
         (a message read after the new assignment is read again, never skipped; one committed already is never
         read back). False when the offsets could not be fetched: tried again before anything else is read."""
-        assigned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        wanted = [TopicPartition(t, p) for t, p in sorted(self._to_restart & assigned)]
         try:
+            # a partition that delivered nothing since it was assigned starts from its committed offset anyway;
+            # asking for its offset could only wait on a previous owner's open transaction
+            owned = [TopicPartition(t, p) for t, p in sorted(self._to_restart & self._assigned())]
+            wanted = [TopicPartition(tp.topic, tp.partition)
+                      for tp in (self.consumer.position(owned) if owned else []) if tp.offset >= 0]
             # short: a previous owner's open transaction holds its offsets until it ends (KIP-447 stable offsets)
             committed = self.consumer.committed(wanted, RESTART_OFFSETS_TIMEOUT_SECONDS) if wanted else []
             for tp in committed:
@@ -410,6 +413,8 @@ class ResponseWriter:
             log.warning("restart from the committed offsets failed; retrying", extra={"error": str(exc)})
             return False
         self._to_restart.clear()
+        if not committed:
+            return True
         self.stats.restarts += 1
         log.info("batch read across a rebalance dropped; its partitions read again from their committed offsets",
                  extra={"partitions": len(committed)})
@@ -425,8 +430,13 @@ class ResponseWriter:
             if error is not None and error.code() in (KafkaError._STATE, KafkaError._PREV_IN_PROGRESS):
                 return  # its fetch has not started yet: it will start from the committed offset
             raise
+        if target < 0:  # from the beginning: lag counts from the low watermark (nothing known: no evidence)
+            target, _high = self.consumer.get_watermark_offsets(committed, cached=True) or (-1, -1)
         if target >= 0:
             self._sought[key] = target
+
+    def _assigned(self) -> set[tuple[str, int]]:
+        return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
 
     def stalled(self) -> bool:
         """The loop stopped turning, or batches keep failing while messages wait."""

@@ -185,4 +185,6 @@ def machine() -> str:
 
 
 def emit(record: dict) -> None:
-    print(json.dumps({"date": datetime.now(UTC).date().isoformat(), "machine": machine(), **record}), flush=True)
+    """One JSON line: the record, with the day, the machine and the stand-in commit delay it ran with."""
+    print(json.dumps({"date": datetime.now(UTC).date().isoformat(), "machine": machine(),
+                      "commit_delay_us": int(os.environ.get("BENCH_COMMIT_DELAY_US", "0")), **record}), flush=True)

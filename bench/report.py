@@ -31,12 +31,18 @@ def _met(flag: bool) -> str:
     return "**yes**" if flag else "no"
 
 
+def _delay(r: dict) -> str:
+    """How the run's commits were slowed to stand in for a replicated one (PostgreSQL's commit_delay)."""
+    delay = r.get("commit_delay_us", 0)
+    return f", every commit delayed {delay / 1000:g} ms (`BENCH_COMMIT_DELAY_US={delay}`)" if delay else ""
+
+
 def _publisher(r: dict) -> list[str]:
     wait = "answer once committed (`--publish-wait 0`)" if r["publish_wait_seconds"] == "0" else \
         "answer after Kafka's ack (default)"
     bare = r["baseline_bare_endpoint"]
     rows = r["rows_by_status"]
-    return [f"`publisher_load`, {r['connections']} connections, {wait}: ≥ 0.15× bare, p99 < 15 ms",
+    return [f"`publisher_load`, {r['connections']} connections, {wait}{_delay(r)}: ≥ 0.15× bare, p99 < 15 ms",
             f"{_n(r['requests_per_s'])} req/s, p50 {_n(r['p50_ms'], 1)} ms, p99 {_n(r['p99_ms'], 1)} ms, "
             f"{r['non_2xx']} non-2xx, rows {', '.join(f'{k} {v:,}' for k, v in sorted(rows.items()))}; "
             f"{r['cpu_ms_per_call']} ms of the publisher's CPU per call",
@@ -46,7 +52,7 @@ def _publisher(r: dict) -> list[str]:
 
 def _writer(r: dict) -> list[str]:
     before, after = r["bound_before_and_after_per_s"]
-    return [f"`writer_throughput`, {r['messages']:,} responses, batch {r['batch_size']}: ≥ 0.8× the bound",
+    return [f"`writer_throughput`, {r['messages']:,} responses, batch {r['batch_size']}{_delay(r)}: ≥ 0.8× the bound",
             f"{_n(r['responses_per_s'])} responses/s (naive writer {_n(r['baseline_naive_per_s'])}/s)",
             f"`UPDATE … FROM unnest` alone {_n(r['bound_raw_update_per_s'])} rows/s "
             f"(before {_n(before)}, after {_n(after)})",

@@ -220,6 +220,12 @@ case "$cmd" in
       # shellcheck disable=SC2086  # the bench's arguments split on purpose
       "$PY" -m bench.$b 2>/dev/null | tee -a "$run_lines"
     done
+    # the figures a commit's latency moves, again with each commit delayed 5 ms: a replicated commit's stand-in
+    for b in writer_throughput "publisher_load --publish-wait 0"; do
+      say "bench/$b, BENCH_COMMIT_DELAY_US=5000"
+      # shellcheck disable=SC2086
+      BENCH_COMMIT_DELAY_US=5000 "$PY" -m bench.$b 2>/dev/null | tee -a "$run_lines"
+    done
     cp "$run_lines" bench/results/latest.jsonl
     "$PY" -m bench.report --write
     say "README.md's benchmark table regenerated from bench/results/latest.jsonl"

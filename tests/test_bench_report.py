@@ -27,6 +27,16 @@ def test_every_goal_of_issue_19_has_a_row_in_the_committed_run():
     assert {"writer", "publisher", "cleanup", "e2e_latency", "growth", "growth-cleanup"} <= benches
     waits = {r["publish_wait_seconds"] for r in report.read(report.RESULTS) if r["bench"] == "publisher"}
     assert waits == {"default", "0"}
+    # the figures a commit's latency moves, also with a replicated commit's stand-in (issue 19's rules)
+    assert {r["bench"] for r in report.read(report.RESULTS) if r.get("commit_delay_us")} == {"writer", "publisher"}
+
+
+def test_a_run_with_a_commit_delay_says_so_in_its_row():
+    delayed = writer_line(9_000, 20_000, False) | {"commit_delay_us": 5000}
+    [plain, slowed] = [line for line in report.render([writer_line(9_000, 20_000, False), delayed]).splitlines()
+                       if line.startswith("| `writer_throughput`")]
+    assert "commit delayed" not in plain
+    assert "every commit delayed 5 ms (`BENCH_COMMIT_DELAY_US=5000`)" in slowed
 
 
 @pytest.mark.parametrize(("responses", "met", "shown"), [(20_000, True, "| 0.8× | **yes** |"),
