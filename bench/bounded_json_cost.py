@@ -9,6 +9,7 @@ import json
 import timeit
 
 from app import bounded_json
+from bench.common import emit
 
 
 def bodies() -> dict[str, bytes]:
@@ -29,9 +30,9 @@ def main() -> None:
         plain = min(timeit.repeat(lambda b=body: json.loads(b), number=number, repeat=5)) / number
         bounded = min(timeit.repeat(lambda b=body: bounded_json.loads(b, max_bytes=2 << 20, max_depth=64),
                                     number=number, repeat=5)) / number
-        print(json.dumps({"bench": "bounded_json_cost", "body": name, "bytes": len(body),
-                          "bounded_us": round(bounded * 1e6, 1), "baseline_json_loads_us": round(plain * 1e6, 1),
-                          "ratio": round(bounded / plain, 2)}))
+        emit({"bench": "bounded_json_cost", "body": name, "bytes": len(body),
+              "bounded_us": round(bounded * 1e6, 1), "baseline_json_loads_us": round(plain * 1e6, 1),
+              "ratio": round(bounded / plain, 2)})
 
 
 if __name__ == "__main__":

@@ -56,3 +56,5 @@ def test_progress_lines_are_skipped_and_a_readme_without_its_block_is_refused(tm
         report.spliced("# no block here\n", "table")
     with pytest.raises(ValueError, match="no benchmark lines"):
         report.render([])
+    with pytest.raises(ValueError, match="of kind new_bench"):  # a new benchmark is never dropped silently
+        report.render([writer_line(1, 2, False), {"bench": "new_bench", "figure": 1}])
