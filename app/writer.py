@@ -387,11 +387,10 @@ class ResponseWriter:
         first = self.consumer.poll(self.settings.writer_batch_wait_seconds)
         if first is None:
             return ReadBatch([], revocations)
-        if self.batch_limit == 1:
-            return ReadBatch(_readable([first]), revocations)
-        return ReadBatch(_readable([first, *self.consumer.consume(self.batch_limit - 1,
-                                                                  self.settings.writer_batch_linger_ms / 1000)]),
-                         revocations)
+        messages = [first]
+        if self.batch_limit > 1:
+            messages += self.consumer.consume(self.batch_limit - 1, self.settings.writer_batch_linger_ms / 1000)
+        return ReadBatch(_readable(messages), revocations)
 
     def _restart_from_committed(self) -> bool:
         """The dropped messages' partitions that are still this writer's read again from their committed offsets
