@@ -36,6 +36,7 @@ from app.group_commit import PendingInserter
 from app.kafka_io import AsyncProducer, kafka_error, producer_config
 from app.outbox import OutboxRelay
 from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, PublisherSettings
+from app.shutdown import ShutdownBudget
 
 log = logging.getLogger("app.publisher")
 
@@ -124,6 +125,7 @@ class Publisher:
         self.metrics = metrics.PublisherMetrics()
         self._metrics_server = None
         self._background: list[asyncio.Task] = []
+        self.last_shutdown: ShutdownBudget | None = None  # each phase's duration, for the logs and tests
 
     async def start(self) -> None:
         await self.pool.open(wait=False)
@@ -146,42 +148,41 @@ class Publisher:
         log.info("publisher started", extra={"topic": self.settings.async_requests_topic})
 
     async def stop(self) -> None:
-        """Graceful shutdown: let the relay finish its pass (sends settled, claims marked), let in-flight
-        publishes settle, flush, close the pool. Cancelling a pass mid-way would roll its claim back after
-        the producer had sent the rows: the next pass would publish them twice."""
+        """Graceful shutdown within SHUTDOWN_TIMEOUT_SECONDS: let the relay finish its pass (sends settled, claims
+        marked), let in-flight publishes settle, flush, mark, close the pools. Each phase waits only for what is
+        left of the budget, so the pod is never killed mid-way. Cancelling a pass mid-way would roll its claim
+        back after the producer had sent the rows: the next pass would publish them twice, hence the wait."""
+        budget = ShutdownBudget(self.settings.shutdown_timeout_seconds)
+        wait = self.settings.publish_timeout_seconds
         relay, marker, inserter, scan = self._background or (None, None, None, None)
         if scan:
             scan.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await scan
+            await budget.finish("outbox-scan", scan)
         if relay:
             self.relay.stop()
-            try:
-                await asyncio.wait_for(asyncio.shield(relay), self.settings.publish_timeout_seconds + 5)
-            except (TimeoutError, asyncio.CancelledError):
-                relay.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await relay
+            await budget.finish("outbox-relay", relay, wait + 5)
         if self._deliveries:  # in-flight publishes still get marked before the marker stops
-            await asyncio.wait(self._deliveries, timeout=self.settings.publish_timeout_seconds)
+            since = time.monotonic()
+            await asyncio.wait(self._deliveries, timeout=budget.remaining(wait))
+            budget.record("deliveries", since)
         if inserter:  # batches under way finish first (the inserter drains on cancel)
             inserter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await inserter
+            await budget.finish("group-commit", inserter)
         if self.producer:  # before the marker stops: acks that flush() still serves get marked too
-            await self.producer.close()
-        if marker:  # bounded: a mark stuck on a lock or a silent database must not hold the shutdown
+            since = time.monotonic()
+            await self.producer.close(budget.remaining(wait))  # no message outlives message.timeout.ms anyway
+            budget.record("producer-flush", since)
+        if marker:  # a mark stuck on a lock or a silent database must not hold the shutdown
             self.marker.stop()
-            try:
-                await asyncio.wait_for(marker, self.settings.publish_timeout_seconds)
-            except TimeoutError:
+            if not await budget.finish("published-marker", marker, wait):
                 log.warning("published marks not written at shutdown; the relay will publish those rows again")
-        await self.mark_pool.close()
-        await self.pool.close()
+        await budget.close_pool("mark-pool", self.mark_pool)
+        await budget.close_pool("pool", self.pool)
         if self._metrics_server:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-        log.info("publisher stopped")
+        self.last_shutdown = budget
+        log.info("publisher stopped", extra={"phases": budget.spent})
 
     async def _scan_outbox_forever(self) -> None:
         """The backlog gauges: one cheap query (the partial index on pending rows) per interval, not per request."""

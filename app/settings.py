@@ -165,6 +165,8 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     metrics_port: int = Field(9102, ge=0, le=65535)
     # the outbox backlog gauges come from one cheap query this often, never per request
     outbox_scan_interval_seconds: float = Field(15.0, gt=0)
+    # the whole graceful shutdown (app/shutdown.py): under the pod's terminationGracePeriodSeconds
+    shutdown_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
     @model_validator(mode="after")
     def _consistent(self) -> PublisherSettings:
@@ -174,6 +176,9 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
                              "delivering or the marker is about to mark")
         if self.publish_wait_seconds > self.publish_timeout_seconds:
             raise ValueError("PUBLISH_WAIT_SECONDS may not exceed PUBLISH_TIMEOUT_SECONDS")
+        if self.shutdown_timeout_seconds <= self.publish_timeout_seconds:
+            raise ValueError("SHUTDOWN_TIMEOUT_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS, or the sends "
+                             "under way at shutdown cannot settle and their rows are published twice")
         if not self.max_payload_bytes < self.max_envelope_bytes <= self.max_body_bytes:
             raise ValueError("need MAX_PAYLOAD_BYTES < MAX_ENVELOPE_BYTES <= MAX_BODY_BYTES")
         return self

@@ -48,6 +48,9 @@ DATABASE_ROLES_ANNOTATION = "graphql-entrypoint/database-roles-version"  # 8 hex
 PUBLISHER_PORT = 8080
 WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
 PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
+PUBLISHER_SHUTDOWN_SECONDS = 30  # the publisher's whole graceful shutdown (app/shutdown.py)
+# SIGKILL after this: the shutdown budget plus room for uvicorn to end open connections and the process to exit
+TERMINATION_GRACE_SECONDS = PUBLISHER_SHUTDOWN_SECONDS + 15
 DEFAULT_RESOURCES = Resources()
 
 
@@ -136,7 +139,7 @@ def pod_spec(app: str, image: pulumi.Input[str], env: dict[str, str], *, command
         **(probes or {}),
     }
     spec = {"serviceAccountName": app, "automountServiceAccountToken": False, "securityContext": pod_security(APP_UID),
-            "terminationGracePeriodSeconds": 45, "containers": [container],
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS, "containers": [container],
             "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}}, vault_token_volume()]}
     if restart:
         spec["restartPolicy"] = restart
@@ -238,7 +241,8 @@ class AsyncFlow(pulumi.ComponentResource):
                 "GROUP_COMMIT_MAX_ROWS": str(flow.group_commit_max_rows),
                 "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms),
                 "PUBLISH_WAIT_SECONDS": str(flow.publish_wait_seconds),
-                "PUBLISHED_MARK_LINGER_MS": str(flow.published_mark_linger_ms)}
+                "PUBLISHED_MARK_LINGER_MS": str(flow.published_mark_linger_ms),
+                "SHUTDOWN_TIMEOUT_SECONDS": str(PUBLISHER_SHUTDOWN_SECONDS)}
 
     @property
     def _publisher_metrics_ports(self) -> tuple[tuple[str, int], ...]:
