@@ -35,7 +35,7 @@ from app.envelope import (
 from app.group_commit import PendingInserter
 from app.kafka_io import AsyncProducer, kafka_error, producer_config
 from app.outbox import OutboxRelay
-from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, PublisherSettings
+from app.settings import ACTION_NAME, ACTION_SECRET_HEADER, RELAY_SETTLE_SECONDS, PublisherSettings
 from app.shutdown import ShutdownBudget
 
 log = logging.getLogger("app.publisher")
@@ -155,29 +155,33 @@ class Publisher:
         budget = ShutdownBudget(self.settings.shutdown_timeout_seconds)
         wait = self.settings.publish_timeout_seconds
         relay, marker, inserter, scan = self._background or (None, None, None, None)
-        if scan:
-            scan.cancel()
-            await budget.finish("outbox-scan", scan)
-        if relay:
-            self.relay.stop()
-            await budget.finish("outbox-relay", relay, wait + 5)
-        if self._deliveries:  # in-flight publishes still get marked before the marker stops
-            since = time.monotonic()
-            await asyncio.wait(self._deliveries, timeout=budget.remaining(wait))
-            budget.record("deliveries", since)
-        if inserter:  # batches under way finish first (the inserter drains on cancel)
-            inserter.cancel()
-            await budget.finish("group-commit", inserter)
-        if self.producer:  # before the marker stops: acks that flush() still serves get marked too
-            since = time.monotonic()
-            await self.producer.close(budget.remaining(wait))  # no message outlives message.timeout.ms anyway
-            budget.record("producer-flush", since)
-        if marker:  # a mark stuck on a lock or a silent database must not hold the shutdown
-            self.marker.stop()
-            if not await budget.finish("published-marker", marker, wait):
-                log.warning("published marks not written at shutdown; the relay will publish those rows again")
-        await budget.close_pool("mark-pool", self.mark_pool)
-        await budget.close_pool("pool", self.pool)
+        try:
+            if scan:
+                scan.cancel()
+                await budget.finish("outbox-scan", scan)
+            if relay:
+                self.relay.stop()
+                await budget.finish("outbox-relay", relay, wait + RELAY_SETTLE_SECONDS)
+            if self._deliveries:  # in-flight publishes still get marked before the marker stops
+                since = time.monotonic()
+                await asyncio.wait(self._deliveries, timeout=budget.remaining(wait))
+                budget.record("deliveries", since)
+            if inserter:  # batches under way finish first (the inserter drains on cancel)
+                inserter.cancel()
+                await budget.finish("group-commit", inserter)
+            if self.producer:  # before the marker stops: acks that flush() still serves get marked too
+                since = time.monotonic()
+                await self.producer.close(budget.remaining(wait))  # no message outlives message.timeout.ms anyway
+                budget.record("producer-flush", since)
+            if marker:  # a mark stuck on a lock or a silent database must not hold the shutdown
+                self.marker.stop()
+                if not await budget.finish("published-marker", marker, wait):
+                    log.warning("published marks not written at shutdown; the relay will publish those rows again")
+            await budget.close_pool("mark-pool", self.mark_pool)
+            await budget.close_pool("pool", self.pool)
+        finally:  # the caller cut the shutdown short: nothing keeps running behind it
+            for task in self._background:
+                task.cancel()
         if self._metrics_server:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
@@ -370,10 +374,12 @@ def main() -> None:
     if settings.publisher_processes > 1:  # each process: its own loop, pool, producer and relay on one socket
         uvicorn.run("app.publisher:app_from_env", factory=True, workers=settings.publisher_processes,
                     host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False,
-                    timeout_keep_alive=settings.publisher_keep_alive_seconds)
+                    timeout_keep_alive=settings.publisher_keep_alive_seconds,
+                    timeout_graceful_shutdown=settings.shutdown_drain_seconds)
         return
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
-                log_config=None, access_log=False, timeout_keep_alive=settings.publisher_keep_alive_seconds)
+                log_config=None, access_log=False, timeout_keep_alive=settings.publisher_keep_alive_seconds,
+                timeout_graceful_shutdown=settings.shutdown_drain_seconds)
 
 
 if __name__ == "__main__":

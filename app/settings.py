@@ -124,6 +124,8 @@ class KafkaSettings(_Base):
         return config
 
 
+# what a relay pass under way at shutdown gets beyond PUBLISH_TIMEOUT_SECONDS to mark what it sent
+RELAY_SETTLE_SECONDS = 5.0
 PRODUCER_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes; the broker's default is 1,048,588
 
 
@@ -165,7 +167,10 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     metrics_port: int = Field(9102, ge=0, le=65535)
     # the outbox backlog gauges come from one cheap query this often, never per request
     outbox_scan_interval_seconds: float = Field(15.0, gt=0)
-    # the whole graceful shutdown (app/shutdown.py): under the pod's terminationGracePeriodSeconds
+    # after SIGTERM, open action calls get this long to finish before uvicorn cancels them (a cancelled call's
+    # row is committed or not; the client's retry with the same request_id replays it)
+    shutdown_drain_seconds: float = Field(10.0, gt=0, le=600)
+    # then the whole graceful shutdown (app/shutdown.py); both under the pod's terminationGracePeriodSeconds
     shutdown_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
     @model_validator(mode="after")
@@ -176,9 +181,10 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
                              "delivering or the marker is about to mark")
         if self.publish_wait_seconds > self.publish_timeout_seconds:
             raise ValueError("PUBLISH_WAIT_SECONDS may not exceed PUBLISH_TIMEOUT_SECONDS")
-        if self.shutdown_timeout_seconds <= self.publish_timeout_seconds:
-            raise ValueError("SHUTDOWN_TIMEOUT_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS, or the sends "
-                             "under way at shutdown cannot settle and their rows are published twice")
+        if self.shutdown_timeout_seconds <= self.publish_timeout_seconds + RELAY_SETTLE_SECONDS:
+            raise ValueError(f"SHUTDOWN_TIMEOUT_SECONDS must be longer than PUBLISH_TIMEOUT_SECONDS plus "
+                             f"{RELAY_SETTLE_SECONDS:g}, or a relay pass under way at shutdown is cut after its "
+                             "sends and before its marks, and its rows are published twice")
         if not self.max_payload_bytes < self.max_envelope_bytes <= self.max_body_bytes:
             raise ValueError("need MAX_PAYLOAD_BYTES < MAX_ENVELOPE_BYTES <= MAX_BODY_BYTES")
         return self

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger("app.shutdown")
 
-# how long a cancelled phase gets to unwind (psycopg sends the server a cancel request, then reads its answer)
+# how long a cancelled phase gets to unwind (psycopg sends the server a cancel request, then reads its answer);
+# one that takes longer (psycopg allows the cancel 5 s) is left behind, and asyncio.run's teardown cancels it again
 CANCEL_GRACE_SECONDS = 1.0
 # a pool's close always gets this much, even with the budget spent: it only waits for its own worker tasks
 MIN_CLOSE_SECONDS = 0.5

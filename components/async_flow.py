@@ -48,9 +48,10 @@ DATABASE_ROLES_ANNOTATION = "graphql-entrypoint/database-roles-version"  # 8 hex
 PUBLISHER_PORT = 8080
 WRITER_HEALTH_PORT = 8081  # /healthz and /metrics
 PUBLISHER_METRICS_PORT = 9102  # /metrics, apart from the action port only Hasura may reach
-PUBLISHER_SHUTDOWN_SECONDS = 30  # the publisher's whole graceful shutdown (app/shutdown.py)
-# SIGKILL after this: the shutdown budget plus room for uvicorn to end open connections and the process to exit
-TERMINATION_GRACE_SECONDS = PUBLISHER_SHUTDOWN_SECONDS + 15
+PUBLISHER_DRAIN_SECONDS = 10  # after SIGTERM, open action calls get this long before uvicorn cancels them
+PUBLISHER_SHUTDOWN_SECONDS = 30  # then the publisher's whole graceful shutdown (app/shutdown.py)
+# SIGKILL after this: the drain, the shutdown budget, and room for cut phases to unwind and the process to exit
+TERMINATION_GRACE_SECONDS = PUBLISHER_DRAIN_SECONDS + PUBLISHER_SHUTDOWN_SECONDS + 5
 DEFAULT_RESOURCES = Resources()
 
 
@@ -242,6 +243,7 @@ class AsyncFlow(pulumi.ComponentResource):
                 "GROUP_COMMIT_WINDOW_MS": str(flow.group_commit_window_ms),
                 "PUBLISH_WAIT_SECONDS": str(flow.publish_wait_seconds),
                 "PUBLISHED_MARK_LINGER_MS": str(flow.published_mark_linger_ms),
+                "SHUTDOWN_DRAIN_SECONDS": str(PUBLISHER_DRAIN_SECONDS),
                 "SHUTDOWN_TIMEOUT_SECONDS": str(PUBLISHER_SHUTDOWN_SECONDS)}
 
     @property

@@ -475,6 +475,7 @@ def test_async_flow_workloads(run):
     assert env_of(container_of(publisher))["KAFKA_BOOTSTRAP_SERVERS"] == ",".join(kafka["bootstrapServers"])
     service = k8s(run, "Service", PUBLISHER)
     assert service["spec"]["ports"][0]["port"] == 8080
+    assert_shutdown_fits_the_grace_period(publisher)
 
     writer = k8s(run, "StatefulSet", WRITER)
     assert container_of(writer)["image"] == digests["writer"]
@@ -818,3 +819,16 @@ def test_the_providers_ca_is_read_from_vault_and_only_a_preview_may_go_on_withou
         args.ca_cert()
     monkeypatch.setattr(pulumi.runtime, "is_dry_run", lambda: True)
     assert args.ca_cert() is not None
+
+
+def assert_shutdown_fits_the_grace_period(publisher: dict) -> None:
+    """The publisher's settings, read from the pod's own env, end their drain and shutdown budget before SIGKILL."""
+    from app.settings import PublisherSettings
+
+    env = {k.lower(): v for k, v in env_of(container_of(publisher)).items()
+           if k in ("SHUTDOWN_DRAIN_SECONDS", "SHUTDOWN_TIMEOUT_SECONDS", "PUBLISH_TIMEOUT_SECONDS")}
+    settings = PublisherSettings.from_env(async_database_url="postgresql://x@127.0.0.1/db",
+                                          async_action_secret="s" * 16, kafka_bootstrap_servers="k:9092", **env)
+    assert {"shutdown_drain_seconds", "shutdown_timeout_seconds"} <= env.keys()
+    grace = publisher["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert settings.shutdown_drain_seconds + settings.shutdown_timeout_seconds < grace

@@ -172,7 +172,7 @@ def test_shutdown_is_bounded_when_a_mark_waits_on_a_lock(pg, db, publisher_setti
 
     request_id = f"stuck-{uuid.uuid4().hex}"
     seed_pending(db, [request_id])
-    settings = publisher_settings.model_copy(update={"shutdown_timeout_seconds": 4.0})
+    settings = publisher_settings.model_copy(update={"shutdown_timeout_seconds": 12.0})
     # past the budget only by what a cut phase gets to unwind and the two pools' minimum close
     bound = settings.shutdown_timeout_seconds + 4 * CANCEL_GRACE_SECONDS + 2 * MIN_CLOSE_SECONDS
 
@@ -196,7 +196,8 @@ def test_shutdown_is_bounded_when_a_mark_waits_on_a_lock(pg, db, publisher_setti
 
     stopped, phases = asyncio.run(run())
     assert stopped < bound, phases
-    assert phases["published-marker"] < settings.publish_timeout_seconds + CANCEL_GRACE_SECONDS + 1, phases
+    # its own cap (the publish timeout), not the rest of the budget
+    assert phases["published-marker"] < settings.publish_timeout_seconds + CANCEL_GRACE_SECONDS + 3, phases
     assert statuses(db, [request_id]) == {request_id: "pending"}  # the relay's, after its grace period
 
 

@@ -204,6 +204,13 @@ def test_relay_grace_not_longer_than_publish_timeout_is_refused(pg, kafka, topic
                                    publish_timeout_seconds=10)
 
 
+def test_a_shutdown_budget_a_relay_pass_cannot_settle_in_is_refused(pg, kafka):
+    with pytest.raises(SettingsError, match="SHUTDOWN_TIMEOUT_SECONDS must be longer"):
+        PublisherSettings.from_env(async_database_url=pg.url, async_action_secret=ACTION_SECRET,
+                                   kafka_bootstrap_servers=kafka.bootstrap, publish_timeout_seconds=10,
+                                   relay_grace_seconds=20, shutdown_timeout_seconds=15)
+
+
 def test_a_database_url_with_a_bad_escape_is_refused_without_showing_the_password(kafka):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "ASYNC_"))} | {
         "ASYNC_SECRETS_DIR": "/nonexistent", "ASYNC_ACTION_SECRET": ACTION_SECRET,

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,35 @@ def test_writer_without_kafka_credentials_fails_clearly(pg, kafka, topics):
     run = subprocess.run([sys.executable, "-m", "app.writer"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60)
     assert run.returncode != 0 and "KAFKA_PASSWORD" in run.stderr
+
+
+def test_a_call_still_open_at_sigterm_is_cut_after_the_drain_and_the_process_ends(pg, kafka, topics):
+    """A client that never finishes its body would hold uvicorn's graceful shutdown forever (it waits for open
+    calls, uvicorn/server.py `shutdown`): SHUTDOWN_DRAIN_SECONDS reaches uvicorn's timeout_graceful_shutdown,
+    so the call is cancelled, stop() runs within its own budget, and the pod ends before its SIGKILL."""
+    port, drain, budget = free_port(), 2, 7
+    proc = start("app.publisher", service_env(pg, kafka, topics, ASYNC_ACTION_SECRET=ACTION_SECRET,
+                                              PUBLISHER_PORT=str(port), PUBLISHER_HOST="127.0.0.1",
+                                              PUBLISH_TIMEOUT_SECONDS="1", PUBLISH_WAIT_SECONDS="1",
+                                              RELAY_GRACE_SECONDS="3", SHUTDOWN_DRAIN_SECONDS=str(drain),
+                                              SHUTDOWN_TIMEOUT_SECONDS=str(budget)))
+    try:
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200, what="publisher ready")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as held:
+            held.sendall(b"POST /action/publish_async_request HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: 1000\r\n"
+                         b"X-Async-Action-Secret: " + ACTION_SECRET.encode() + b"\r\n\r\n")
+            # uvicorn sends 100 Continue when the handler first asks for the body: the call is open, in the app
+            assert held.recv(64).startswith(b"HTTP/1.1 100 Continue")
+            proc.send_signal(signal.SIGTERM)
+            stdout, stderr = proc.communicate(timeout=drain + budget + 15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode in (0, -signal.SIGTERM), stderr
+    assert "timeout graceful shutdown exceeded" in stderr + stdout
+    assert "publisher stopped" in [e["msg"] for e in json_logs(stdout)]
 
 
 def test_publisher_closes_an_idle_connection_only_after_its_keep_alive(pg, kafka, topics):

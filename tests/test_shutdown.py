@@ -35,7 +35,7 @@ def test_a_phase_past_the_budget_is_cancelled_and_the_next_phase_gets_nothing():
 
     ended, first_cancelled, ended_second, second_cancelled, spent = asyncio.run(run())
     assert (ended, first_cancelled, ended_second, second_cancelled) == (False, True, False, True)
-    assert spent["second"] < 0.25  # nothing was left for it: it was cancelled at once
+    assert spent["second"] < 2  # nothing was left for it: cancelled at once, not after its own 10 s
     assert spent["first"] >= 0.3
 
 
@@ -64,7 +64,7 @@ def test_a_task_deaf_to_cancellation_holds_the_shutdown_only_for_the_cancel_grac
 
     ended, done, waited = _run_leaving_deaf(run)
     assert (ended, done) == (False, False)
-    assert waited < 0.2 + CANCEL_GRACE_SECONDS + 0.5
+    assert waited < 0.2 + CANCEL_GRACE_SECONDS + 3  # not forever: the deaf task is left behind
 
 
 def _run_leaving_deaf(run):
