@@ -39,8 +39,11 @@ def pg(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory):
+    from tests.support.kafka_admin import warm_up
+
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"))
     broker.start()
+    warm_up(broker.client_config())
     yield broker
     broker.stop()
 

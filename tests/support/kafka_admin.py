@@ -46,3 +46,33 @@ def read_all(config: dict, topic: str, *, expect: int, timeout: float = 30.0,
     finally:
         consumer.close()
     return messages
+
+
+def warm_up(config: dict, timeout: float = 90.0) -> None:
+    """Pay the broker's one-time costs once per session, before any test's own deadline counts: the first
+    idempotent producer id, the transaction log (__transaction_state) and the offsets topic
+    (__consumer_offsets). A cold broker answers the first of each with COORDINATOR_LOAD_IN_PROGRESS and the
+    client retries with backoff, which a test's 2 s publish wait would otherwise absorb."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient
+
+    topic = "session-warm-up"
+    create_topics(AdminClient(config), {topic: 1})
+    delivered: list = []
+    producer = Producer(config | {"enable.idempotence": True, "acks": "all"})
+    producer.produce(topic, b"warm", on_delivery=lambda err, _msg: delivered.append(err))
+    producer.flush(timeout)
+    assert delivered == [None], f"warm-up produce failed: {delivered}"
+    transactional = Producer(config | {"transactional.id": "session-warm-up"})
+    transactional.init_transactions(timeout)
+    transactional.begin_transaction()
+    transactional.produce(topic, b"warm-txn")
+    transactional.commit_transaction(timeout)
+    consumer = Consumer(config | {"group.id": "session-warm-up", "auto.offset.reset": "earliest",
+                                  "enable.auto.commit": False})
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        message = wait_until(lambda: consumer.poll(1.0), timeout=timeout, what="warm-up message")
+        consumer.commit(message=message, asynchronous=False)
+    finally:
+        consumer.close()
