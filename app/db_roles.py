@@ -83,11 +83,17 @@ def scram_verifier(password: str, iterations: int = 4096) -> str:
 def checked_url(url: str, expect_port: int | None = None, key: str = "databaseUrl") -> str:
     """A stack's database URL, refused (naming the key, never the value) unless a postgresql:// URL on the port the
     NetworkPolicies open."""
-    parts = urlsplit(url)
+    form = (f"{key} must be a postgresql://user:password@host[:port]/database URL, with / ? # @ : [ ] in the "
+            "password percent-encoded")
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 5432  # a password with a raw / or ? puts part of it where the port goes
+    except ValueError:
+        raise ValueError(form) from None  # urllib's own message quotes what it found there: the password
     if parts.scheme not in ("postgres", "postgresql") or not parts.hostname:
-        raise ValueError(f"{key} must be a postgresql://user:password@host[:port]/database URL")
-    if expect_port is not None and (parts.port or 5432) != expect_port:
-        raise ValueError(f"{key}'s port is {parts.port or 5432}, but network.databasePort (what the "
+        raise ValueError(form)
+    if expect_port is not None and port != expect_port:
+        raise ValueError(f"{key}'s port is {port}, but network.databasePort (what the "
                          f"NetworkPolicies open) is {expect_port}")
     return url
 

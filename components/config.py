@@ -7,12 +7,14 @@ is declared. Components receive these objects; none of them reads `pulumi.Config
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
 from typing import Literal
 from urllib.parse import urlsplit
 
 import pulumi
+from pulumi.runtime import config as runtime_config
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
@@ -42,6 +44,16 @@ DNS_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-
 VAULT_ENV = re.compile(r"^HASURA_GRAPHQL_(JWT_SECRETS?|AUTH_HOOK|[A-Z0-9_]*REDIS[A-Z0-9_]*)$")
 K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 KV_ENTRY = r"^[a-z0-9][a-z0-9-]{0,126}$"
+# a Vault mount or auth path: plain segments, nothing a policy's path glob (+ *) or HCL quoting would read
+VAULT_PATH = r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,4}$"
+# Kafka's legal topic names (Topic.java: [a-zA-Z0-9._-], at most 249, not . or ..)
+KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
+# namespaces this program must never take over: a default-deny NetworkPolicy there cuts off the cluster's own pods
+RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
+# the program's own consumer group prefix (the writer's ACL is Prefixed on it): no worker may use it
+WRITER_GROUP_PREFIX = "graphql-async-response-writer"
+# a CronJob schedule: five fields (minute hour day-of-month month day-of-week) or one of the macros
+CRON_SCHEDULE = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,A-Za-z-]+( [0-9*/,A-Za-z?-]+){4})$"
 # Cloudflare closes a proxied WebSocket that has been idle for 100 s, whatever the tunnel says
 CLOUDFLARE_WEBSOCKET_IDLE_SECONDS = 100
 
@@ -55,7 +67,7 @@ class _Model(BaseModel):
 
 
 def _pinned(value: str) -> str:
-    if not PINNED_IMAGE.match(value):
+    if not PINNED_IMAGE.fullmatch(value):
         raise ValueError("must be pinned by digest: <repository>[:tag]@sha256:<64 hex>")
     return value
 
@@ -83,9 +95,19 @@ class CloudflareConfig(_Model):
 
 
 class TopicsConfig(_Model):
-    requests: str = "graphql.async.requests.v1"
-    responses: str = "graphql.async.responses.v1"
-    dlq: str = "graphql.async.responses.dlq.v1"
+    requests: str = Field("graphql.async.requests.v1", pattern=KAFKA_TOPIC)
+    responses: str = Field("graphql.async.responses.v1", pattern=KAFKA_TOPIC)
+    dlq: str = Field("graphql.async.responses.dlq.v1", pattern=KAFKA_TOPIC)
+
+    @model_validator(mode="after")
+    def _three_topics(self) -> TopicsConfig:
+        names = (self.requests, self.responses, self.dlq)
+        if any(name in (".", "..") for name in names):
+            raise ValueError("a topic may not be named . or ..")
+        # Kafka refuses topics whose names differ only in . and _ (they collide in metric names)
+        if len({name.replace(".", "_") for name in names}) != 3:
+            raise ValueError("requests, responses and dlq must be three different topics (. and _ count as equal)")
+        return self
 
 
 class WorkerConfig(_Model):
@@ -103,7 +125,17 @@ class WorkerConfig(_Model):
     def _both_or_neither(self) -> WorkerConfig:
         if (self.kubernetes_namespace is None) != (self.service_account is None):
             raise ValueError(f"worker {self.name!r}: kubernetesNamespace and serviceAccount go together")
+        if self.kubernetes_namespace in RESERVED_NAMESPACES:
+            raise ValueError(f"worker {self.name!r}: kubernetesNamespace {self.kubernetes_namespace!r} is the "
+                             "cluster's own; its service accounts would get the worker's Kafka login")
+        if self.group.startswith(WRITER_GROUP_PREFIX):
+            raise ValueError(f"worker {self.name!r}: consumerGroup {self.group!r} is the response writer's")
         return self
+
+    @property
+    def group(self) -> str:
+        """The consumer group it reads with (components/kafka_access.py WorkerPrincipal.group)."""
+        return self.consumer_group or f"graphql-async-worker-{self.name}"
 
 
 class KafkaConfig(_Model):
@@ -119,8 +151,8 @@ class KafkaConfig(_Model):
     topics: TopicsConfig = TopicsConfig()
     partitions: int = Field(3, ge=1, le=1000)
     replication_factor: int = Field(3, ge=1, le=7)
-    retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=60_000)
-    dlq_retention_ms: int = Field(28 * 24 * 3600 * 1000, ge=60_000)
+    retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=60_000, le=2**63 - 1)
+    dlq_retention_ms: int = Field(28 * 24 * 3600 * 1000, ge=60_000, le=2**63 - 1)
     min_insync_replicas: int = Field(2, ge=1)
     workers: list[WorkerConfig] = Field(default_factory=list)
 
@@ -130,13 +162,16 @@ class KafkaConfig(_Model):
         names = [w.name for w in workers]
         if len(names) != len(set(names)):
             raise ValueError("worker names must be unique")
+        groups = [w.group for w in workers]
+        if len(groups) != len(set(groups)):  # one team could read, and commit, another's offsets
+            raise ValueError("workers' consumer groups must be unique (the default is graphql-async-worker-<name>)")
         return workers
 
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port(cls, servers: list[str]) -> list[str]:
         for server in servers:
-            if not re.match(r"^[A-Za-z0-9.-]+:\d{1,5}$", server):
+            if not re.fullmatch(r"[A-Za-z0-9.-]+:\d{1,5}", server) or not 1 <= int(server.rsplit(":", 1)[1]) <= 65535:
                 raise ValueError(f"{server!r} is not host:port")
         return servers
 
@@ -157,8 +192,8 @@ class KafkaConfig(_Model):
 
 class VaultConfig(_Model):
     address: str = Field(pattern=r"^https?://")
-    kv_mount: str = "secret"
-    kubernetes_auth_path: str = "kubernetes"
+    kv_mount: str = Field("secret", pattern=VAULT_PATH)  # pasted into policy paths: no globs, no quotes
+    kubernetes_auth_path: str = Field("kubernetes", pattern=VAULT_PATH)
     # the ExternalSecret reads this key of the tunnel token entry (the seed's manual step wrote `vaule`)
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
     # how often External Secrets re-reads the tunnel token (a rotation reaches the Secret within this)
@@ -169,7 +204,16 @@ class VaultConfig(_Model):
     def _tls_off_cluster(cls, value: str) -> str:
         """Plain HTTP only to an in-cluster Service or loopback (dev's Vault, the rehearsal's OpenBao): Vault
         tokens and secrets never cross a network the cluster does not own in clear text."""
-        host = urlsplit(value).hostname or ""
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - urllib checks the port only when asked
+        except ValueError:
+            raise ValueError("has a port that is not 1-65535") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (user:password@): the address is not a secret")
+        if any(c.isspace() for c in value):
+            raise ValueError("must not contain whitespace")
+        host = parts.hostname or ""
         if value.startswith("http://") and not (host.endswith((".svc", ".svc.cluster.local"))
                                                 or host in ("127.0.0.1", "localhost", "::1")):
             raise ValueError("must be https:// outside the cluster (http:// only for an in-cluster "
@@ -254,9 +298,9 @@ class RoutingConfig(_Model):
     @classmethod
     def _members(cls, value: dict[str, str]) -> dict[str, str]:
         for member, entry in value.items():
-            if not re.match(r"^[a-z][a-z0-9_]{0,31}$", member):
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", member):
                 raise ValueError(f"member {member!r}: lower-case letters, digits and _, at most 32")
-            if not re.match(KV_ENTRY, entry):
+            if not re.fullmatch(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")
         return value
 
@@ -334,11 +378,11 @@ class HasuraConfig(_Model):
     @classmethod
     def _secret_vars(cls, value: dict[str, str]) -> dict[str, str]:
         for variable, entry in value.items():
-            if not VAULT_ENV.match(variable):
+            if not VAULT_ENV.fullmatch(variable):
                 raise ValueError(f"{variable!r} is not one of HASURA_GRAPHQL_JWT_SECRET(S), _AUTH_HOOK, *REDIS*")
             if len(f"agent-inject-template-{variable.lower()}") > 63:  # Kubernetes annotation name limit
                 raise ValueError(f"{variable!r} is too long for a Vault agent annotation")
-            if not re.match(KV_ENTRY, entry):
+            if not re.fullmatch(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")
         return value
 
@@ -346,7 +390,7 @@ class HasuraConfig(_Model):
     @classmethod
     def _replicas(cls, value: list[str]) -> list[str]:
         for entry in value:
-            if not re.match(KV_ENTRY, entry):
+            if not re.fullmatch(KV_ENTRY, entry):
                 raise ValueError(f"{entry!r} is not a KV entry name")
         if len(set(value)) != len(value):
             raise ValueError("an entry is listed twice")
@@ -431,10 +475,11 @@ class AsyncFlowConfig(_Model):
     published_mark_linger_ms: float = Field(20.0, ge=0, le=1000)
     writer_replicas: int = Field(1, ge=1, le=50)
     writer_batch_size: int = Field(1000, ge=1, le=50_000)
-    cleanup_schedule: str = "*/10 * * * *"
+    # five cron fields (minute hour day month weekday) as the CronJob controller parses them
+    cleanup_schedule: str = Field("*/10 * * * *", pattern=CRON_SCHEDULE)
     cleanup_batch_size: int = Field(250, ge=1, le=100_000)  # smaller commits weigh less on the publisher's p99
-    cleanup_time_budget_seconds: int = Field(240, ge=10)
-    cleanup_max_rows_per_second: int = Field(17_500, ge=0)  # 1M rows in 57 s; 0 = unpaced
+    cleanup_time_budget_seconds: int = Field(240, ge=10, le=86_400)
+    cleanup_max_rows_per_second: int = Field(17_500, ge=0, le=10_000_000)  # 1M rows in 57 s; 0 = unpaced
     metrics: MetricsConfig = MetricsConfig()
 
 
@@ -537,14 +582,17 @@ class StackConfig(_Model):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if not K8S_NAME.match(value):
+        if not K8S_NAME.fullmatch(value):
             raise ValueError("must be a Kubernetes namespace name")
+        if value in RESERVED_NAMESPACES:
+            raise ValueError(f"{value!r} is the cluster's own: the program puts a default-deny NetworkPolicy in its "
+                             "namespace, which would cut off every other pod there")
         return value
 
     @field_validator("public_hostname")
     @classmethod
     def _hostname(cls, value: str) -> str:
-        if not DNS_NAME.match(value):
+        if not DNS_NAME.fullmatch(value):
             raise ValueError("must be a DNS hostname such as graphql.example.com")
         return value
 
@@ -582,12 +630,25 @@ class StackConfig(_Model):
 PLAIN_KEYS = ("namespace", "publicHostname", "kubernetesVersion", "kubelet")
 OBJECT_KEYS = ("cloudflare", "kafka", "vault", "hasura", "images", "asyncFlow", "verify", "network")
 SECRET_KEYS = ("databaseUrl", "databaseRoleAdminUrl", "kafkaAdminPassword")
+KNOWN_KEYS = frozenset({*PLAIN_KEYS, *OBJECT_KEYS, *SECRET_KEYS, "localTunnelToken"})
+
+
+def unknown_keys() -> list[str]:
+    """The project's config keys this program never reads (a typo such as `asyncflow` would silently keep the
+    defaults): the engine hands the program every key, through set_all_config or PULUMI_CONFIG."""
+    keys = {*runtime_config.CONFIG.get(), *runtime_config.get_config_env()}
+    return sorted(key.split(":", 1)[1] for key in keys
+                  if key.startswith(f"{PROJECT}:") and key.split(":", 1)[1] not in KNOWN_KEYS)
 
 
 def load_stack_config() -> StackConfig:
     """Read and validate the whole stack configuration, or raise ConfigError naming key and stack."""
     stack = pulumi.get_stack()
     config = pulumi.Config(PROJECT)
+    for key in unknown_keys():
+        near = difflib.get_close_matches(key, KNOWN_KEYS, n=1, cutoff=0.6)
+        raise ConfigError(f"stack {stack!r}: unknown config key {PROJECT}:{key}"
+                          + (f" (did you mean {PROJECT}:{near[0]}?)" if near else ""))
     raw: dict = {"stack": stack}
     for key in PLAIN_KEYS:
         value = config.get(key)

@@ -832,3 +832,67 @@ def assert_shutdown_fits_the_grace_period(publisher: dict) -> None:
     assert {"shutdown_drain_seconds", "shutdown_timeout_seconds"} <= env.keys()
     grace = publisher["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert settings.shutdown_drain_seconds + settings.shutdown_timeout_seconds < grace
+
+
+def _dev_object(key: str) -> dict:
+    return json.loads(json.dumps(load_stack_file("dev")[P + key]))
+
+
+def _with(key: str, path: str, value) -> dict:
+    """dev's object `key` with the dotted `path` inside it set to `value`."""
+    obj = _dev_object(key)
+    node = obj
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return {P + key: obj}
+
+
+POLICY_INJECTION = 'secret/data/x" {\n capabilities = ["read"]\n}\npath "sys/*" {\n capabilities = ["sudo"]\n}\npath "s'
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (_with("vault", "kvMount", POLICY_INJECTION), r"vault\.kvMount"),
+    (_with("vault", "kvMount", "+"), r"vault\.kvMount"),
+    (_with("vault", "kvMount", "secret/../sys"), r"vault\.kvMount"),
+    (_with("vault", "kubernetesAuthPath", ""), r"vault\.kubernetesAuthPath"),
+    (_with("vault", "address", "http://vault.vault.svc:99999"), r"vault\.address.*port"),
+    (_with("vault", "address", "https://ops:hunter2@vault.example.com"), r"vault\.address.*credentials"),
+    ({P + "namespace": "graphql\n"}, r"namespace.*namespace name"),
+    ({P + "namespace": "kube-system"}, r"namespace.*cluster's own"),
+    ({P + "publicHostname": "graphql.example.com\n"}, r"publicHostname.*DNS hostname"),
+    (_with("kafka", "topics.requests", "*"), r"kafka\.topics\.requests"),
+    (_with("kafka", "topics.dlq", _dev_object("kafka").get("topics", {}).get("responses",
+                                                                             "graphql.async.responses.v1")),
+     r"three different topics"),
+    (_with("kafka", "bootstrapServers", ["kafka:99999"]), r"not host:port"),
+    (_with("kafka", "bootstrapServers", ["kafka:9092\n"]), r"not host:port"),
+    (_with("kafka", "workers", [{"name": "evil", "consumerGroup": "graphql-async-response-writer"}]),
+     r"response writer's"),
+    (_with("kafka", "workers", [{"name": "a"}, {"name": "b", "consumerGroup": "graphql-async-worker-a"}]),
+     r"consumer groups must be unique"),
+    (_with("kafka", "workers", [{"name": "a", "kubernetesNamespace": "kube-system", "serviceAccount": "default"}]),
+     r"cluster's own"),
+    (_with("kafka", "retentionMs", 10**30), r"kafka\.retentionMs"),
+    (_with("asyncFlow", "cleanupSchedule", "every ten minutes"), r"asyncFlow\.cleanupSchedule"),
+    (_with("asyncFlow", "cleanupTimeBudgetSeconds", 10**12), r"asyncFlow\.cleanupTimeBudgetSeconds"),
+    (_with("hasura", "secretEnvFromVault", {"HASURA_GRAPHQL_JWT_SECRET\n": "jwt-config"}), r"JWT_SECRET"),
+    (_with("hasura", "secretEnvFromVault", {"HASURA_GRAPHQL_JWT_SECRET": "jwt-config\n"}), r"KV entry"),
+    ({P + "asyncflow": {"publisherReplicas": 7}}, r"unknown config key graphql-entrypoint:asyncflow "
+                                                  r"\(did you mean graphql-entrypoint:asyncFlow\?\)"),
+])
+def test_hostile_or_mistyped_config_is_refused_naming_the_key(overrides, message):
+    """Found by probing: each of these ran clean before (a policy block injected through the mount, a wildcard
+    topic ACL, a trailing newline in a hostname, a worker in the writer's group, a typo keeping the defaults)."""
+    from components.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        run_stack("dev", config_overrides=overrides)
+
+
+def test_a_database_password_with_a_raw_slash_is_refused_without_echoing_it():
+    url = "postgresql://hasura:Zx9/Qk+TopSecretPw@db.internal:5433/hasura"  # urllib reads "Zx9" as the port
+    with pytest.raises(Exception, match=r"databaseUrl must be a postgresql://.*percent-encoded") as refused:
+        run_stack("dev", {P + "databaseUrl": url})
+    assert "Zx9" not in str(refused.value) and "TopSecret" not in str(refused.value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
 from scripts.kafka_admin import apply_acls, create_topics, upsert_user
 
@@ -71,8 +71,11 @@ def warm_up(config: dict, timeout: float = 90.0) -> None:
     consumer = Consumer(config | {"group.id": "session-warm-up", "auto.offset.reset": "earliest",
                                   "enable.auto.commit": False})
     try:
-        consumer.assign([TopicPartition(topic, 0)])
-        message = wait_until(lambda: consumer.poll(1.0), timeout=timeout, what="warm-up message")
-        consumer.commit(message=message, asynchronous=False)
+        consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])  # no committed-offset fetch: read at once
+        # the offsets topic is created by the first commit; a loading coordinator refuses it for a while
+        message = wait_until(lambda: (m := consumer.poll(1.0)) is not None and m.error() is None and m,
+                             timeout=timeout, what="warm-up message")
+        wait_until(lambda: consumer.commit(message=message, asynchronous=False), timeout=timeout,
+                   what="warm-up offset commit")
     finally:
         consumer.close()
