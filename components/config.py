@@ -52,10 +52,21 @@ KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
 # the program's own consumer group prefix (the writer's ACL is Prefixed on it): no worker may use it
 WRITER_GROUP_PREFIX = "graphql-async-response-writer"
+# a Kubernetes label key ([prefix/]name) and value, as the API server validates them
+LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 # a CronJob schedule: five fields (minute hour day-of-month month day-of-week) or one of the macros
 CRON_SCHEDULE = r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9*/,A-Za-z-]+( [0-9*/,A-Za-z?-]+){4})$"
 # Cloudflare closes a proxied WebSocket that has been idle for 100 s, whatever the tunnel says
 CLOUDFLARE_WEBSOCKET_IDLE_SECONDS = 100
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        if not LABEL_KEY.fullmatch(key) or not LABEL_VALUE.fullmatch(label):
+            raise ValueError(f"{key!r}: {label!r} is not a Kubernetes label (key [prefix/]name, value up to 63 of "
+                             "A-Z a-z 0-9 - _ .)")
+    return value
 
 
 class ConfigError(Exception):
@@ -198,6 +209,13 @@ class VaultConfig(_Model):
     tunnel_token_key: str = Field("value", pattern=r"^[A-Za-z0-9_-]+$")
     # how often External Secrets re-reads the tunnel token (a rotation reaches the Secret within this)
     tunnel_token_refresh_interval: str = Field("1h", pattern=r"^([0-9]+(s|m|h))+$")
+
+    @field_validator("tunnel_token_refresh_interval")
+    @classmethod
+    def _refreshes(cls, value: str) -> str:
+        if not any(int(n) for n in re.findall(r"[0-9]+", value)):
+            raise ValueError("must be longer than 0 (External Secrets reads 0 as: never refresh)")
+        return value
 
     @field_validator("address")
     @classmethod
@@ -359,7 +377,7 @@ class SubscriptionsConfig(_Model):
 class HasuraConfig(_Model):
     image: str
     replicas: int = Field(2, ge=1, le=20)
-    source_name: str = "default"
+    source_name: str = Field("default", pattern=r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
     # ee: Hasura Enterprise (same image, activated by the license key in this KV entry)
     edition: Literal["ce", "ee"] = "ce"
     ee_license_key_entry: str | None = Field(None, pattern=KV_ENTRY)
@@ -461,6 +479,8 @@ class MetricsConfig(_Model):
     # the alerts' runbook_url is docs/runbook.md#<alert>; with this set, an absolute link under it
     runbook_base_url: str | None = Field(None, pattern=r"^https?://\S+$")
 
+    _selector_labels = field_validator("selector_labels")(_labels)
+
 
 class AsyncFlowConfig(_Model):
     publisher_replicas: int = Field(2, ge=1, le=50)
@@ -495,8 +515,11 @@ class PeerConfig(_Model):
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
-            ipaddress.ip_network(cidr)  # a ValueError names the bad block
+            if ipaddress.ip_network(cidr).prefixlen == 0:  # a ValueError above names a malformed block
+                raise ValueError(f"{cidr} is every address: list the dependency's own ranges")
         return value
+
+    _pod_labels = field_validator("pod_labels")(_labels)
 
     @model_validator(mode="after")
     def _one_kind(self) -> PeerConfig:
@@ -539,6 +562,8 @@ class NetworkConfig(_Model):
     @classmethod
     def _cluster(cls, value: list[str]) -> list[str]:
         for cidr in value:
+            if ipaddress.ip_network(cidr).prefixlen == 0:
+                raise ValueError(f"{cidr} is every address: cloudflared's internet egress would exclude all of it")
             if ipaddress.ip_network(cidr).version == 6:  # an IPv6 except inside 0.0.0.0/0 is refused by the API server
                 raise ValueError(f"{cidr} is IPv6: cloudflared's internet egress is IPv4 only (0.0.0.0/0), so IPv6 "
                                  f"ranges need no exclusion; list IPv4 ranges only")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 
 import pulumi
@@ -85,6 +86,14 @@ def refuse_program_entries(program: dict[str, object], extra_reads: dict[str, li
     if taken:
         raise ValueError("the stack file names entries the program writes itself, which would widen a policy: "
                          + ", ".join(f"{entry} (for {who})" for who, entry in taken))
+
+
+def is_program_entry(entry: str) -> bool:
+    """An entry this program writes itself (its secrets, each service's database URL and Kafka login)."""
+    fixed = {DATABASE_URL, HASURA_ADMIN_SECRET, ACTION_SECRET, TUNNEL_TOKEN, DATABASE_ROLE_VERIFIERS,
+             DATABASE_ROLE_ADMIN_URL}
+    service_entry = re.fullmatch(r"graphql-kafka-async-.+-(username|password)|graphql-async-.+-database-url", entry)
+    return entry in fixed or service_entry is not None
 
 
 def vault_file(mount: str, entry: str, file_name: str) -> VaultFile:

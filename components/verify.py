@@ -25,6 +25,7 @@ import yaml
 
 from components.config import VerifyConfig
 from components.k8s import child
+from components.vault_access import is_program_entry
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,6 +63,9 @@ class DeploymentVerification(pulumi.ComponentResource):
         super().__init__("graphql:index:DeploymentVerification", name, None, opts)
         environment = {}
         entry = args.config.service_token_entry
+        if entry and is_program_entry(entry):  # the token is sent to the public URL: never one of our secrets
+            raise ValueError(f"verify.serviceTokenEntry {entry!r} is an entry the program writes itself; name the "
+                             "entry holding a token of role `service`")
         if entry:
             token = vault_kv.get_secret_v2_output(mount=args.kv_mount, name=entry).data["value"]
             environment[self.TOKEN_ENV] = pulumi.Output.secret(token)

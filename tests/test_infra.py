@@ -879,6 +879,14 @@ POLICY_INJECTION = 'secret/data/x" {\n capabilities = ["read"]\n}\npath "sys/*" 
     (_with("asyncFlow", "cleanupTimeBudgetSeconds", 10**12), r"asyncFlow\.cleanupTimeBudgetSeconds"),
     (_with("hasura", "secretEnvFromVault", {"HASURA_GRAPHQL_JWT_SECRET\n": "jwt-config"}), r"JWT_SECRET"),
     (_with("hasura", "secretEnvFromVault", {"HASURA_GRAPHQL_JWT_SECRET": "jwt-config\n"}), r"KV entry"),
+    (_with("network", "kafka", {"cidrs": ["0.0.0.0/0"]}), r"network\.kafka\.cidrs.*every address"),
+    (_with("network", "clusterCidrs", ["0.0.0.0/0"]), r"network\.clusterCidrs.*every address"),
+    (_with("network", "vault", {"namespace": "vault", "podLabels": {"bad key!": "v a l"}}),
+     r"network\.vault\.podLabels.*not a Kubernetes label"),
+    (_with("asyncFlow", "metrics", {"selectorLabels": {"release": "kube prometheus"}}),
+     r"asyncFlow\.metrics\.selectorLabels.*not a Kubernetes label"),
+    (_with("vault", "tunnelTokenRefreshInterval", "0s"), r"vault\.tunnelTokenRefreshInterval.*longer than 0"),
+    (_with("hasura", "sourceName", ""), r"hasura\.sourceName"),
     ({P + "asyncflow": {"publisherReplicas": 7}}, r"unknown config key graphql-entrypoint:asyncflow "
                                                   r"\(did you mean graphql-entrypoint:asyncFlow\?\)"),
 ])
@@ -896,3 +904,9 @@ def test_a_database_password_with_a_raw_slash_is_refused_without_echoing_it():
     with pytest.raises(Exception, match=r"databaseUrl must be a postgresql://.*percent-encoded") as refused:
         run_stack("dev", {P + "databaseUrl": url})
     assert "Zx9" not in str(refused.value) and "TopSecret" not in str(refused.value)
+
+
+def test_the_verification_never_sends_one_of_the_programs_own_secrets_as_its_token():
+    with pytest.raises(Exception, match=r"verify\.serviceTokenEntry 'graphql-hasura-admin-secret' is an entry the "
+                                        r"program writes itself"):
+        run_stack("dev", config_overrides={P + "verify": {"serviceTokenEntry": "graphql-hasura-admin-secret"}})
