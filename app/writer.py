@@ -72,6 +72,7 @@ DLQ_DETAIL_BYTES = 512  # dlq.detail never grows with the message
 DLQ_OWN_HEADERS_BYTES = 16 * 1024  # the message's own headers travel along only up to this size
 DLQ_KEY_BYTES = 1024
 DLQ_RECORD_OVERHEAD = 1024  # record and batch framing the broker counts beyond key, value and headers
+DLQ_HEADER_FRAMING = 10  # a header's name and value lengths, one varint each (at most 5 bytes for an int32)
 
 
 RESTART_OFFSETS_TIMEOUT_SECONDS = 5
@@ -207,15 +208,35 @@ def _database_rewind(exc: BaseException) -> tuple[str, str]:
     return "database_error", "database write failed"
 
 
+def header_bytes(headers: list[tuple[str, bytes]]) -> int:
+    """Headers' size as librdkafka counts it toward message.max.bytes: name and value in bytes, and two length
+    varints each (rdkafka_header.c rd_kafka_header_add, rkhdr_ser_size)."""
+    return sum(len(name.encode()) + len(value) + DLQ_HEADER_FRAMING for name, value in headers)
+
+
+def _own_headers(msg: Message) -> tuple[list[tuple[str, bytes]], str | None]:
+    """The message's own headers that may travel with its DLQ copy, and why any were left out. A `dlq.*` header
+    is the writer's alone (a sender's would stand beside, and be read before, the real one)."""
+    try:
+        headers = [(name, value or b"") for name, value in (msg.headers() or [])]
+    except (SystemError, UnicodeDecodeError):  # a name that is not UTF-8: confluent-kafka cannot decode it
+        return [], "unreadable"
+    kept = [(name, value) for name, value in headers if not name.lower().startswith("dlq.")]
+    if header_bytes(kept) > DLQ_OWN_HEADERS_BYTES:
+        return [], str(len(headers))
+    return kept, (str(len(headers) - len(kept)) if len(kept) < len(headers) else None)
+
+
 def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
                 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """Key, value and headers of the DLQ copy, Kafka Connect style, never over `max_bytes` in all.
 
-    The message's own headers travel along while they are small; a key or value that would not fit is cut
-    and marked (`dlq.key_truncated_from`, `dlq.value_truncated_from` = the original size in bytes)."""
-    own = [(k, v or b"") for k, v in (msg.headers() or [])]
-    own_size = sum(len(k.encode()) + len(v) for k, v in own)
-    headers = own if own_size <= DLQ_OWN_HEADERS_BYTES else [("dlq.headers_dropped", str(len(own)).encode())]
+    The message's own headers travel along while they are small and readable (else `dlq.headers_dropped` says
+    how many, or `unreadable`); a key or value that would not fit is cut and marked (`dlq.key_truncated_from`,
+    `dlq.value_truncated_from` = the original size in bytes)."""
+    headers, dropped = _own_headers(msg)
+    if dropped is not None:
+        headers.append(("dlq.headers_dropped", dropped.encode()))
     headers += [
         ("dlq.reason", reason.dlq_reason.encode()),
         ("dlq.detail", reason.detail.encode(errors="replace")[:DLQ_DETAIL_BYTES]),
@@ -230,10 +251,10 @@ def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
         key = key[:DLQ_KEY_BYTES]
     if value is not None:
         marker = ("dlq.value_truncated_from", str(len(value)).encode())
-        room = max_bytes - DLQ_RECORD_OVERHEAD - len(key or b"") - sum(len(k) + len(v) for k, v in headers)
+        room = max_bytes - DLQ_RECORD_OVERHEAD - len(key or b"") - header_bytes(headers)
         if len(value) > room:
             headers.append(marker)
-            value = value[:max(0, room - len(marker[0]) - len(marker[1]))]
+            value = value[:max(0, room - header_bytes([marker]))]
     return key, value, headers
 
 

@@ -22,6 +22,7 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 from app.writer import FatalWriterError, ResponseWriter, serve_health
 from scripts.servers import free_port
 from tests.support.kafka_admin import create_topics, read_all, wait_until
+from tests.support.raw_produce import produce_raw
 from tests.support.services import running_writer
 from tests.test_writer import committed_offset_total, ids, insert_rows, produce, refusing_trigger, response, rows
 
@@ -151,6 +152,65 @@ def test_a_dlq_copy_over_the_limit_is_truncated_and_marked(kafka, db, writer_set
     assert headers["dlq.headers_dropped"] == b"20"
     assert big_value.startswith(dead.value()) and len(dead.value()) < len(big_value)
     assert {s[0] for s in rows(db, good).values()} == {"completed"}
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_writer_lives(kafka, db, writer_settings, topics):
+    """Found by a live probe: confluent-kafka cannot decode such a name (Message.headers() raises SystemError),
+    which killed the writer before the DLQ copy was made, and again on every restart. A Java or Go client may
+    send one; the Python producer cannot, so it goes out through librdkafka's C API."""
+    produce_raw(kafka.client_config(), topics.responses, b"bad-header", b"not json", [(b"\xffbad", b"v")],
+                partition=1)
+    good = ids(3)
+    insert_rows(db, good)
+    produce(kafka, topics.responses, [(r, response(r)) for r in good])
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 4, what="all committed")
+        assert not failure, failure
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    headers = dict(dead.headers())
+    assert (headers["dlq.reason"], headers["dlq.headers_dropped"]) == (b"invalid_json", b"unreadable")
+    assert (dead.key(), dead.value()) == (b"bad-header", b"not json")
+    assert {s[0] for s in rows(db, good).values()} == {"completed"}
+
+
+@pytest.mark.parametrize("own_headers", [
+    [("h", b"")] * 5000,  # each header's two length varints, which the size check did not count
+    [("\u0939" * 5000, b"")],  # 15,000 bytes of name, counted as 5,000 characters
+], ids=["many-small-headers", "multibyte-header-name"])
+def test_a_dlq_copy_near_the_limit_fits_the_producer_and_blocks_nothing(kafka, db, writer_settings, topics,
+                                                                      own_headers):
+    """Found by a live probe: a ~1 MB value with headers the size check undercounted made a DLQ copy the
+    writer's own producer refused (MSG_SIZE_TOO_LARGE) on every retry, and no partition moved again."""
+    producer = Producer(kafka.client_config() | {"message.max.bytes": 1_040_000})
+    producer.produce(topics.responses, key=b"big", value=b"x" * 990_000, headers=own_headers, partition=2)
+    assert producer.flush(10) == 0
+    good = ids(3)
+    insert_rows(db, good)
+    produce(kafka, topics.responses, [(r, response(r)) for r in good])
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 4, what="all committed")
+        assert not failure, failure
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    assert dict(dead.headers())["dlq.reason"] == b"invalid_json"
+    assert {s[0] for s in rows(db, good).values()} == {"completed"}
+
+
+def test_a_senders_own_dlq_headers_never_reach_the_dlq_copy(kafka, db, writer_settings, topics):
+    """A reader takes the first `dlq.reason`: a sender's own must not stand before the writer's."""
+    spoofed = [("dlq.reason", b"none"), ("DLQ.source.topic", b"elsewhere"), ("dlq.source.offset", b"999"),
+               ("trace", b"kept")]
+    producer = Producer(kafka.client_config())
+    producer.produce(topics.responses, key=b"spoof", value=b"{", headers=spoofed)
+    assert producer.flush(10) == 0
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 1, what="committed")
+        assert not failure, failure
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    names = [name.lower() for name, _ in dead.headers()]
+    assert names.count("dlq.reason") == names.count("dlq.source.topic") == names.count("dlq.source.offset") == 1
+    headers = dict(dead.headers())
+    assert (headers["dlq.reason"], headers["dlq.source.topic"]) == (b"invalid_json", topics.responses.encode())
+    assert (headers["trace"], headers["dlq.headers_dropped"]) == (b"kept", b"3")
 
 
 def test_a_dlq_the_broker_refuses_aborts_turns_health_red_and_never_wedges(kafka, db, writer_settings, topics):
