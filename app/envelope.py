@@ -311,6 +311,10 @@ class ResponseLimits:
     max_depth: int = 64
 
 
+COMPLETED_AT_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+COMPLETED_AT_LATEST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
 def parse_response(value: bytes | None, now: datetime | None = None,
                    limits: ResponseLimits = ResponseLimits()) -> ResponseOutcome | InvalidResponse:  # noqa: B008
     """Classify one message from graphql.async.responses.v1; never raises for any input."""
@@ -349,6 +353,12 @@ def parse_response(value: bytes | None, now: datetime | None = None,
             return InvalidResponse("invalid_completed_at", f"completed_at {brief(doc['completed_at'])}", request_id)
         if completed_at.tzinfo is None:
             return InvalidResponse("invalid_completed_at", "completed_at needs a time zone", request_id)
+        try:
+            in_range = COMPLETED_AT_EARLIEST <= completed_at.astimezone(UTC) <= COMPLETED_AT_LATEST
+        except OverflowError:  # year 1 at +14:00 is in year 0, which Python cannot hold
+            in_range = False
+        if not in_range:  # PostgreSQL would store it (as BC, or year 10000) where Python readers fail on it
+            return InvalidResponse("invalid_completed_at", "completed_at is before 1970 or after 9999", request_id)
     problem = bounded_json.may_hold_unstorable_text(value) and (
         bounded_json.unstorable_text(doc.get("result")) or bounded_json.unstorable_text(error))
     if problem:

@@ -90,12 +90,22 @@ class BatchPlan:
     dead_letters: list[tuple[Message, InvalidResponse]] = field(default_factory=list)
 
 
+def keyed_by_its_request(key: bytes | None, verdict: ResponseOutcome | InvalidResponse
+                         ) -> ResponseOutcome | InvalidResponse:
+    """The contract keys a response by its request_id, so all answers for one row share a partition and keep
+    their order; one keyed for another row is a sender's bug, dead-lettered rather than applied out of order.
+    No key at all is accepted (the body names the row)."""
+    if isinstance(verdict, InvalidResponse) or key is None or key == verdict.request_id.encode():
+        return verdict
+    return InvalidResponse("key_mismatch", "the message key is not the body's request_id", verdict.request_id)
+
+
 def plan_batch(messages: list[Message], limits: ResponseLimits = ResponseLimits()) -> BatchPlan:  # noqa: B008
     """Classify every message; one message's failure to classify dead-letters that message only."""
     plan = BatchPlan()
     for msg in messages:
         try:
-            verdict = parse_response(msg.value(), limits=limits)
+            verdict = keyed_by_its_request(msg.key(), parse_response(msg.value(), limits=limits))
         except Exception as exc:  # noqa: BLE001 - parse_response should not raise; if it does, only this message pays
             verdict = InvalidResponse("invalid_message", f"{type(exc).__name__} while validating")
         if isinstance(verdict, InvalidResponse):

@@ -88,6 +88,10 @@ def test_correlation_headers_are_picked_case_insensitively_and_bounded():
                  "completed_at": "2026-03-07T22:50:00"}).encode(), "invalid_completed_at"),
     (json.dumps({"spec_version": "async.response.v1", "request_id": "r", "status": "failed",
                  "error": {"code": "E", "message": 5}}).encode(), "invalid_error"),
+    # found by a live probe: PostgreSQL stored these as 0001 BC and year 10000, which Python readers cannot hold
+    *((json.dumps({"spec_version": "async.response.v1", "request_id": "r", "status": "completed",
+                   "completed_at": at}).encode(), "invalid_completed_at")
+      for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "1969-12-31T23:59:59Z")),
 ])
 def test_invalid_responses_are_classified(value, reason):
     verdict = parse_response(value)

@@ -147,6 +147,22 @@ def test_poison_messages_go_to_the_dlq_with_reason_and_source(kafka, db, writer_
     assert all(s[0] == "completed" for s in rows(db, good).values())
 
 
+def test_an_answer_keyed_for_another_row_is_dead_lettered_and_an_unkeyed_one_applied(kafka, db, writer_settings,
+                                                                                   topics):
+    """Found by a live probe: key x-3 with body x-4 completed row 4. The key is what keeps one row's answers on
+    one partition, in order; a mismatch is a sender's bug. No key at all: the body names the row."""
+    keyed_wrong, unkeyed, bystander = ids(3)
+    insert_rows(db, [keyed_wrong, unkeyed, bystander])
+    produce(kafka, topics.responses, [(bystander, response(keyed_wrong)), (None, response(unkeyed))])
+    with running_writer(writer_settings) as (writer, failure):
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 2, what="committed")
+        assert not failure, failure
+    state = rows(db, [keyed_wrong, unkeyed, bystander])
+    assert (state[keyed_wrong][0], state[bystander][0], state[unkeyed][0]) == ("published", "published", "completed")
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    assert dict(dead.headers())["dlq.reason"] == b"key_mismatch" and dead.key() == bystander.encode()
+
+
 def test_database_outage_is_retried_never_dead_lettered(kafka, pg, db, writer_settings, topics):
     request_ids = ids(30)
     insert_rows(db, request_ids)
