@@ -262,12 +262,14 @@ class Publisher:
 def refused(refusal: ActionRefusal) -> JSONResponse:
     log.info("refused request", extra={"code": refusal.code, "reason": refusal.message})
     # an oversized body is not drained for keep-alive: the connection closes, so the rest is never read
-    headers = {"connection": "close"} if refusal.status == 413 else None
+    headers = {"connection": "close"} if refusal.status in (408, 413) else None  # the rest of the body is unread
     return JSONResponse(refusal.body(), status_code=refusal.status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused on its declared length before reading and once it grows past `limit` (chunked too)."""
+async def read_body(request: Request, limit: int, seconds: float) -> bytes:
+    """The body, refused on its declared length before reading, once it grows past `limit` (chunked too), and
+    when it has not all arrived within `seconds` (a client trickling its body would hold a connection forever:
+    uvicorn has no read timeout of its own)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -275,11 +277,15 @@ async def read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise ActionRefusal(413, "payload-too-large", f"body is {declared} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ActionRefusal(413, "payload-too-large", f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(seconds):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ActionRefusal(413, "payload-too-large", f"body exceeds the limit of {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ActionRefusal(408, "body-timeout", f"the body did not arrive within {seconds:g} s") from None
     return b"".join(chunks)
 
 
@@ -307,7 +313,8 @@ def create_app(settings: PublisherSettings) -> Starlette:
             return refused(ActionRefusal(401, "unauthorized", f"missing or wrong {ACTION_SECRET_HEADER}")), \
                 "refused", "unauthorized"
         try:
-            body = parse_action_body(await read_body(request, publisher.limits.max_body_bytes), publisher.limits)
+            body = parse_action_body(await read_body(request, publisher.limits.max_body_bytes,
+                                                               settings.body_read_timeout_seconds), publisher.limits)
             output = await publisher.handle(body, dict(request.headers))
             return JSONResponse(output), "replay" if output["duplicate"] else "accepted", ""
         except ActionRefusal as refusal:
@@ -370,16 +377,17 @@ def main() -> None:
 
     logs.setup()
     settings = PublisherSettings.load_or_exit()
-    # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop()
+    # uvicorn turns SIGTERM into a graceful shutdown that runs the lifespan's stop(); ws none: an Upgrade header
+    # is answered as the plain HTTP call it is (with WebSockets on, uvicorn switched protocols and never answered)
     if settings.publisher_processes > 1:  # each process: its own loop, pool, producer and relay on one socket
         uvicorn.run("app.publisher:app_from_env", factory=True, workers=settings.publisher_processes,
                     host=settings.publisher_host, port=settings.publisher_port, log_config=None, access_log=False,
                     timeout_keep_alive=settings.publisher_keep_alive_seconds,
-                    timeout_graceful_shutdown=settings.shutdown_drain_seconds)
+                    timeout_graceful_shutdown=settings.shutdown_drain_seconds, ws="none")
         return
     uvicorn.run(create_app(settings), host=settings.publisher_host, port=settings.publisher_port,
                 log_config=None, access_log=False, timeout_keep_alive=settings.publisher_keep_alive_seconds,
-                timeout_graceful_shutdown=settings.shutdown_drain_seconds)
+                timeout_graceful_shutdown=settings.shutdown_drain_seconds, ws="none")
 
 
 if __name__ == "__main__":

@@ -155,6 +155,8 @@ class PublisherSettings(DatabaseSettings, KafkaSettings):
     # the action's HTTP body, refused on Content-Length and while reading
     max_body_bytes: int = Field(2 * 1024 * 1024, ge=4096, le=64 * 1024 * 1024)
     max_json_depth: int = Field(64, ge=4, le=1000)
+    # the whole body must arrive within this (Hasura sends it at once; its action timeout is 30 s by default)
+    body_read_timeout_seconds: float = Field(30.0, gt=0, le=600)
     default_expires_in_seconds: int = Field(3600, ge=60)
     max_expires_in_seconds: int = Field(7 * 24 * 3600, ge=60)
     # group commit: concurrent calls share one INSERT and one commit (app/group_commit.py)

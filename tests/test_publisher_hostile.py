@@ -350,3 +350,19 @@ def test_ten_thousand_generated_hostile_calls_get_no_5xx(publisher, db):
     assert server_errors == [], (statuses, server_errors[:5])
     assert statuses.get(200, 0) > 3000 and sum(v for k, v in statuses.items() if 400 <= k < 500) > 3000, statuses
     assert httpx.get(url + "/readyz").status_code == 200
+
+
+def test_a_body_that_trickles_past_the_read_timeout_is_refused_and_its_connection_closed(publisher_settings, db):
+    """Found by a live probe: 1,500 connections with unfinished bodies were all still open after 70 s."""
+    settings = publisher_settings.model_copy(update={"body_read_timeout_seconds": 1.0})
+    with running_publisher(settings) as (url, _app):
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall((f"POST {URL_PATH} HTTP/1.1\r\nHost: x\r\n{ACTION_SECRET_HEADER}: {ACTION_SECRET}\r\n"
+                          f"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"action\":").encode())
+            answer = b""
+            while chunk := conn.recv(4096):  # ends only when the server closes the connection
+                answer += chunk
+        head = answer.decode()
+        assert head.startswith("HTTP/1.1 408") and "body-timeout" in head, head
+        assert httpx.get(url + "/healthz").status_code == 200

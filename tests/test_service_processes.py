@@ -50,6 +50,11 @@ def test_publisher_process_serves_and_stops_on_sigterm(pg, kafka, topics):
                                                               "request_id": f"req-{uuid.uuid4().hex}"}),
                              headers={"CF-Ray": "ray-123", "CF-Connecting-IP": "198.51.100.4"})
         assert answer.status_code == 200 and answer.json()["status"] == "published"
+        # found by a live probe: with an Upgrade header uvicorn switched to WebSockets and never answered
+        upgrade = httpx.post(f"{url}/action/publish_async_request", content=b"{}", timeout=10,
+                             headers={"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                                      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert upgrade.status_code == 401
     finally:
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=30)
