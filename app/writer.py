@@ -94,8 +94,8 @@ def keyed_by_its_request(key: bytes | None, verdict: ResponseOutcome | InvalidRe
                          ) -> ResponseOutcome | InvalidResponse:
     """The contract keys a response by its request_id, so all answers for one row share a partition and keep
     their order; one keyed for another row is a sender's bug, dead-lettered rather than applied out of order.
-    No key at all is accepted (the body names the row)."""
-    if isinstance(verdict, InvalidResponse) or key is None or key == verdict.request_id.encode():
+    No key at all (or an empty one) is accepted: the body names the row."""
+    if isinstance(verdict, InvalidResponse) or not key or key == verdict.request_id.encode():
         return verdict
     return InvalidResponse("key_mismatch", "the message key is not the body's request_id", verdict.request_id)
 
@@ -227,7 +227,7 @@ def header_bytes(headers: list[tuple[str, bytes]]) -> int:
 def _own_headers(msg: Message) -> tuple[list[tuple[str, bytes]], str | None]:
     """The message's own headers that may travel with its DLQ copy, and why any were left out. A `dlq.*` header
     is the writer's alone (a sender's would stand beside, and be read before, the real one)."""
-    try:
+    try:  # called once per message: after a failed decode, a second call returns a broken tuple
         headers = [(name, value or b"") for name, value in (msg.headers() or [])]
     except (SystemError, UnicodeDecodeError):  # a name that is not UTF-8: confluent-kafka cannot decode it
         return [], "unreadable"

@@ -151,14 +151,15 @@ def test_an_answer_keyed_for_another_row_is_dead_lettered_and_an_unkeyed_one_app
                                                                                    topics):
     """Found by a live probe: key x-3 with body x-4 completed row 4. The key is what keeps one row's answers on
     one partition, in order; a mismatch is a sender's bug. No key at all: the body names the row."""
-    keyed_wrong, unkeyed, bystander = ids(3)
-    insert_rows(db, [keyed_wrong, unkeyed, bystander])
-    produce(kafka, topics.responses, [(bystander, response(keyed_wrong)), (None, response(unkeyed))])
+    keyed_wrong, unkeyed, empty_keyed, bystander = ids(4)
+    insert_rows(db, [keyed_wrong, unkeyed, empty_keyed, bystander])
+    produce(kafka, topics.responses, [(bystander, response(keyed_wrong)), (None, response(unkeyed)),
+                                      ("", response(empty_keyed))])
     with running_writer(writer_settings) as (writer, failure):
-        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 2, what="committed")
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 3, what="committed")
         assert not failure, failure
-    state = rows(db, [keyed_wrong, unkeyed, bystander])
-    assert (state[keyed_wrong][0], state[bystander][0], state[unkeyed][0]) == ("published", "published", "completed")
+    state = {r: s[0] for r, s in rows(db, [keyed_wrong, unkeyed, empty_keyed, bystander]).items()}
+    assert state == {keyed_wrong: "published", bystander: "published", unkeyed: "completed", empty_keyed: "completed"}
     [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
     assert dict(dead.headers())["dlq.reason"] == b"key_mismatch" and dead.key() == bystander.encode()
 

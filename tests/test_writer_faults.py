@@ -214,15 +214,15 @@ def test_a_senders_own_dlq_headers_never_reach_the_dlq_copy(kafka, db, writer_se
 
 
 def test_a_dlq_the_broker_refuses_aborts_turns_health_red_and_never_wedges(kafka, db, writer_settings, topics):
-    """The DLQ topic takes at most 20 KB but the writer is configured for more: every transaction with that DLQ
+    """The DLQ topic takes at most 40 KB but the writer is configured for more: every transaction with that DLQ
     copy fails. Each failure must be aborted (the next transaction can begin) and /healthz must go red; a
     writer configured to the topic's limit then truncates the copy and gets through."""
-    _set_topic_config(kafka, topics.dlq, "max.message.bytes", "20000")
+    _set_topic_config(kafka, topics.dlq, "max.message.bytes", "40000")
     good = ids(2)
     insert_rows(db, good)
     # one partition, poison first: nothing behind it may commit, however the consumer splits the fetches
     producer = Producer(kafka.client_config())
-    for key, value in [("poison", json.dumps({"junk": "q" * 50_000}).encode()), *((r, response(r)) for r in good)]:
+    for key, value in [("poison", json.dumps({"junk": "q" * 60_000}).encode()), *((r, response(r)) for r in good)]:
         producer.produce(topics.responses, key=key, value=value, partition=0)
     assert producer.flush(10) == 0
     settings = writer_settings.model_copy(update={"writer_stall_seconds": 3, "writer_retry_max_seconds": 0.5})
@@ -237,7 +237,7 @@ def test_a_dlq_the_broker_refuses_aborts_turns_health_red_and_never_wedges(kafka
             assert committed_offset_total(kafka, settings) == 0
         finally:
             server.shutdown()
-    fitted = settings.model_copy(update={"dlq_max_message_bytes": 19_000})
+    fitted = settings.model_copy(update={"dlq_max_message_bytes": 39_000})
     with running_writer(fitted) as (writer, failure):
         wait_until(lambda: committed_offset_total(kafka, fitted) == 3, what="committed with a truncated copy")
         assert not failure
@@ -384,3 +384,14 @@ def test_poison_pause_read_only_and_sigkill_among_ten_thousand_responses(kafka, 
     assert statuses == {"completed": 10_000}
     dead = read_all(kafka.client_config(), topics.dlq, expect=len(poison), timeout=60)
     assert sorted(m.key().decode() for m in dead) == sorted(k for k, _ in poison)  # each exactly once
+
+
+def test_a_dlq_limit_too_small_for_what_a_copy_carries_besides_its_value_is_refused(writer_settings):
+    """Own headers (16 KiB), key (1 KiB) and the dlq.* headers are never cut: under 32 KiB a copy could exceed
+    the producer's limit whatever is left of its value, and wedge the writer (a review against rdkafka_msg.c)."""
+    from app.settings import SettingsError, WriterSettings
+
+    fields = writer_settings.model_dump() | {"async_database_url": writer_settings.async_database_url}
+    for bytes_ in (16 * 1024, 1_048_000):
+        with pytest.raises(SettingsError, match="DLQ_MAX_MESSAGE_BYTES"):
+            WriterSettings.from_env(**(fields | {"dlq_max_message_bytes": bytes_}))
