@@ -213,7 +213,7 @@ class WriterSettings(DatabaseSettings, KafkaSettings):
     response_max_bytes: int = Field(1024 * 1024, ge=1024)
     response_max_depth: int = Field(64, ge=2, le=1000)
     # a DLQ copy (key + value + headers) never exceeds this; keep it under the DLQ topic's max.message.bytes
-    # at least what a copy carries besides its value (own headers 16 KiB, key 1 KiB, the dlq.* headers), at most
+    # at least what a copy carries besides its value (key up to 1 KiB, the dlq.* headers), with room; at most
     # what a batch of one fits in the broker's default max.message.bytes (1,048,588) with the producer's framing
     dlq_max_message_bytes: int = Field(PRODUCER_MAX_MESSAGE_BYTES - 1024, ge=32 * 1024, le=1_047_564)
     health_port: int = Field(8081, ge=0, le=65535)  # serves /healthz and /metrics

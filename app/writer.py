@@ -69,7 +69,6 @@ class WriteBudgetSpent(psycopg.OperationalError):
     """The batch's database write ran past its share of the Kafka transaction's timeout: rewind and retry."""
 
 DLQ_DETAIL_BYTES = 512  # dlq.detail never grows with the message
-DLQ_OWN_HEADERS_BYTES = 16 * 1024  # the message's own headers travel along only up to this size
 DLQ_KEY_BYTES = 1024
 DLQ_RECORD_OVERHEAD = 1024  # record and batch framing the broker counts beyond key, value and headers
 DLQ_HEADER_FRAMING = 10  # a header's name and value lengths, one varint each (at most 5 bytes for an int32)
@@ -224,30 +223,17 @@ def header_bytes(headers: list[tuple[str, bytes]]) -> int:
     return sum(len(name.encode()) + len(value) + DLQ_HEADER_FRAMING for name, value in headers)
 
 
-def _own_headers(msg: Message) -> tuple[list[tuple[str, bytes]], str | None]:
-    """The message's own headers that may travel with its DLQ copy, and why any were left out. A `dlq.*` header
-    is the writer's alone (a sender's would stand beside, and be read before, the real one)."""
-    try:  # called once per message: after a failed decode, a second call returns a broken tuple
-        headers = [(name, value or b"") for name, value in (msg.headers() or [])]
-    except (SystemError, UnicodeDecodeError):  # a name that is not UTF-8: confluent-kafka cannot decode it
-        return [], "unreadable"
-    kept = [(name, value) for name, value in headers if not name.lower().startswith("dlq.")]
-    if header_bytes(kept) > DLQ_OWN_HEADERS_BYTES:
-        return [], str(len(headers))
-    return kept, (str(len(headers) - len(kept)) if len(kept) < len(headers) else None)
-
-
 def dlq_message(msg: Message, reason: InvalidResponse, max_bytes: int
                 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
-    """Key, value and headers of the DLQ copy, Kafka Connect style, never over `max_bytes` in all.
+    """Key, value and headers of the DLQ copy, Kafka Connect style, never over `max_bytes` in all; a key or
+    value that would not fit is cut and marked (`dlq.key_truncated_from`, `dlq.value_truncated_from` = the
+    original size in bytes).
 
-    The message's own headers travel along while they are small and readable (else `dlq.headers_dropped` says
-    how many, or `unreadable`); a key or value that would not fit is cut and marked (`dlq.key_truncated_from`,
-    `dlq.value_truncated_from` = the original size in bytes)."""
-    headers, dropped = _own_headers(msg)
-    if dropped is not None:
-        headers.append(("dlq.headers_dropped", dropped.encode()))
-    headers += [
+    The message's own headers are never read, so they do not travel: confluent-kafka's Message.headers() builds
+    its list without checking each name's UTF-8 decode (confluent_kafka.c c_headers_to_py, Message_headers caches
+    the half-built list), and on a name that is not UTF-8 it raised SystemError or, in a full test run, crashed
+    the process (SIGSEGV). Every `dlq.*` header is therefore the writer's."""
+    headers = [
         ("dlq.reason", reason.dlq_reason.encode()),
         ("dlq.detail", reason.detail.encode(errors="replace")[:DLQ_DETAIL_BYTES]),
         ("dlq.source.topic", msg.topic().encode()),
