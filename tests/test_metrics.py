@@ -161,7 +161,7 @@ def test_writer_counts_fates_batches_and_reports_lag_and_health(kafka, db, write
     insert_rows(db, [applied, duplicate])
     produce(kafka, topics.responses, [
         (applied, response(applied)), (duplicate, response(duplicate)), (duplicate, response(duplicate, "failed")),
-        ("junk", b"not json"), ("nobody", response(f"req-{uuid.uuid4().hex}")),
+        ("junk", b"not json"), (nobody := f"req-{uuid.uuid4().hex}", response(nobody)),
     ])
     # before any writer ran, the group has committed nothing: the lag is every message on the topic
     monitor = LagMonitor(kafka.client_config(), writer_settings.writer_group_id, topics.responses, 1.0, None)
@@ -208,7 +208,7 @@ def test_writer_without_its_database_rewinds_goes_unhealthy_and_its_lag_stays(ka
     settings = writer_settings.model_copy(update={
         "writer_lag_interval_seconds": 0.2, "writer_stall_seconds": 1.0, "db_connect_timeout_seconds": 0.5,
         "async_database_url": SecretStr(dead_db)})
-    produce(kafka, topics.responses, [(f"k{i}", response(f"req-{uuid.uuid4().hex}")) for i in range(3)])
+    produce(kafka, topics.responses, [(r, response(r)) for r in (f"req-{uuid.uuid4().hex}" for _ in range(3))])
     with running_writer(settings) as (writer, _failure):
         port = free_port()
         server = serve_health(writer, port)
