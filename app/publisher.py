@@ -163,16 +163,14 @@ class Publisher:
                 self.relay.stop()
                 await budget.finish("outbox-relay", relay, wait + RELAY_SETTLE_SECONDS)
             if self._deliveries:  # in-flight publishes still get marked before the marker stops
-                since = time.monotonic()
-                await asyncio.wait(self._deliveries, timeout=budget.remaining(wait))
-                budget.record("deliveries", since)
+                with budget.timing("deliveries"):
+                    await asyncio.wait(self._deliveries, timeout=budget.remaining(wait))
             if inserter:  # batches under way finish first (the inserter drains on cancel)
                 inserter.cancel()
                 await budget.finish("group-commit", inserter)
             if self.producer:  # before the marker stops: acks that flush() still serves get marked too
-                since = time.monotonic()
-                await self.producer.close(budget.remaining(wait))  # no message outlives message.timeout.ms anyway
-                budget.record("producer-flush", since)
+                with budget.timing("producer-flush"):  # no message outlives message.timeout.ms anyway
+                    await self.producer.close(budget.remaining(wait))
             if marker:  # a mark stuck on a lock or a silent database must not hold the shutdown
                 self.marker.stop()
                 if not await budget.finish("published-marker", marker, wait):

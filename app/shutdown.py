@@ -8,8 +8,10 @@ cancellation: `asyncio.wait` returns on timeout instead of raising, unlike `wait
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger("app.shutdown")
@@ -33,24 +35,28 @@ class ShutdownBudget:
         left = max(0.0, self.seconds - (time.monotonic() - self.started))
         return left if at_most is None else min(left, at_most)
 
-    def record(self, phase: str, since: float) -> None:
-        self.spent[phase] = round(time.monotonic() - since, 3)
+    @contextlib.contextmanager
+    def timing(self, phase: str) -> Iterator[None]:
+        """Records how long the phase inside took in `spent`."""
+        since = time.monotonic()
+        try:
+            yield
+        finally:
+            self.spent[phase] = round(time.monotonic() - since, 3)
 
     async def finish(self, phase: str, task: asyncio.Future, at_most: float | None = None) -> bool:
         """Wait for `task` within the budget (and `at_most`); cancel it if it is still running then.
         True when it ended by itself. Its exception, if any, is logged, never raised."""
-        since = time.monotonic()
-        done, _ = await asyncio.wait({task}, timeout=self.remaining(at_most))
-        if not done:
-            task.cancel()
-            await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
-        self.record(phase, since)
+        with self.timing(phase):
+            done, _ = await asyncio.wait({task}, timeout=self.remaining(at_most))
+            if not done:
+                task.cancel()
+                await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.warning("shutdown phase failed", extra={"phase": phase, "error": repr(task.exception())[:300]})
         return bool(done)
 
     async def close_pool(self, phase: str, pool) -> None:
         """psycopg_pool's close, given what is left of the budget (at least MIN_CLOSE_SECONDS)."""
-        since = time.monotonic()
-        await pool.close(timeout=max(self.remaining(), MIN_CLOSE_SECONDS))
-        self.record(phase, since)
+        with self.timing(phase):
+            await pool.close(timeout=max(self.remaining(), MIN_CLOSE_SECONDS))

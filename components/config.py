@@ -36,6 +36,7 @@ from app.hasura.source import (
     mutation_probes,
     replica_url_env,
 )
+from components.kafka_access import ServicePrincipals, WorkerPrincipal
 
 PROJECT = "graphql-entrypoint"
 PINNED_IMAGE = re.compile(r"^[a-z0-9./_-]+(:[\w.-]+)?@sha256:[0-9a-f]{64}$")
@@ -50,8 +51,6 @@ VAULT_PATH = r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,4}$"
 KAFKA_TOPIC = r"^[A-Za-z0-9._-]{1,249}$"
 # namespaces this program must never take over: a default-deny NetworkPolicy there cuts off the cluster's own pods
 RESERVED_NAMESPACES = frozenset({"default", "kube-system", "kube-public", "kube-node-lease"})
-# the program's own consumer group prefix (the writer's ACL is Prefixed on it): no worker may use it
-WRITER_GROUP_PREFIX = "graphql-async-response-writer"
 # a Kubernetes label key ([prefix/]name) and value, as the API server validates them
 LABEL_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
@@ -139,14 +138,14 @@ class WorkerConfig(_Model):
         if self.kubernetes_namespace in RESERVED_NAMESPACES:
             raise ValueError(f"worker {self.name!r}: kubernetesNamespace {self.kubernetes_namespace!r} is the "
                              "cluster's own; its service accounts would get the worker's Kafka login")
-        if self.group.startswith(WRITER_GROUP_PREFIX):
+        if self.group.startswith(ServicePrincipals.writer_group):  # the writer's ACL is Prefixed on its group
             raise ValueError(f"worker {self.name!r}: consumerGroup {self.group!r} is the response writer's")
         return self
 
     @property
     def group(self) -> str:
-        """The consumer group it reads with (components/kafka_access.py WorkerPrincipal.group)."""
-        return self.consumer_group or f"graphql-async-worker-{self.name}"
+        """The consumer group it reads with."""
+        return WorkerPrincipal(self.name, self.consumer_group).group
 
 
 class KafkaConfig(_Model):

@@ -154,6 +154,19 @@ def test_a_dlq_copy_over_the_limit_is_truncated_and_marked(kafka, db, writer_set
     assert {s[0] for s in rows(db, good).values()} == {"completed"}
 
 
+def dead_letter_beside_three_answers(kafka, db, writer_settings, topics) -> tuple:
+    """Three good answers after the one poison message already on the topic: the writer commits all four
+    without failing; returns the one DLQ copy and the good request_ids."""
+    good = ids(3)
+    insert_rows(db, good)
+    produce(kafka, topics.responses, [(r, response(r)) for r in good])
+    with running_writer(writer_settings) as (_writer, failure):
+        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 4, what="all committed")
+        assert not failure, failure
+    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    return dead, good
+
+
 def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_writer_lives(kafka, db, writer_settings, topics):
     """Found by a live probe: confluent-kafka cannot decode such a name (Message.headers() raised SystemError,
     and in a full test run crashed the process), which killed the writer before the DLQ copy was made, and again
@@ -161,13 +174,7 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_the_writer_lives(ka
     the Python producer cannot, so it goes out through librdkafka's C API."""
     produce_raw(kafka.client_config(), topics.responses, b"bad-header", b"not json", [(b"\xffbad", b"v")],
                 partition=1)
-    good = ids(3)
-    insert_rows(db, good)
-    produce(kafka, topics.responses, [(r, response(r)) for r in good])
-    with running_writer(writer_settings) as (writer, failure):
-        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 4, what="all committed")
-        assert not failure, failure
-    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    dead, good = dead_letter_beside_three_answers(kafka, db, writer_settings, topics)
     headers = dict(dead.headers())
     assert headers["dlq.reason"] == b"invalid_json" and not any(n.startswith("\ufffd") for n in headers)
     assert (dead.key(), dead.value()) == (b"bad-header", b"not json")
@@ -185,13 +192,7 @@ def test_a_dlq_copy_near_the_limit_fits_the_producer_and_blocks_nothing(kafka, d
     producer = Producer(kafka.client_config() | {"message.max.bytes": 1_040_000})
     producer.produce(topics.responses, key=b"big", value=b"x" * 990_000, headers=own_headers, partition=2)
     assert producer.flush(10) == 0
-    good = ids(3)
-    insert_rows(db, good)
-    produce(kafka, topics.responses, [(r, response(r)) for r in good])
-    with running_writer(writer_settings) as (writer, failure):
-        wait_until(lambda: failure or committed_offset_total(kafka, writer_settings) == 4, what="all committed")
-        assert not failure, failure
-    [dead] = read_all(kafka.client_config(), topics.dlq, expect=1)
+    dead, good = dead_letter_beside_three_answers(kafka, db, writer_settings, topics)
     assert dict(dead.headers())["dlq.reason"] == b"invalid_json"
     assert {s[0] for s in rows(db, good).values()} == {"completed"}
 
